@@ -324,8 +324,8 @@ mod tests {
 
     #[test]
     fn atom_len_rounds_to_blocks() {
-        let o = AtomizeOptions::new(1000).unwrap();
-        assert_eq!(o.atom_len(DType::Q4_1), 980);
+        let o = AtomizeOptions::new(1010).unwrap();
+        assert_eq!(o.atom_len(DType::Q4_1), 1000);
         assert_eq!(o.atom_len(DType::Q6K), 840);
         assert_eq!(AtomizeOptions::new(10).unwrap().atom_len(DType::Q6K), 210);
         assert!(AtomizeOptions::new(0).is_err());

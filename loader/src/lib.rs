@@ -13,6 +13,8 @@
 pub mod atom;
 pub mod dequant;
 pub mod dtype;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod error;
 pub mod geometry;
 pub mod gguf;

@@ -71,7 +71,7 @@ pub fn detect_format(source: &dyn ByteSource) -> Result<Format> {
             .unwrap_or(0);
         return Ok(Format::Gguf { version });
     }
-    if safetensors::looks_like(first, source.len()) {
+    if safetensors::looks_like(first) {
         return Ok(Format::Safetensors);
     }
     let hint = if first.starts_with(b"PK\x03\x04") {

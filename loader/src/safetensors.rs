@@ -34,12 +34,11 @@ pub struct SafetensorsHeader {
     pub data_offset: u64,
 }
 
-/// True when the first bytes look like a safetensors file: a plausible header length followed
-/// by `{`.
-pub fn looks_like(first: &[u8], file_len: u64) -> bool {
-    first.len() >= 9
-        && first[8] == b'{'
-        && u64::from_le_bytes(first[..8].try_into().expect("8 bytes")) <= file_len.saturating_sub(8)
+/// True when the first bytes look like a safetensors file: an 8-byte header length followed by
+/// the start of a JSON object (`{"` or `{}`). The length itself is not judged here, so that a
+/// corrupt one gets the specific error from [`parse`] rather than "unknown format".
+pub fn looks_like(first: &[u8]) -> bool {
+    first.len() >= 10 && first[8] == b'{' && matches!(first[9], b'"' | b'}' | b' ' | b'\n')
 }
 
 /// Parses the header of a safetensors file.
