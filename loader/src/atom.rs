@@ -120,22 +120,37 @@ pub struct SpatialSignature {
 }
 
 impl SpatialSignature {
+    /// One pass in eight independent lanes (so it vectorizes), accumulating sum, sum of squares
+    /// and max |w| in f64. Variance as E[w²] - mean² loses digits only when |mean| dwarfs the
+    /// spread, which weights (mean near 0) do not do, and a signature is a search key anyway.
     pub fn of(values: &[f32]) -> Option<Self> {
         if values.is_empty() {
             return None;
         }
-        let n = values.len() as f64;
-        let (mut sum, mut max_abs) = (0.0f64, 0.0f64);
-        for &v in values {
-            sum += f64::from(v);
-            max_abs = max_abs.max(f64::from(v).abs());
+        const LANES: usize = 8;
+        let (mut sum, mut sq, mut max_abs) = ([0.0f64; LANES], [0.0f64; LANES], [0.0f64; LANES]);
+        let mut chunks = values.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for l in 0..LANES {
+                let v = f64::from(chunk[l]);
+                sum[l] += v;
+                sq[l] += v * v;
+                max_abs[l] = if v.abs() > max_abs[l] { v.abs() } else { max_abs[l] };
+            }
         }
-        let mean = sum / n;
-        let var = values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+        for (l, &v) in chunks.remainder().iter().enumerate() {
+            let v = f64::from(v);
+            sum[l] += v;
+            sq[l] += v * v;
+            max_abs[l] = if v.abs() > max_abs[l] { v.abs() } else { max_abs[l] };
+        }
+        let n = values.len() as f64;
+        let mean = sum.iter().sum::<f64>() / n;
+        let var = (sq.iter().sum::<f64>() / n - mean * mean).max(0.0);
         Some(Self {
             mean,
             std_dev: var.sqrt(),
-            max_abs,
+            max_abs: max_abs.iter().fold(0.0, |m, &v| if v > m { v } else { m }),
         })
     }
 }
@@ -338,5 +353,13 @@ mod tests {
         // Squared deviations 0, 16, 1, 9: population variance 26 / 4.
         assert_eq!(s.std_dev, 6.5f64.sqrt());
         assert_eq!(s.max_abs, 4.0);
+        // Longer than the lanes, with the extreme in the remainder: 0..=20, max |w| = 20 at the end.
+        let values: Vec<f32> = (0..=20).map(|i| if i == 20 { -20.0 } else { i as f32 }).collect();
+        let s = SpatialSignature::of(&values).unwrap();
+        let mean = (0..20).map(f64::from).sum::<f64>() / 21.0 - 20.0 / 21.0;
+        let var = values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / 21.0;
+        assert!((s.mean - mean).abs() < 1e-12 && (s.std_dev - var.sqrt()).abs() < 1e-12, "{s:?}");
+        assert_eq!(s.max_abs, 20.0);
+        assert_eq!(SpatialSignature::of(&[]), None);
     }
 }

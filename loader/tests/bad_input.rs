@@ -305,6 +305,11 @@ fn the_crafted_valid_files_load() {
     let gguf = open("valid.gguf", valid_gguf()).expect("valid GGUF");
     assert_eq!(gguf.tensors().iter().map(|t| (t.name.as_str(), t.shape.clone())).collect::<Vec<_>>(), [("a", vec![2, 4]), ("b", vec![4])]);
     assert_eq!(gguf.description.architecture, "llama");
+    let mut v2 = valid_gguf();
+    v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let v2 = open("valid-v2.gguf", v2).expect("GGUF v2 has the v3 layout for little-endian files");
+    assert_eq!(v2.format, hartonomous_loader::Format::Gguf { version: 2 });
+    assert_eq!(v2.tensors(), gguf.tensors());
     let st = open("valid.safetensors", valid_safetensors()).expect("valid safetensors");
     assert_eq!(st.parameter_count(), 6);
 }

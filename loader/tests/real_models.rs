@@ -188,3 +188,37 @@ fn geometry_of_a_real_layer_decodes_to_its_values() {
     let embeddings = model.tensor("token_embd.weight").expect("tensor").clone();
     assert!(tensor_geometry(&model, &embeddings, &options).expect("reads").is_none(), "28 M points exceed the default limit");
 }
+
+#[test]
+fn descriptions_carry_what_the_runtime_needs() {
+    use hartonomous_loader::model::TokenizerMaterial;
+    let minilm = ModelFile::open(minilm_path()).expect("opens");
+    let d = &minilm.description;
+    assert_eq!((d.format.as_str(), d.architecture.as_str()), ("safetensors", "bert"));
+    assert_eq!(d.config["layer_norm_eps"], 1e-12);
+    assert_eq!(d.config["hidden_act"], "gelu");
+    let TokenizerMaterial::HuggingFace { tokenizer_json } = &d.tokenizer else { panic!("tokenizer.json expected") };
+    let tokenizer: serde_json::Value = serde_json::from_str(tokenizer_json).expect("JSON");
+    assert_eq!(tokenizer["model"]["type"], "WordPiece");
+    let pooling: serde_json::Value = serde_json::from_str(&d.companions["1_Pooling/config.json"]).expect("JSON");
+    assert_eq!(pooling["pooling_mode_mean_tokens"], true);
+    assert!(d.companions["sentence_bert_config.json"].contains("256"), "max_seq_length is kept");
+
+    let smol = ModelFile::open(smollm2_path()).expect("opens");
+    let d = &smol.description;
+    assert_eq!((d.format.as_str(), d.architecture.as_str()), ("gguf", "llama"));
+    let h = &d.hyperparameters;
+    assert_eq!((h.layers, h.hidden_size, h.ffn_size, h.context_length), (Some(30), Some(576), Some(1536), Some(8192)));
+    assert_eq!((h.attention_heads, h.kv_heads, h.rope_base, h.norm_eps), (Some(9), Some(3), Some(1e5), Some(f64::from(1e-5f32))));
+    let TokenizerMaterial::Gguf { metadata } = &d.tokenizer else { panic!("GGUF tokenizer expected") };
+    assert_eq!(metadata["tokenizer.ggml.model"], "gpt2");
+    assert_eq!(metadata["tokenizer.ggml.pre"], "smollm");
+    assert_eq!(metadata["tokenizer.ggml.tokens"].as_array().map(Vec::len), Some(49_152));
+    assert_eq!(metadata["tokenizer.ggml.merges"].as_array().map(Vec::len), Some(48_900));
+    assert_eq!((metadata["tokenizer.ggml.bos_token_id"].clone(), metadata["tokenizer.ggml.eos_token_id"].clone()), (1.into(), 2.into()));
+    assert!(metadata["tokenizer.chat_template"].as_str().is_some_and(|t| t.contains("<|im_start|>")), "ChatML template kept");
+    assert!(d.config.get("tokenizer.ggml.tokens").is_none(), "tokenizer keys are not duplicated into config");
+    // The whole description survives JSON, which is how the store keeps it.
+    let json = serde_json::to_string(d).expect("serialises");
+    assert_eq!(&serde_json::from_str::<hartonomous_loader::ModelDescription>(&json).expect("parses"), d);
+}
