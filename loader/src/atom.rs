@@ -11,6 +11,11 @@
 //! - weights root = SHA-256( "W" ‖ 0x00 ‖ for each tensor sorted by name bytes:
 //!   u32 name length ‖ name ‖ tensor root ).
 //!
+//! Ids and roots are relative to the atom size: atoms are cut every
+//! `max(1, ⌊target / block bytes⌋) × block bytes` from the tensor's start, with the target
+//! [`DEFAULT_ATOM_BYTES`] store-wide, so a tensor's root is a function of its bytes alone within
+//! one store. A store that changed its target would re-atomize, not mix sizes.
+//!
 //! Atoms are fixed-size cuts from the start of the tensor: fine-tuning changes values in place
 //! and never shifts bytes, so an edit changes exactly the atoms that hold changed elements, and
 //! content-defined chunking would gain nothing. The size trade-off is measured in ARCHITECTURE.md.

@@ -18,6 +18,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("{}: reading {what} at offset {offset} failed: {source}", path.display())]
+    ReadFailed {
+        path: PathBuf,
+        what: String,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error(
         "{}: not a supported model file ({found}); supported formats are safetensors and GGUF v2/v3{hint}",
         path.display()
@@ -50,7 +59,7 @@ pub enum Error {
     },
 
     #[error(
-        "{}: {what} at offset {offset} declares {declared} {unit}, more than the {limit} that fit in the rest of the file; the file is corrupt",
+        "{}: {what} at offset {offset} declares {declared} {unit}, but at most {limit} are possible there; the file is corrupt",
         path.display()
     )]
     DeclaredLengthTooLarge {
@@ -111,7 +120,7 @@ pub enum Error {
     },
 
     #[error(
-        "{}: tensor `{tensor}` at offset {offset}: shape {shape:?} has more elements than fit in 64 bits",
+        "{}: tensor `{tensor}` at offset {offset}: shape {shape:?} describes more than 2^64 elements or bytes",
         path.display()
     )]
     ShapeOverflow {
@@ -122,24 +131,29 @@ pub enum Error {
     },
 
     #[error(
-        "{}: tensor `{tensor}`: {dtype} stores blocks of {block_elements} elements, but its innermost dimension is {row_len}",
+        "{}: tensor `{tensor}` at offset {offset}: {dtype} stores blocks of {block_elements} elements, but its {counted} is {count}",
         path.display()
     )]
     BlockMisfit {
         path: PathBuf,
         tensor: String,
+        offset: u64,
         dtype: crate::DType,
         block_elements: u64,
-        row_len: u64,
+        /// What must be a multiple of the block: GGUF blocks run along the innermost
+        /// dimension, safetensors' sub-byte floats along the flat elements.
+        counted: &'static str,
+        count: u64,
     },
 
     #[error(
-        "{}: tensor `{tensor}`: data declared as {declared} bytes, but dtype {dtype} and shape {shape:?} need {expected}",
+        "{}: tensor `{tensor}` at offset {offset}: data declared as {declared} bytes, but dtype {dtype} and shape {shape:?} need {expected}",
         path.display()
     )]
     LengthMismatch {
         path: PathBuf,
         tensor: String,
+        offset: u64,
         dtype: crate::DType,
         shape: Vec<u64>,
         declared: u64,
@@ -159,7 +173,7 @@ pub enum Error {
     },
 
     #[error(
-        "{}: tensor `{tensor}`: data offset {offset} is not a multiple of the file's alignment {alignment}",
+        "{}: tensor `{tensor}`: data offset {offset} (relative to the data section) is not a multiple of the file's alignment {alignment}",
         path.display()
     )]
     MisalignedData {

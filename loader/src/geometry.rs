@@ -57,14 +57,18 @@ impl Default for GeometryOptions {
     }
 }
 
-/// Encodes points as little-endian WKB `LINESTRING ZM`.
-pub fn encode_linestring_zm(points: &[PointZm]) -> Vec<u8> {
+/// Encodes points as little-endian WKB `LINESTRING ZM`. WKB counts points in a u32, so more
+/// than 2^32 - 1 points is an error.
+pub fn encode_linestring_zm(points: &[PointZm]) -> Result<Vec<u8>> {
+    let count = u32::try_from(points.len()).map_err(|_| {
+        Error::InvalidOption(format!("{} points do not fit in one WKB LINESTRING (at most 2^32 - 1)", points.len()))
+    })?;
     let mut out = Vec::with_capacity(HEADER_BYTES + POINT_BYTES * points.len());
-    write_header(&mut out, points.len() as u32);
+    write_header(&mut out, count);
     for p in points {
         write_point(&mut out, p);
     }
-    out
+    Ok(out)
 }
 
 fn write_header(out: &mut Vec<u8>, count: u32) {
@@ -238,11 +242,11 @@ mod tests {
     #[test]
     fn rejects_short_wrong_type_and_lying_counts() {
         assert!(decode_linestring_zm(&[1, 0xBA]).is_err());
-        let mut two_d = encode_linestring_zm(&[]);
+        let mut two_d = encode_linestring_zm(&[]).unwrap();
         two_d[1..5].copy_from_slice(&2u32.to_le_bytes());
         let e = decode_linestring_zm(&two_d).unwrap_err().to_string();
         assert!(e.contains("AsBinaryZM"), "{e}");
-        let mut lying = encode_linestring_zm(&[PointZm { x: 0.0, y: 0.0, z: 0.0, m: 0.0 }]);
+        let mut lying = encode_linestring_zm(&[PointZm { x: 0.0, y: 0.0, z: 0.0, m: 0.0 }]).unwrap();
         lying[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_linestring_zm(&lying).is_err());
     }
@@ -250,8 +254,9 @@ mod tests {
     #[test]
     fn decode_layer_checks_indices_and_stamp() {
         let p = |x, m| PointZm { x, y: 1.0, z: 1.0, m };
-        assert!(decode_layer(&encode_linestring_zm(&[p(0.0, 2.0), p(1.0, 2.0)])).is_ok());
-        assert!(decode_layer(&encode_linestring_zm(&[p(0.0, 2.0), p(2.0, 2.0)])).is_err());
-        assert!(decode_layer(&encode_linestring_zm(&[p(0.0, 2.0), p(1.0, 3.0)])).is_err());
+        let line = |points: &[PointZm]| encode_linestring_zm(points).unwrap();
+        assert!(decode_layer(&line(&[p(0.0, 2.0), p(1.0, 2.0)])).is_ok());
+        assert!(decode_layer(&line(&[p(0.0, 2.0), p(2.0, 2.0)])).is_err());
+        assert!(decode_layer(&line(&[p(0.0, 2.0), p(1.0, 3.0)])).is_err());
     }
 }

@@ -26,6 +26,19 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const MAX_ARRAY_DEPTH: usize = 8;
 /// ggml tensors have at most 4 dimensions (`GGML_MAX_DIMS`).
 pub const MAX_DIMS: u32 = 4;
+/// Most metadata values (array elements included) a file may hold. The largest real vocabularies
+/// (~262k tokens, with scores, types and merges) need about 1.3 million; a parsed value takes
+/// ~64 bytes with its JSON copy, so this caps metadata memory near 256 MiB whatever a crafted
+/// file declares (a file byte per `u8` element would otherwise cost 64 bytes of memory).
+pub const MAX_METADATA_VALUES: u64 = 1 << 22;
+/// Most bytes of metadata strings (keys, tokens, merges, chat template) a file may hold.
+pub const MAX_METADATA_STRING_BYTES: u64 = 256 << 20;
+
+/// What is left of the metadata limits while parsing.
+struct Budget {
+    values: u64,
+    string_bytes: u64,
+}
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,9 +195,14 @@ pub fn parse(source: &dyn ByteSource) -> Result<GgufHeader> {
 
     let mut metadata = Vec::with_capacity(capped(kv_count));
     let mut keys = HashSet::new();
+    let mut budget = Budget {
+        values: MAX_METADATA_VALUES,
+        string_bytes: MAX_METADATA_STRING_BYTES,
+    };
+    let mut alignment_at = 0;
     for _ in 0..kv_count {
         let key_at = c.pos();
-        let key = read_string(&mut c, || "metadata key".into())?;
+        let key = read_string(&mut c, &mut budget, || "metadata key".into())?;
         if !keys.insert(key.clone()) {
             return Err(Error::Duplicate {
                 path: c.path(),
@@ -195,7 +213,10 @@ pub fn parse(source: &dyn ByteSource) -> Result<GgufHeader> {
         }
         let type_at = c.pos();
         let type_id = c.u32(|| format!("value type of key `{key}`"))?;
-        let value = read_value(&mut c, &key, type_id, type_at, 0)?;
+        if key == "general.alignment" {
+            alignment_at = type_at + 4;
+        }
+        let value = read_value(&mut c, &mut budget, &key, type_id, type_at, 0)?;
         metadata.push((key, value));
     }
 
@@ -205,7 +226,7 @@ pub fn parse(source: &dyn ByteSource) -> Result<GgufHeader> {
         Some((_, other)) => {
             return Err(Error::MalformedHeader {
                 path: c.path(),
-                offset: 0,
+                offset: alignment_at,
                 reason: format!(
                     "`general.alignment` must be a u32 power of two, found {}",
                     other.to_json()
@@ -218,7 +239,7 @@ pub fn parse(source: &dyn ByteSource) -> Result<GgufHeader> {
     let mut names = HashSet::new();
     for _ in 0..tensor_count {
         let info_at = c.pos();
-        let name = read_string(&mut c, || "tensor name".into())?;
+        let name = read_string(&mut c, &mut budget, || "tensor name".into())?;
         if !names.insert(name.clone()) {
             return Err(Error::Duplicate {
                 path: c.path(),
@@ -267,9 +288,11 @@ pub fn parse(source: &dyn ByteSource) -> Result<GgufHeader> {
             return Err(Error::BlockMisfit {
                 path: c.path(),
                 tensor: name,
+                offset: dims_at,
                 dtype,
                 block_elements: dtype.block_elements(),
-                row_len,
+                counted: "innermost dimension",
+                count: row_len,
             });
         }
         let byte_len = dtype.bytes_for(elements).ok_or_else(|| Error::ShapeOverflow {
@@ -333,10 +356,21 @@ pub(crate) fn checked_elements(shape: &[u64]) -> Option<u64> {
     shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
 }
 
-fn read_string(c: &mut HeaderCursor<'_>, what: impl Fn() -> String) -> Result<String> {
+fn read_string(c: &mut HeaderCursor<'_>, budget: &mut Budget, what: impl Fn() -> String) -> Result<String> {
     let at = c.pos();
     let len = c.u64(|| format!("length of {}", what()))?;
     c.check_declared(len, 1, "bytes", || format!("length of {}", what()), at)?;
+    if len > budget.string_bytes {
+        return Err(Error::DeclaredLengthTooLarge {
+            path: c.path(),
+            what: format!("length of {}", what()),
+            offset: at,
+            declared: len,
+            unit: "bytes",
+            limit: budget.string_bytes,
+        });
+    }
+    budget.string_bytes -= len;
     let bytes = c.take(len, &what)?;
     String::from_utf8(bytes).map_err(|_| Error::InvalidUtf8 {
         path: c.path(),
@@ -347,12 +381,24 @@ fn read_string(c: &mut HeaderCursor<'_>, what: impl Fn() -> String) -> Result<St
 
 fn read_value(
     c: &mut HeaderCursor<'_>,
+    budget: &mut Budget,
     key: &str,
     type_id: u32,
     type_at: u64,
     depth: usize,
 ) -> Result<GgufValue> {
     let what = || format!("value of key `{key}`");
+    if budget.values == 0 {
+        return Err(Error::DeclaredLengthTooLarge {
+            path: c.path(),
+            what: format!("metadata (at key `{key}`)"),
+            offset: c.pos(),
+            declared: MAX_METADATA_VALUES + 1,
+            unit: "values",
+            limit: MAX_METADATA_VALUES,
+        });
+    }
+    budget.values -= 1;
     Ok(match type_id {
         0 => GgufValue::U8(c.u8(what)?),
         1 => GgufValue::I8(c.u8(what)? as i8),
@@ -375,7 +421,7 @@ fn read_value(
                 }
             }
         }
-        8 => GgufValue::String(read_string(c, what)?),
+        8 => GgufValue::String(read_string(c, budget, what)?),
         9 => {
             if depth >= MAX_ARRAY_DEPTH {
                 return Err(Error::MalformedHeader {
@@ -395,9 +441,19 @@ fn read_value(
             let len_at = c.pos();
             let len = c.u64(|| format!("length of array `{key}`"))?;
             c.check_declared(len, min, "elements", || format!("array `{key}`"), len_at)?;
+            if len > budget.values {
+                return Err(Error::DeclaredLengthTooLarge {
+                    path: c.path(),
+                    what: format!("array `{key}`"),
+                    offset: len_at,
+                    declared: len,
+                    unit: "elements",
+                    limit: budget.values,
+                });
+            }
             let mut items = Vec::with_capacity(capped(len));
             for _ in 0..len {
-                items.push(read_value(c, key, elem_type, elem_at, depth + 1)?);
+                items.push(read_value(c, budget, key, elem_type, elem_at, depth + 1)?);
             }
             GgufValue::Array(items)
         }

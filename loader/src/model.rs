@@ -262,7 +262,7 @@ impl ModelFile {
     /// Reads `buf.len()` bytes of `tensor` starting `offset` bytes into its data.
     pub fn read_tensor_bytes(&self, tensor: &TensorInfo, offset: u64, buf: &mut [u8]) -> Result<()> {
         let end = offset.checked_add(buf.len() as u64);
-        if end.is_none_or(|end| end > tensor.byte_len) {
+        if end.is_none_or(|end| end > tensor.byte_len) || tensor.offset.checked_add(tensor.byte_len).is_none() {
             return Err(Error::InvalidOption(format!(
                 "read of {} bytes at {offset} is outside tensor `{}` ({} bytes)",
                 buf.len(),

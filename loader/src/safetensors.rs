@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 use crate::gguf::checked_elements;
@@ -22,6 +23,8 @@ use crate::DType;
 /// Largest header accepted (the `safetensors` crate's own limit): a header is JSON for at most
 /// a few hundred thousand tensors; anything bigger is a corrupt length.
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// Highest tensor rank accepted (PyTorch's own limit is 64); the rank is hashed as one byte.
+pub const MAX_RANK: usize = 64;
 
 /// A parsed safetensors header.
 #[derive(Debug, Clone)]
@@ -38,7 +41,7 @@ pub struct SafetensorsHeader {
 /// the start of a JSON object (`{"` or `{}`). The length itself is not judged here, so that a
 /// corrupt one gets the specific error from [`parse`] rather than "unknown format".
 pub fn looks_like(first: &[u8]) -> bool {
-    first.len() >= 10 && first[8] == b'{' && matches!(first[9], b'"' | b'}' | b' ' | b'\n')
+    first.len() >= 10 && first[8] == b'{' && matches!(first[9], b'"' | b'}' | b' ' | b'\t' | b'\r' | b'\n')
 }
 
 /// Parses the header of a safetensors file.
@@ -74,19 +77,23 @@ pub fn parse(source: &dyn ByteSource) -> Result<SafetensorsHeader> {
     let mut metadata = BTreeMap::new();
     let mut tensors = Vec::with_capacity(entries.len());
     let mut names = HashSet::new();
-    for (name, value) in entries {
-        // Where the entry's key sits in the file, for error messages only (computed lazily:
-        // searching the header for every tensor would be quadratic in the tensor count).
-        let at = || 8 + text.find(&format!("\"{name}\"")).unwrap_or(0) as u64;
+    for (name, raw) in entries {
+        // Where the entry's value starts in the file: the raw JSON borrows from `text`.
+        let value_at = 8 + (raw.get().as_ptr() as usize - text.as_ptr() as usize) as u64;
+        let at = || value_at;
         if !names.insert(name.clone()) {
-            let offset = at();
             return Err(Error::Duplicate {
                 path: path(),
                 what: "tensor",
                 name,
-                offset,
+                offset: value_at,
             });
         }
+        let value: serde_json::Value = serde_json::from_str(raw.get()).map_err(|e| Error::MalformedHeader {
+            path: path(),
+            offset: value_at,
+            reason: format!("entry `{name}`: {e}"),
+        })?;
         let bad = |reason: String| Error::MalformedHeader {
             path: path(),
             offset: at(),
@@ -123,6 +130,9 @@ pub fn parse(source: &dyn ByteSource) -> Result<SafetensorsHeader> {
             .and_then(|v| v.as_array())
             .and_then(|dims| dims.iter().map(|d| d.as_u64()).collect::<Option<Vec<u64>>>())
             .ok_or_else(|| bad(format!("tensor `{name}` needs `shape`, an array of non-negative integers")))?;
+        if shape.len() > MAX_RANK {
+            return Err(bad(format!("tensor `{name}` has rank {}, more than {MAX_RANK}", shape.len())));
+        }
         let (begin, end) = match obj.get("data_offsets").and_then(|v| v.as_array()).map(Vec::as_slice) {
             Some([b, e]) => match (b.as_u64(), e.as_u64()) {
                 (Some(b), Some(e)) if b <= e => (b, e),
@@ -142,9 +152,11 @@ pub fn parse(source: &dyn ByteSource) -> Result<SafetensorsHeader> {
                 Error::BlockMisfit {
                     path: path(),
                     tensor: name.clone(),
+                    offset: at(),
                     dtype,
                     block_elements: dtype.block_elements(),
-                    row_len: shape.last().copied().unwrap_or(1),
+                    counted: "element count",
+                    count: elements,
                 }
             } else {
                 overflow()
@@ -154,6 +166,7 @@ pub fn parse(source: &dyn ByteSource) -> Result<SafetensorsHeader> {
             return Err(Error::LengthMismatch {
                 path: path(),
                 tensor: name,
+                offset: at(),
                 dtype,
                 shape,
                 declared: end - begin,
@@ -211,17 +224,18 @@ pub fn parse(source: &dyn ByteSource) -> Result<SafetensorsHeader> {
 }
 
 /// Parses the top-level JSON object into its entries in order, keeping duplicates (which
-/// `serde_json::Map` would silently collapse) so that they can be reported.
-fn parse_entries(text: &str) -> std::result::Result<Vec<(String, serde_json::Value)>, serde_json::Error> {
+/// `serde_json::Map` would silently collapse) so that they can be reported, and each value as
+/// raw JSON borrowed from `text`, so that errors can give its exact offset.
+fn parse_entries(text: &str) -> std::result::Result<Vec<(String, &RawValue)>, serde_json::Error> {
     struct Entries;
     impl<'de> Visitor<'de> for Entries {
-        type Value = Vec<(String, serde_json::Value)>;
+        type Value = Vec<(String, &'de RawValue)>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a JSON object mapping tensor names to {dtype, shape, data_offsets}")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
             let mut out = Vec::new();
-            while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+            while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
                 out.push(entry);
             }
             Ok(out)

@@ -122,7 +122,7 @@ pub(crate) fn read_range(
     source: &dyn ByteSource,
     offset: u64,
     buf: &mut [u8],
-    what: impl FnOnce() -> String,
+    what: impl Fn() -> String,
 ) -> Result<()> {
     let needed = buf.len() as u64;
     if offset.checked_add(needed).is_none_or(|end| end > source.len()) {
@@ -134,8 +134,10 @@ pub(crate) fn read_range(
             file_len: source.len(),
         });
     }
-    source.read_exact_at(offset, buf).map_err(|e| Error::Io {
+    source.read_exact_at(offset, buf).map_err(|e| Error::ReadFailed {
         path: source.path().to_path_buf(),
+        what: what(),
+        offset,
         source: e,
     })
 }
@@ -205,7 +207,7 @@ impl<'a> HeaderCursor<'a> {
 
     /// Returns the next `n` bytes and advances. `n` must already be checked to be modest (at
     /// most the rest of the file); bytes beyond the window are read straight into a new buffer.
-    pub(crate) fn take(&mut self, n: u64, what: impl FnOnce() -> String) -> Result<Vec<u8>> {
+    pub(crate) fn take(&mut self, n: u64, what: impl Fn() -> String) -> Result<Vec<u8>> {
         if n > self.remaining() {
             return Err(Error::Truncated {
                 path: self.path(),
@@ -222,13 +224,13 @@ impl<'a> HeaderCursor<'a> {
     }
 
     /// Reads exactly `N` bytes.
-    pub(crate) fn array<const N: usize>(&mut self, what: impl FnOnce() -> String) -> Result<[u8; N]> {
+    pub(crate) fn array<const N: usize>(&mut self, what: impl Fn() -> String) -> Result<[u8; N]> {
         let mut out = [0u8; N];
         self.fill(&mut out, what)?;
         Ok(out)
     }
 
-    fn fill(&mut self, out: &mut [u8], what: impl FnOnce() -> String) -> Result<()> {
+    fn fill(&mut self, out: &mut [u8], what: impl Fn() -> String) -> Result<()> {
         let n = out.len() as u64;
         if n > self.remaining() {
             return Err(Error::Truncated {
@@ -256,16 +258,16 @@ impl<'a> HeaderCursor<'a> {
         Ok(())
     }
 
-    pub(crate) fn u8(&mut self, what: impl FnOnce() -> String) -> Result<u8> {
+    pub(crate) fn u8(&mut self, what: impl Fn() -> String) -> Result<u8> {
         Ok(self.array::<1>(what)?[0])
     }
-    pub(crate) fn u16(&mut self, what: impl FnOnce() -> String) -> Result<u16> {
+    pub(crate) fn u16(&mut self, what: impl Fn() -> String) -> Result<u16> {
         Ok(u16::from_le_bytes(self.array(what)?))
     }
-    pub(crate) fn u32(&mut self, what: impl FnOnce() -> String) -> Result<u32> {
+    pub(crate) fn u32(&mut self, what: impl Fn() -> String) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
-    pub(crate) fn u64(&mut self, what: impl FnOnce() -> String) -> Result<u64> {
+    pub(crate) fn u64(&mut self, what: impl Fn() -> String) -> Result<u64> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 }

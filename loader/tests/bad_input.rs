@@ -127,7 +127,7 @@ fn cases() -> Vec<Case> {
             label: "gguf-shape-overflow",
             bytes: with_data(cat(&[&header(3, 1, 0), &tensor(b"t", &[1 << 32, 1 << 32, 16], 0, 0)]), 32, &f32_data),
             matches: |e| matches!(e, Error::ShapeOverflow { offset: 33, .. }),
-            says: &["tensor `t`", "offset 33", "64 bits"],
+            says: &["tensor `t`", "offset 33", "more than 2^64 elements or bytes"],
         },
         Case {
             label: "gguf-byte-size-overflow",
@@ -144,8 +144,8 @@ fn cases() -> Vec<Case> {
         Case {
             label: "gguf-block-misfit",
             bytes: with_data(cat(&[&header(3, 1, 0), &tensor(b"q", &[33], 2, 0)]), 32, &f32_data),
-            matches: |e| matches!(e, Error::BlockMisfit { row_len: 33, block_elements: 32, .. }),
-            says: &["tensor `q`", "Q4_0", "33"],
+            matches: |e| matches!(e, Error::BlockMisfit { count: 33, block_elements: 32, offset: 33, .. }),
+            says: &["tensor `q`", "offset 33", "Q4_0", "innermost dimension is 33"],
         },
         Case {
             label: "gguf-arrays-too-deep",
@@ -155,9 +155,10 @@ fn cases() -> Vec<Case> {
         },
         Case {
             label: "gguf-bad-alignment",
+            // key at 24 (8 + 17 bytes), type at 49, value at 53.
             bytes: cat(&[&header(3, 0, 1), &kv_u32("general.alignment", 24)]),
-            matches: |e| matches!(e, Error::MalformedHeader { .. }),
-            says: &["general.alignment", "power of two"],
+            matches: |e| matches!(e, Error::MalformedHeader { offset: 53, .. }),
+            says: &["general.alignment", "power of two", "offset 53"],
         },
         Case {
             label: "gguf-duplicate-tensor",
@@ -212,15 +213,16 @@ fn cases() -> Vec<Case> {
         },
         Case {
             label: "safetensors-unknown-dtype",
+            // Offsets name where the tensor's entry (its value object) starts: 8 + 5.
             bytes: st_file(r#"{"w":{"dtype":"F12","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4]),
-            matches: |e| matches!(e, Error::UnknownDtype { offset: 9, .. }),
-            says: &["tensor `w`", "offset 9", "F12", "BF16"],
+            matches: |e| matches!(e, Error::UnknownDtype { offset: 13, .. }),
+            says: &["tensor `w`", "offset 13", "F12", "BF16"],
         },
         Case {
             label: "safetensors-length-mismatch",
             bytes: st_file(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, &[0; 4]),
-            matches: |e| matches!(e, Error::LengthMismatch { declared: 4, expected: 8, .. }),
-            says: &["tensor `w`", "4 bytes", "need 8"],
+            matches: |e| matches!(e, Error::LengthMismatch { declared: 4, expected: 8, offset: 13, .. }),
+            says: &["tensor `w`", "offset 13", "4 bytes", "need 8"],
         },
         Case {
             label: "safetensors-overlap",
@@ -241,7 +243,7 @@ fn cases() -> Vec<Case> {
             label: "safetensors-shape-overflow",
             bytes: st_file(r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,2],"data_offsets":[0,16]}}"#, &[0; 16]),
             matches: |e| matches!(e, Error::ShapeOverflow { .. }),
-            says: &["tensor `a`", "64 bits"],
+            says: &["tensor `a`", "more than 2^64 elements or bytes"],
         },
         Case {
             label: "safetensors-duplicate",
@@ -249,8 +251,9 @@ fn cases() -> Vec<Case> {
                 r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
                 &[0; 8],
             ),
-            matches: |e| matches!(e, Error::Duplicate { what: "tensor", .. }),
-            says: &["duplicate tensor `a`"],
+            // The second entry's value starts at file offset 66.
+            matches: |e| matches!(e, Error::Duplicate { what: "tensor", offset: 66, .. }),
+            says: &["duplicate tensor `a`", "offset 66"],
         },
         Case {
             label: "safetensors-hole",
@@ -270,8 +273,40 @@ fn cases() -> Vec<Case> {
         Case {
             label: "safetensors-reversed-offsets",
             bytes: st_file(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#, &[0; 8]),
-            matches: |e| matches!(e, Error::MalformedHeader { offset: 9, .. }),
+            matches: |e| matches!(e, Error::MalformedHeader { offset: 13, .. }),
             says: &["tensor `a`", "begin <= end"],
+        },
+        Case {
+            label: "gguf-metadata-over-budget",
+            // An array of 2^22 + 1 one-byte values: the file really holds them, but parsing them
+            // would cost ~64 bytes of memory per file byte. Key at 24, type 35, element type 39,
+            // length at 43.
+            bytes: cat(&[
+                &header(3, 0, 1),
+                &kv_raw("big", 9, &cat(&[&0u32.to_le_bytes(), &((1u64 << 22) + 1).to_le_bytes()])),
+                &vec![0; (1 << 22) + 1],
+            ]),
+            matches: |e| matches!(e, Error::DeclaredLengthTooLarge { offset: 43, unit: "elements", .. }),
+            says: &["array `big`", "offset 43", "4194305 elements"],
+        },
+        Case {
+            label: "safetensors-rank-65",
+            bytes: st_file(&format!(r#"{{"a":{{"dtype":"F32","shape":[{}],"data_offsets":[0,4]}}}}"#, ["1"; 65].join(",")), &[0; 4]),
+            matches: |e| matches!(e, Error::MalformedHeader { offset: 13, .. }),
+            says: &["tensor `a`", "rank 65"],
+        },
+        Case {
+            label: "safetensors-f4-odd-count",
+            bytes: st_file(r#"{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}"#, &[0; 2]),
+            matches: |e| matches!(e, Error::BlockMisfit { count: 3, block_elements: 2, .. }),
+            says: &["tensor `a`", "element count is 3"],
+        },
+        Case {
+            label: "safetensors-tab-after-brace",
+            // Detected as safetensors (any JSON whitespace may follow `{`), then judged.
+            bytes: st_file("{\t\"a\":1}", &[]),
+            matches: |e| matches!(e, Error::MalformedHeader { .. }),
+            says: &["tensor `a` must be an object"],
         },
         Case {
             label: "safetensors-bad-metadata",
