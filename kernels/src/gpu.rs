@@ -1,0 +1,644 @@
+//! The GPU context: which adapter, the device with the features and limits the kernels use, the
+//! pipeline cache, pooled buffers with staged uploads and downloads, and the [`Recorder`] that
+//! puts many dispatches into one command encoder (per-submit overhead under wgpu is large).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use wgpu::util::DeviceExt as _;
+
+use crate::error::{KernelError, Result};
+
+/// The backends tried, in wgpu's order. GL is left out: its compute support is too limited.
+const BACKENDS: wgpu::Backends = wgpu::Backends::VULKAN.union(wgpu::Backends::METAL).union(wgpu::Backends::DX12);
+
+/// Set to a substring of an adapter's name to choose it over the default order.
+pub const ADAPTER_ENV: &str = "HARTONOMOUS_ADAPTER";
+
+/// What the daemon and the benchmarks report about the adapter in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: String,
+    /// `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu` (software, e.g. lavapipe) or `Other`.
+    pub device_type: String,
+    pub driver: String,
+    pub software: bool,
+    pub subgroups: bool,
+    pub shader_f16: bool,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+}
+
+impl std::fmt::Display for AdapterReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}, {}{}; driver {}; subgroups {}, f16 {}; storage binding {} MiB)",
+            self.name,
+            self.backend,
+            self.device_type,
+            if self.software { ", software" } else { "" },
+            self.driver,
+            self.subgroups,
+            self.shader_f16,
+            self.max_storage_buffer_binding_size >> 20
+        )
+    }
+}
+
+/// Element type of a [`Tensor`]'s buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    U32,
+}
+
+impl DType {
+    pub const fn size(self) -> u64 {
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::F16 => 2,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::U32 => "u32",
+        }
+    }
+}
+
+/// A GPU buffer with a shape and element type. Cloning shares the buffer. When the last clone
+/// is dropped the buffer goes back to the pool.
+#[derive(Clone)]
+pub struct Tensor {
+    buffer: Arc<PooledBuffer>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {:?})", self.dtype, self.shape)
+    }
+}
+
+impl Tensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Elements (product of the shape).
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Bytes of data (the pooled buffer may be larger).
+    pub fn byte_len(&self) -> u64 {
+        self.len() as u64 * self.dtype.size()
+    }
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer.buffer
+    }
+    /// True when both tensors view one buffer.
+    pub fn same_buffer(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.buffer, &other.buffer)
+    }
+
+    /// The same buffer viewed with another shape of the same element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if shape.iter().product::<usize>() != self.len() {
+            return Err(KernelError::ShapeMismatch {
+                op: "reshape",
+                what: "new shape",
+                expected: format!("{} elements", self.len()),
+                got: shape.to_vec(),
+            });
+        }
+        Ok(Tensor {
+            buffer: self.buffer.clone(),
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        })
+    }
+}
+
+/// Buffers are pooled by size class: up to 1 MiB rounded to a power of two, above it to whole
+/// MiB. Kernels only ever touch a tensor's first `byte_len` bytes.
+fn size_class(bytes: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let bytes = bytes.max(16);
+    if bytes <= MIB {
+        bytes.next_power_of_two()
+    } else {
+        bytes.div_ceil(MIB) * MIB
+    }
+}
+
+/// Free bytes kept in the pool at most; beyond it released buffers are destroyed.
+const POOL_MAX_FREE_BYTES: u64 = 512 << 20;
+
+#[derive(Default)]
+struct Pool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    free_bytes: u64,
+}
+
+struct PooledBuffer {
+    buffer: wgpu::Buffer,
+    pool: Arc<Mutex<Pool>>,
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        let size = self.buffer.size();
+        let mut pool = lock(&self.pool);
+        if pool.free_bytes + size <= POOL_MAX_FREE_BYTES {
+            pool.free_bytes += size;
+            pool.free.entry(size).or_default().push(self.buffer.clone());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain data behind, still consistent.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How a kernel uses a storage binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// A compiled compute pipeline and its bind group layout.
+pub(crate) struct Kernel {
+    pub(crate) label: String,
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// The GPU context. Create once and share; all methods take `&self`.
+pub struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    report: AdapterReport,
+    limits: wgpu::Limits,
+    kernels: Mutex<HashMap<String, Arc<Kernel>>>,
+    pool: Arc<Mutex<Pool>>,
+    uncaptured: Arc<Mutex<Vec<String>>>,
+}
+
+fn device_type_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+impl Gpu {
+    /// Picks an adapter (a discrete GPU first, then any other, software last, or the one named
+    /// by `HARTONOMOUS_ADAPTER`) and opens a device with subgroups and `shader-f16` where the
+    /// adapter has them and its maximum limits.
+    pub fn new() -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: BACKENDS,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(BACKENDS));
+        adapters.sort_by_key(|a| device_type_rank(a.get_info().device_type));
+        let wanted = std::env::var(ADAPTER_ENV).ok();
+        let adapter = match &wanted {
+            Some(name) => adapters.into_iter().find(|a| a.get_info().name.contains(name.as_str())).ok_or_else(|| {
+                KernelError::NoAdapter {
+                    tried: format!("; none is named like {ADAPTER_ENV}={name}"),
+                }
+            })?,
+            None => adapters.into_iter().next().ok_or_else(|| KernelError::NoAdapter { tried: String::new() })?,
+        };
+        let info = adapter.get_info();
+        let features = adapter.features() & (wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16);
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("hartonomous"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| KernelError::DeviceRequest {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })?;
+        // wgpu's default handler panics; a daemon must not, so errors are kept and reported.
+        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| lock(&sink).push(e.to_string())));
+
+        let report = AdapterReport {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            software: info.device_type == wgpu::DeviceType::Cpu,
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            max_storage_buffer_binding_size: u64::from(limits.max_storage_buffer_binding_size),
+            max_buffer_size: limits.max_buffer_size,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+        };
+        if report.software {
+            tracing::warn!(adapter = %report, "using a software adapter: kernels run on the CPU");
+        } else {
+            tracing::info!(adapter = %report, "using GPU adapter");
+        }
+        Ok(Self {
+            device,
+            queue,
+            report,
+            limits,
+            kernels: Mutex::new(HashMap::new()),
+            pool: Arc::new(Mutex::new(Pool::default())),
+            uncaptured,
+        })
+    }
+
+    pub fn report(&self) -> &AdapterReport {
+        &self.report
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Fails if a tensor is larger than one storage binding may be on this adapter.
+    pub(crate) fn check_binding(&self, op: &'static str, what: &'static str, t: &Tensor) -> Result<()> {
+        let limit = u64::from(self.limits.max_storage_buffer_binding_size);
+        if t.byte_len() > limit {
+            return Err(KernelError::BindingTooLarge {
+                op,
+                what,
+                bytes: t.byte_len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    fn take_buffer(&self, bytes: u64) -> Result<wgpu::Buffer> {
+        let class = size_class(bytes);
+        if class > self.limits.max_buffer_size {
+            return Err(KernelError::InvalidArgument {
+                op: "alloc",
+                what: "buffer size",
+                reason: format!("{bytes} bytes exceed the adapter's maximum buffer size {}", self.limits.max_buffer_size),
+            });
+        }
+        let mut pool = lock(&self.pool);
+        if let Some(buffer) = pool.free.get_mut(&class).and_then(Vec::pop) {
+            pool.free_bytes -= class;
+            return Ok(buffer);
+        }
+        drop(pool);
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tensor"),
+            size: class,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A tensor of `shape` whose contents are unspecified (a reused buffer keeps old data).
+    pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let bytes = shape.iter().product::<usize>() as u64 * dtype.size();
+        Ok(Tensor {
+            buffer: Arc::new(PooledBuffer {
+                buffer: self.take_buffer(bytes)?,
+                pool: self.pool.clone(),
+            }),
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// Uploads `data` (whose length must match `shape`) as a tensor of `dtype`.
+    pub fn upload<T: bytemuck::Pod>(&self, data: &[T], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let elements: usize = shape.iter().product();
+        if std::mem::size_of_val(data) as u64 != elements as u64 * dtype.size() {
+            return Err(KernelError::ShapeMismatch {
+                op: "upload",
+                what: "data",
+                expected: format!("{elements} {} elements", dtype.name()),
+                got: vec![data.len()],
+            });
+        }
+        let t = self.empty(shape, dtype)?;
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        // `write_buffer` needs a multiple of 4 bytes; f16 tensors of odd length are padded.
+        if bytes.len() % 4 == 0 {
+            self.queue.write_buffer(t.buffer(), 0, bytes);
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4), 0);
+            self.queue.write_buffer(t.buffer(), 0, &padded);
+        }
+        Ok(t)
+    }
+
+    pub fn upload_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        self.upload(data, shape, DType::F32)
+    }
+
+    pub fn upload_u32(&self, data: &[u32], shape: &[usize]) -> Result<Tensor> {
+        self.upload(data, shape, DType::U32)
+    }
+
+    /// Downloads a tensor's bytes through a staging buffer, waiting for all submitted work.
+    pub fn download_bytes(&self, t: &Tensor) -> Result<Vec<u8>> {
+        let size = t.byte_len().next_multiple_of(4);
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("download staging"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("download") });
+        encoder.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| KernelError::Device {
+            during: "download",
+            message: e.to_string(),
+        })?;
+        rx.recv()
+            .map_err(|_| KernelError::Device {
+                during: "download",
+                message: "the map callback never ran".into(),
+            })?
+            .map_err(|e| KernelError::Device {
+                during: "download",
+                message: e.to_string(),
+            })?;
+        let mut bytes = slice
+            .get_mapped_range()
+            .map_err(|e| KernelError::Device {
+                during: "download",
+                message: e.to_string(),
+            })?
+            .to_vec();
+        staging.unmap();
+        bytes.truncate(t.byte_len() as usize);
+        self.check_uncaptured("download")?;
+        Ok(bytes)
+    }
+
+    pub fn download_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        if t.dtype() != DType::F32 {
+            return Err(KernelError::DTypeMismatch {
+                op: "download_f32",
+                what: "tensor",
+                expected: "f32",
+                got: t.dtype().name(),
+            });
+        }
+        Ok(bytemuck::pod_collect_to_vec(&self.download_bytes(t)?))
+    }
+
+    pub fn download_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
+        if t.dtype() != DType::U32 {
+            return Err(KernelError::DTypeMismatch {
+                op: "download_u32",
+                what: "tensor",
+                expected: "u32",
+                got: t.dtype().name(),
+            });
+        }
+        Ok(bytemuck::pod_collect_to_vec(&self.download_bytes(t)?))
+    }
+
+    /// Blocks until all submitted work has finished (benchmarks stop their clocks after this).
+    pub fn sync(&self) -> Result<()> {
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| KernelError::Device {
+            during: "sync",
+            message: e.to_string(),
+        })?;
+        self.check_uncaptured("sync")
+    }
+
+    fn check_uncaptured(&self, during: &'static str) -> Result<()> {
+        let mut errors = lock(&self.uncaptured);
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let message = errors.join("; ");
+        errors.clear();
+        Err(KernelError::Device { during, message })
+    }
+
+    /// The pipeline cached under `label`, compiled from `wgsl` on first use. The label names
+    /// the variant (op, dtypes, tile, workgroup) and is the wgpu label, so traces show it.
+    /// `storage` lists the storage bindings 0, 1, … in order; a uniform follows them. The layout
+    /// is explicit so that an entry point may leave a binding unused (e.g. an absent bias).
+    pub(crate) fn kernel(&self, label: &str, entry: &str, storage: &[Access], wgsl: impl FnOnce() -> String) -> Result<Arc<Kernel>> {
+        if let Some(k) = lock(&self.kernels).get(label) {
+            return Ok(k.clone());
+        }
+        let mut entries: Vec<wgpu::BindGroupLayoutEntry> = storage
+            .iter()
+            .enumerate()
+            .map(|(i, access)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: *access == Access::Read,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding: storage.len() as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(label),
+            entries: &entries,
+        });
+        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(wgsl().into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(KernelError::Shader {
+                label: label.to_string(),
+                message: e.to_string(),
+            });
+        }
+        let kernel = Arc::new(Kernel {
+            label: label.to_string(),
+            layout,
+            pipeline,
+        });
+        lock(&self.kernels).insert(label.to_string(), kernel.clone());
+        Ok(kernel)
+    }
+
+    /// Starts recording dispatches into one command encoder.
+    pub fn recorder(&self) -> Recorder<'_> {
+        Recorder {
+            gpu: self,
+            encoder: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hartonomous") }),
+            dispatches: 0,
+            bound: Vec::new(),
+        }
+    }
+
+    /// Records one op with `f` and submits it: for callers that run a single kernel.
+    pub fn run<T>(&self, f: impl FnOnce(&mut Recorder<'_>) -> Result<T>) -> Result<T> {
+        let mut rec = self.recorder();
+        let out = f(&mut rec)?;
+        rec.submit()?;
+        Ok(out)
+    }
+}
+
+/// Collects dispatches into one command encoder; [`Recorder::submit`] sends them together.
+/// WebGPU orders dispatches and makes each one's writes visible to the next.
+pub struct Recorder<'g> {
+    gpu: &'g Gpu,
+    encoder: wgpu::CommandEncoder,
+    dispatches: usize,
+    /// Tensors bound by recorded dispatches, held until submit so that a dropped tensor's buffer
+    /// cannot go back to the pool and be overwritten by an upload that runs before this work.
+    bound: Vec<Tensor>,
+}
+
+impl<'g> Recorder<'g> {
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// Dispatches recorded so far.
+    pub fn dispatches(&self) -> usize {
+        self.dispatches
+    }
+
+    /// Records `kernel` over `groups` workgroups with `tensors` bound at 0, 1, … and `params`
+    /// (a `#[repr(C)]` struct of 4-byte fields) as a uniform at the next binding.
+    pub(crate) fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        kernel: &Kernel,
+        tensors: &[&Tensor],
+        params: &P,
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let limit = self.gpu.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > limit) {
+            return Err(KernelError::InvalidArgument {
+                op: "dispatch",
+                what: "workgroup count",
+                reason: format!("{groups:?} exceeds the adapter's {limit} per dimension for `{}`", kernel.label),
+            });
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let uniform = self.gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries: Vec<wgpu::BindGroupEntry<'_>> = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: t.buffer().as_entire_binding(),
+            })
+            .collect();
+        entries.push(wgpu::BindGroupEntry {
+            binding: tensors.len() as u32,
+            resource: uniform.as_entire_binding(),
+        });
+        let bind_group = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&kernel.label),
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(&kernel.label),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        drop(pass);
+        self.dispatches += 1;
+        self.bound.extend(tensors.iter().map(|t| (*t).clone()));
+        Ok(())
+    }
+
+    /// Submits everything recorded.
+    pub fn submit(self) -> Result<()> {
+        self.gpu.queue.submit([self.encoder.finish()]);
+        // Buffers may go back to the pool now: later uploads are ordered after this submit.
+        drop(self.bound);
+        self.gpu.check_uncaptured("submit")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn size_classes_round_up() {
+        assert_eq!(super::size_class(0), 16);
+        assert_eq!(super::size_class(1000), 1024);
+        assert_eq!(super::size_class(1 << 20), 1 << 20);
+        assert_eq!(super::size_class((1 << 20) + 1), 2 << 20);
+        assert_eq!(super::size_class(5 * (1 << 20) + 3), 6 << 20);
+    }
+}

@@ -1,0 +1,111 @@
+//! Plain CPU references for every kernel, accumulating in f64. They define the semantics the
+//! kernels are tested against; they are written for clarity, not speed.
+
+/// GELU, erf form: x·Φ(x) = ½x(1 + erf(x/√2)).
+pub fn gelu(x: f32) -> f64 {
+    let x = f64::from(x);
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+/// SiLU: x·sigmoid(x).
+pub fn silu(x: f32) -> f64 {
+    let x = f64::from(x);
+    x / (1.0 + (-x).exp())
+}
+
+/// `a op b` with b repeated along a (b's length divides a's).
+pub fn binary(a: &[f32], b: &[f32], op: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    a.iter().enumerate().map(|(i, &x)| op(f64::from(x), f64::from(b[i % b.len()]))).collect()
+}
+
+/// LayerNorm over rows of `cols`.
+pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<f64> {
+    let cols = weight.len();
+    x.chunks(cols)
+        .flat_map(|row| {
+            let n = cols as f64;
+            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+            let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+            let inv = 1.0 / (var + f64::from(eps)).sqrt();
+            row.iter()
+                .enumerate()
+                .map(move |(c, &v)| (f64::from(v) - mean) * inv * f64::from(weight[c]) + f64::from(bias[c]))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// RMSNorm over rows of `cols`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f64> {
+    let cols = weight.len();
+    x.chunks(cols)
+        .flat_map(|row| {
+            let ms = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / cols as f64;
+            let inv = 1.0 / (ms + f64::from(eps)).sqrt();
+            row.iter().enumerate().map(move |(c, &v)| f64::from(v) * inv * f64::from(weight[c])).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Softmax of scale·x over rows of `cols`; `mask` ([mask_rows, cols], 0 = masked) as in the
+/// kernel: row r uses mask row r / (rows / mask_rows). Fully masked rows are zeros.
+pub fn softmax(x: &[f32], cols: usize, mask: Option<&[u32]>, scale: f32) -> Vec<f64> {
+    let rows = x.len() / cols;
+    let rows_per_mask = mask.map(|m| rows / (m.len() / cols));
+    let mut out = Vec::with_capacity(x.len());
+    for (r, row) in x.chunks(cols).enumerate() {
+        let kept = |c: usize| match (mask, rows_per_mask) {
+            (Some(m), Some(per)) => m[(r / per) * cols + c] != 0,
+            _ => true,
+        };
+        let logits: Vec<f64> = row.iter().map(|&v| f64::from(scale) * f64::from(v)).collect();
+        let max = (0..cols).filter(|&c| kept(c)).map(|c| logits[c]).fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = (0..cols).filter(|&c| kept(c)).map(|c| (logits[c] - max).exp()).sum();
+        out.extend((0..cols).map(|c| if kept(c) && sum > 0.0 { (logits[c] - max).exp() / sum } else { 0.0 }));
+    }
+    out
+}
+
+/// Batched A·Wᵀ (+ bias) (+ residual): `a` [batch, m, k], `w` [n, k] shared or [batch, n, k].
+/// Also returns, per output, Σ|a·w| over k: the scale that f32 rounding error is relative to.
+pub fn matmul(
+    a: &[f32],
+    w: &[f32],
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> (Vec<f64>, Vec<f64>) {
+    let w_batched = w.len() == batch * n * k && batch > 1;
+    let mut out = vec![0.0; batch * m * n];
+    let mut scale = vec![0.0; batch * m * n];
+    for b in 0..batch {
+        let wb = if w_batched { &w[b * n * k..(b + 1) * n * k] } else { w };
+        for i in 0..m {
+            let row = &a[(b * m + i) * k..(b * m + i + 1) * k];
+            for j in 0..n {
+                let col = &wb[j * k..(j + 1) * k];
+                let (mut s, mut mag) = (0.0f64, 0.0f64);
+                for (x, y) in row.iter().zip(col) {
+                    let t = f64::from(*x) * f64::from(*y);
+                    s += t;
+                    mag += t.abs();
+                }
+                let o = (b * m + i) * n + j;
+                if let Some(bias) = bias {
+                    s += f64::from(bias[j]);
+                    mag += f64::from(bias[j]).abs();
+                }
+                if let Some(res) = residual {
+                    s += f64::from(res[o]);
+                    mag += f64::from(res[o]).abs();
+                }
+                out[o] = s;
+                scale[o] = mag;
+            }
+        }
+    }
+    (out, scale)
+}
