@@ -109,3 +109,58 @@ pub fn matmul(
     }
     (out, scale)
 }
+
+/// Mean of `hidden` [b, s, h] over unmasked positions, then L2-normalised (max(‖v‖, 1e-12)).
+pub fn mean_pool(hidden: &[f32], mask: &[u32], b: usize, s: usize, h: usize, normalize: bool) -> Vec<f64> {
+    let mut out = vec![0.0; b * h];
+    for bi in 0..b {
+        let kept: Vec<usize> = (0..s).filter(|&si| mask[bi * s + si] != 0).collect();
+        let row = &mut out[bi * h..(bi + 1) * h];
+        if kept.is_empty() {
+            continue;
+        }
+        for (hi, o) in row.iter_mut().enumerate() {
+            *o = kept.iter().map(|&si| f64::from(hidden[(bi * s + si) * h + hi])).sum::<f64>() / kept.len() as f64;
+        }
+        if normalize {
+            let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+    }
+    out
+}
+
+/// The RoPE table: for each position and pair i < rotary/2, (cos θ, sin θ) with
+/// θ = position · base^(-2i/rotary), in f64 rounded to f32.
+pub fn rope_cos_sin(base: f64, rotary: usize, max_positions: usize) -> Vec<f32> {
+    let half = rotary / 2;
+    let mut out = Vec::with_capacity(max_positions * half * 2);
+    for pos in 0..max_positions {
+        for i in 0..half {
+            let theta = pos as f64 * base.powf(-2.0 * i as f64 / rotary as f64);
+            out.push(theta.cos() as f32);
+            out.push(theta.sin() as f32);
+        }
+    }
+    out
+}
+
+/// RoPE of `x` [t, heads, d] at `positions`, angles in f64; `interleaved` pairs (2i, 2i+1),
+/// otherwise (i, i + rotary/2); dimensions past `rotary` unchanged.
+pub fn rope(x: &[f32], positions: &[u32], heads: usize, d: usize, rotary: usize, base: f64, interleaved: bool) -> Vec<f64> {
+    let mut out: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    let half = rotary / 2;
+    for (t, &pos) in positions.iter().enumerate() {
+        for h in 0..heads {
+            let at = (t * heads + h) * d;
+            for i in 0..half {
+                let theta = f64::from(pos) * base.powf(-2.0 * i as f64 / rotary as f64);
+                let (i0, i1) = if interleaved { (at + 2 * i, at + 2 * i + 1) } else { (at + i, at + i + half) };
+                let (x0, x1) = (f64::from(x[i0]), f64::from(x[i1]));
+                out[i0] = x0 * theta.cos() - x1 * theta.sin();
+                out[i1] = x0 * theta.sin() + x1 * theta.cos();
+            }
+        }
+    }
+    out
+}

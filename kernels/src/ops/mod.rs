@@ -5,6 +5,8 @@
 pub mod elementwise;
 pub mod matmul;
 pub mod norm;
+pub mod pool;
+pub mod rope;
 pub mod softmax;
 
 use crate::error::{KernelError, Result};
