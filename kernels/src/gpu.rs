@@ -49,20 +49,45 @@ impl std::fmt::Display for AdapterReport {
     }
 }
 
-/// Element type of a [`Tensor`]'s buffer.
+/// Element type of a [`Tensor`]'s buffer: activation and index types, and the GGUF block
+/// formats weights stay in (bytes as stored, blocks along the last dimension; layouts in
+/// `wgsl/quant.wgsl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
     F16,
     U32,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q4K,
+    Q5K,
+    Q6K,
 }
 
 impl DType {
-    pub const fn size(self) -> u64 {
+    /// (elements, bytes) per storage block; scalars are blocks of one.
+    pub const fn block(self) -> (u64, u64) {
         match self {
-            DType::F32 | DType::U32 => 4,
-            DType::F16 => 2,
+            DType::F32 | DType::U32 => (1, 4),
+            DType::F16 => (1, 2),
+            DType::Q8_0 => (32, 34),
+            DType::Q4_0 => (32, 18),
+            DType::Q4_1 => (32, 20),
+            DType::Q5_0 => (32, 22),
+            DType::Q5_1 => (32, 24),
+            DType::Q4K => (256, 144),
+            DType::Q5K => (256, 176),
+            DType::Q6K => (256, 210),
         }
+    }
+
+    /// Bytes taken by `elements` elements (a whole number of blocks).
+    pub const fn bytes_for(self, elements: u64) -> u64 {
+        let (e, b) = self.block();
+        elements / e * b
     }
 
     pub const fn name(self) -> &'static str {
@@ -70,6 +95,14 @@ impl DType {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::U32 => "u32",
+            DType::Q8_0 => "q8_0",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_1 => "q4_1",
+            DType::Q5_0 => "q5_0",
+            DType::Q5_1 => "q5_1",
+            DType::Q4K => "q4_k",
+            DType::Q5K => "q5_k",
+            DType::Q6K => "q6_k",
         }
     }
 }
@@ -105,7 +138,7 @@ impl Tensor {
     }
     /// Bytes of data (the pooled buffer may be larger).
     pub fn byte_len(&self) -> u64 {
-        self.len() as u64 * self.dtype.size()
+        self.dtype.bytes_for(self.len() as u64)
     }
     pub(crate) fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer.buffer
@@ -324,7 +357,16 @@ impl Gpu {
 
     /// A tensor of `shape` whose contents are unspecified (a reused buffer keeps old data).
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let bytes = shape.iter().product::<usize>() as u64 * dtype.size();
+        let elements = shape.iter().product::<usize>() as u64;
+        if elements % dtype.block().0 != 0 || shape.last().is_some_and(|&k| k as u64 % dtype.block().0 != 0) {
+            return Err(KernelError::ShapeMismatch {
+                op: "alloc",
+                what: "block tensor",
+                expected: format!("a last dimension that is a multiple of {} ({} blocks)", dtype.block().0, dtype.name()),
+                got: shape.to_vec(),
+            });
+        }
+        let bytes = dtype.bytes_for(elements);
         Ok(Tensor {
             buffer: Arc::new(PooledBuffer {
                 buffer: self.take_buffer(bytes)?,
@@ -335,18 +377,18 @@ impl Gpu {
         })
     }
 
-    /// Uploads `data` (whose length must match `shape`) as a tensor of `dtype`.
+    /// Uploads `data` (whose byte length must match `shape` in `dtype`; for block formats the
+    /// stored block bytes) as a tensor.
     pub fn upload<T: bytemuck::Pod>(&self, data: &[T], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let elements: usize = shape.iter().product();
-        if std::mem::size_of_val(data) as u64 != elements as u64 * dtype.size() {
+        let t = self.empty(shape, dtype)?;
+        if std::mem::size_of_val(data) as u64 != t.byte_len() {
             return Err(KernelError::ShapeMismatch {
                 op: "upload",
                 what: "data",
-                expected: format!("{elements} {} elements", dtype.name()),
-                got: vec![data.len()],
+                expected: format!("{} bytes for {:?} {}", t.byte_len(), shape, dtype.name()),
+                got: vec![std::mem::size_of_val(data)],
             });
         }
-        let t = self.empty(shape, dtype)?;
         let bytes: &[u8] = bytemuck::cast_slice(data);
         // `write_buffer` needs a multiple of 4 bytes; f16 tensors of odd length are padded.
         if bytes.len() % 4 == 0 {

@@ -6,6 +6,7 @@ pub mod elementwise;
 pub mod matmul;
 pub mod norm;
 pub mod pool;
+pub mod qmatmul;
 pub mod rope;
 pub mod softmax;
 

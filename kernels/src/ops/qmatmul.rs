@@ -1,0 +1,109 @@
+//! Matmul against weights in their stored format (f16 or a GGUF block format), decoded in
+//! registers: C = A · Wᵀ (+ bias) (+ residual), W [N, K].
+
+use crate::error::{KernelError, Result};
+use crate::gpu::{Access, DType, Recorder, Tensor};
+use crate::ops::matmul::Epilogue;
+use crate::ops::{as_u32, expect_bindable, expect_distinct, expect_dtype, expect_shape};
+
+const TILE: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct QMatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+}
+
+/// The `FORMAT` id `quant.wgsl` switches on.
+fn format_id(dtype: DType) -> Option<u32> {
+    Some(match dtype {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::Q8_0 => 2,
+        DType::Q4_0 => 3,
+        DType::Q4_1 => 4,
+        DType::Q5_0 => 5,
+        DType::Q5_1 => 6,
+        DType::Q4K => 7,
+        DType::Q5K => 8,
+        DType::Q6K => 9,
+        DType::U32 => return None,
+    })
+}
+
+/// out = a · wᵀ (+ bias) (+ residual) with `a` [M, K] f32, `w` [N, K] in any weight format,
+/// `out` [M, N]. Also the quantized matvec (M = 1, a decode step) until a dedicated
+/// bandwidth-bound matvec lands.
+pub fn qmatmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor) -> Result<()> {
+    const NAME: &str = "qmatmul";
+    expect_dtype(NAME, "a", a, DType::F32)?;
+    expect_dtype(NAME, "out", out, DType::F32)?;
+    let format = format_id(w.dtype()).ok_or(KernelError::DTypeMismatch {
+        op: NAME,
+        what: "w",
+        expected: "f32, f16 or a GGUF block format",
+        got: w.dtype().name(),
+    })?;
+    let ([m, k], [n, wk]) = (a.shape(), w.shape()) else {
+        return Err(KernelError::ShapeMismatch {
+            op: NAME,
+            what: "a and w",
+            expected: "a [M, K] and w [N, K]".into(),
+            got: [a.shape(), w.shape()].concat(),
+        });
+    };
+    let (m, k, n) = (*m, *k, *n);
+    if *wk != k {
+        return Err(KernelError::ShapeMismatch {
+            op: NAME,
+            what: "w",
+            expected: format!("[N, {k}]"),
+            got: w.shape().to_vec(),
+        });
+    }
+    expect_shape(NAME, "out", out, &[m, n])?;
+    let mut flags = 0;
+    if let Some(bias) = epilogue.bias {
+        expect_dtype(NAME, "bias", bias, DType::F32)?;
+        expect_shape(NAME, "bias", bias, &[n])?;
+        flags |= 1;
+    }
+    if let Some(residual) = epilogue.residual {
+        expect_dtype(NAME, "residual", residual, DType::F32)?;
+        expect_shape(NAME, "residual", residual, &[m, n])?;
+        flags |= 2;
+    }
+    let bias = epilogue.bias.unwrap_or(a);
+    let residual = epilogue.residual.unwrap_or(a);
+    expect_distinct(NAME, out, &[a, w, bias, residual])?;
+    expect_bindable(rec.gpu(), NAME, &[("a", a), ("w", w), ("out", out)])?;
+    let groups = [n.div_ceil(TILE), m.div_ceil(TILE), 1];
+    if groups.contains(&0) {
+        return Ok(());
+    }
+    let (block_elements, block_bytes) = w.dtype().block();
+    let label = format!("qmatmul_{}_f32_nt_tile64x64x16_wg16x16", w.dtype().name());
+    let kernel = rec.gpu().kernel(
+        &label,
+        "qmatmul",
+        &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+        || {
+            format!(
+                "const FORMAT: u32 = {format}u;\nconst BLOCK_ELEMENTS: u32 = {block_elements}u;\nconst BLOCK_BYTES: u32 = {block_bytes}u;\n{}\n{}\n{}",
+                include_str!("../wgsl/common.wgsl"),
+                include_str!("../wgsl/quant.wgsl"),
+                include_str!("../wgsl/qmatmul.wgsl")
+            )
+        },
+    )?;
+    let params = QMatmulParams {
+        m: as_u32(NAME, "M", m)?,
+        n: as_u32(NAME, "N", n)?,
+        k: as_u32(NAME, "K", k)?,
+        flags,
+    };
+    rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, groups.map(|g| g as u32))
+}

