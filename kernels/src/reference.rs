@@ -164,3 +164,47 @@ pub fn rope(x: &[f32], positions: &[u32], heads: usize, d: usize, rotary: usize,
     }
     out
 }
+
+/// Attention in f64 with the kernel's conventions (see `ops::attention`). Returns the outputs
+/// and, per output, Σ p·|v| (the magnitude f32 rounding is relative to).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    key_mask: Option<&[u32]>,
+    (b, t, heads, d): (usize, usize, usize, usize),
+    (capacity, kv_heads, kv_len): (usize, usize, usize),
+    causal: bool,
+    q_pos0: usize,
+    scale: f32,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut out = vec![0.0; b * t * heads * d];
+    let mut mag = vec![0.0; b * t * heads * d];
+    for bi in 0..b {
+        for ti in 0..t {
+            for h in 0..heads {
+                let kvh = h / (heads / kv_heads);
+                let qrow = &q[((bi * t + ti) * heads + h) * d..][..d];
+                let limit = if causal { kv_len.min(q_pos0 + ti + 1) } else { kv_len };
+                let keys: Vec<usize> = (0..limit).filter(|&s| key_mask.is_none_or(|m| m[bi * capacity + s] != 0)).collect();
+                let at = |s: usize| ((bi * capacity + s) * kv_heads + kvh) * d;
+                let scores: Vec<f64> = keys
+                    .iter()
+                    .map(|&s| f64::from(scale) * qrow.iter().zip(&k[at(s)..at(s) + d]).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum::<f64>())
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                let o = ((bi * t + ti) * heads + h) * d;
+                for (&s, score) in keys.iter().zip(&scores) {
+                    let prob = (score - max).exp() / sum;
+                    for j in 0..d {
+                        out[o + j] += prob * f64::from(v[at(s) + j]);
+                        mag[o + j] += prob * f64::from(v[at(s) + j]).abs();
+                    }
+                }
+            }
+        }
+    }
+    (out, mag)
+}

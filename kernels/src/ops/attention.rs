@@ -1,0 +1,124 @@
+//! Scaled dot-product attention over a KV cache: prefill (many queries), decode (one query per
+//! step), grouped-query heads, causal and key-padding masks.
+
+use crate::error::{KernelError, Result};
+use crate::gpu::{Access, DType, Recorder, Tensor};
+use crate::ops::{as_u32, expect_bindable, expect_distinct, expect_dtype, expect_shape, grid, wgsl_source};
+
+/// Largest head dimension: one workgroup invocation per output dimension.
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// How the queries see the keys.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttentionMask<'a> {
+    /// Query t sits at position `q_pos0 + t` and sees keys at positions <= its own.
+    pub causal: bool,
+    /// Position of the first query (the number of tokens already in the cache when decoding).
+    pub q_pos0: usize,
+    /// [B, capacity] u32, 0 = a padding key.
+    pub key_mask: Option<&'a Tensor>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AttentionParams {
+    batch: u32,
+    q_len: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    kv_len: u32,
+    capacity: u32,
+    q_pos0: u32,
+    causal: u32,
+    use_mask: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// out = softmax(scale · q·kᵀ + mask) · v. `q` and `out` are [B, T, heads, D]; `k` and `v` are
+/// caches [B, capacity, kv_heads, D] whose first `kv_len` positions are used; heads must be a
+/// multiple of kv_heads.
+pub fn attention(
+    rec: &mut Recorder<'_>,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kv_len: usize,
+    mask: AttentionMask<'_>,
+    scale: f32,
+    out: &Tensor,
+) -> Result<()> {
+    const NAME: &str = "attention";
+    for (what, t) in [("q", q), ("k", k), ("v", v), ("out", out)] {
+        expect_dtype(NAME, what, t, DType::F32)?;
+    }
+    let [b, t, heads, d] = *q.shape() else {
+        return Err(KernelError::ShapeMismatch {
+            op: NAME,
+            what: "q",
+            expected: "[B, T, heads, head_dim]".into(),
+            got: q.shape().to_vec(),
+        });
+    };
+    let [kb, capacity, kv_heads, kd] = *k.shape() else {
+        return Err(KernelError::ShapeMismatch {
+            op: NAME,
+            what: "k",
+            expected: "[B, capacity, kv_heads, head_dim]".into(),
+            got: k.shape().to_vec(),
+        });
+    };
+    if kb != b || kd != d || kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(KernelError::ShapeMismatch {
+            op: NAME,
+            what: "k",
+            expected: format!("[{b}, capacity, kv_heads dividing {heads}, {d}]"),
+            got: k.shape().to_vec(),
+        });
+    }
+    expect_shape(NAME, "v", v, k.shape())?;
+    expect_shape(NAME, "out", out, q.shape())?;
+    if d == 0 || d > MAX_HEAD_DIM {
+        return Err(KernelError::InvalidArgument {
+            op: NAME,
+            what: "head_dim",
+            reason: format!("{d} is outside 1..={MAX_HEAD_DIM}"),
+        });
+    }
+    if kv_len > capacity {
+        return Err(KernelError::InvalidArgument {
+            op: NAME,
+            what: "kv_len",
+            reason: format!("{kv_len} keys do not fit in a cache of {capacity}"),
+        });
+    }
+    if let Some(m) = mask.key_mask {
+        expect_dtype(NAME, "key_mask", m, DType::U32)?;
+        expect_shape(NAME, "key_mask", m, &[b, capacity])?;
+    }
+    expect_distinct(NAME, out, &[q, k, v])?;
+    expect_bindable(rec.gpu(), NAME, &[("q", q), ("k", k), ("v", v), ("out", out)])?;
+    let kernel = rec.gpu().kernel(
+        "attention_f32_gqa_online_softmax_chunk256_wg256",
+        "attention",
+        &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+        || wgsl_source!("attention.wgsl").into(),
+    )?;
+    let params = AttentionParams {
+        batch: as_u32(NAME, "B", b)?,
+        q_len: as_u32(NAME, "T", t)?,
+        heads: as_u32(NAME, "heads", heads)?,
+        kv_heads: as_u32(NAME, "kv_heads", kv_heads)?,
+        head_dim: as_u32(NAME, "head_dim", d)?,
+        kv_len: as_u32(NAME, "kv_len", kv_len)?,
+        capacity: as_u32(NAME, "capacity", capacity)?,
+        q_pos0: as_u32(NAME, "q_pos0", mask.q_pos0)?,
+        causal: u32::from(mask.causal),
+        use_mask: u32::from(mask.key_mask.is_some()),
+        scale,
+        _pad: 0,
+    };
+    let key_mask = mask.key_mask.unwrap_or(q);
+    rec.dispatch(&kernel, &[q, k, v, key_mask, out], &params, grid(b * t * heads, 1))
+}
