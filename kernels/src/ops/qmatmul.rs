@@ -18,7 +18,7 @@ struct QMatmulParams {
 }
 
 /// The `FORMAT` id `quant.wgsl` switches on.
-fn format_id(dtype: DType) -> Option<u32> {
+pub(crate) fn format_id(dtype: DType) -> Option<u32> {
     Some(match dtype {
         DType::F32 => 0,
         DType::F16 => 1,
