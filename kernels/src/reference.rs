@@ -208,3 +208,24 @@ pub fn attention(
     }
     (out, mag)
 }
+
+/// The best `k` of `keys` (higher first, ties to the lower index), as (index, key).
+pub fn top_k(keys: &[f64], k: usize) -> Vec<(u32, f64)> {
+    let mut order: Vec<(u32, f64)> = keys.iter().enumerate().map(|(i, &key)| (i as u32, if key.is_nan() { f64::NEG_INFINITY } else { key })).collect();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    order.truncate(k);
+    order
+}
+
+/// Selection key (higher is better) of `metric` 0 dot, 1 cosine, 2 L2 (-‖q - x‖²), in f64.
+pub fn similarity_key(q: &[f32], x: &[f32], metric: u32) -> f64 {
+    let dot: f64 = q.iter().zip(x).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+    let qn: f64 = q.iter().map(|&a| f64::from(a).powi(2)).sum();
+    let xn: f64 = x.iter().map(|&b| f64::from(b).powi(2)).sum();
+    match metric {
+        0 => dot,
+        1 if qn == 0.0 || xn == 0.0 => 0.0,
+        1 => dot / (qn.sqrt() * xn.sqrt()),
+        _ => -(qn + xn - 2.0 * dot).max(0.0),
+    }
+}

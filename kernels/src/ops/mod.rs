@@ -10,6 +10,7 @@ pub mod norm;
 pub mod pool;
 pub mod qmatmul;
 pub mod rope;
+pub mod similarity;
 pub mod softmax;
 
 use crate::error::{KernelError, Result};
