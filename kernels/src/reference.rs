@@ -229,3 +229,45 @@ pub fn similarity_key(q: &[f32], x: &[f32], metric: u32) -> f64 {
         _ => -(qn + xn - 2.0 * dot).max(0.0),
     }
 }
+
+/// Per-dimension aggregates of `x` [n, d]: op 0 sum, 1 mean, 2 weighted mean (weights
+/// normalised), 3 population std, 4 median (numpy).
+pub fn aggregate(x: &[f32], n: usize, d: usize, op: u32, weights: Option<&[f32]>) -> Vec<f64> {
+    (0..d)
+        .map(|j| {
+            let col: Vec<f64> = (0..n).map(|i| f64::from(x[i * d + j])).collect();
+            let mean = col.iter().sum::<f64>() / n as f64;
+            match op {
+                0 => col.iter().sum(),
+                1 => mean,
+                2 => {
+                    let w = weights.expect("weights for a weighted mean");
+                    let total: f64 = w.iter().map(|&v| f64::from(v)).sum();
+                    col.iter().zip(w).map(|(v, &wi)| v * f64::from(wi)).sum::<f64>() / total
+                }
+                3 => (col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64).sqrt(),
+                _ => {
+                    let mut sorted = col.clone();
+                    sorted.sort_by(f64::total_cmp);
+                    if n % 2 == 1 { sorted[n / 2] } else { 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]) }
+                }
+            }
+        })
+        .collect()
+}
+
+/// Mean of cos(x_i, x_j) over all pairs i != j (zero vectors have cosine 0 with everything).
+pub fn average_pairwise_cosine(x: &[f32], n: usize, d: usize) -> f64 {
+    if n < 2 {
+        return 0.0;
+    }
+    let mut total = 0.0;
+    for i in 0..n {
+        for j in 0..n {
+            if i != j {
+                total += similarity_key(&x[i * d..(i + 1) * d], &x[j * d..(j + 1) * d], 1);
+            }
+        }
+    }
+    total / (n * (n - 1)) as f64
+}

@@ -2,6 +2,7 @@
 //! adapter, then record one kernel into a [`Recorder`](crate::Recorder). Each op family's WGSL
 //! lives in `src/wgsl/` beside the shared `common.wgsl`.
 
+pub mod aggregate;
 pub mod attention;
 pub mod elementwise;
 pub mod gather;
