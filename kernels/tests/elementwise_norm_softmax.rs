@@ -157,3 +157,20 @@ fn launchers_reject_bad_shapes_dtypes_and_aliasing() {
     let err = gpu().run(|rec| layer_norm(rec, &a, &wrong, &wrong, 1e-5, &out)).unwrap_err();
     assert!(err.to_string().contains("layer_norm: weight has shape [2], expected [3]"), "{err}");
 }
+
+#[test]
+fn copy_appends_at_an_offset_and_the_fma_probe_runs() {
+    use hartonomous_kernels::ops::ceiling::{copy, fma_peak};
+    let src = upload(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], &[8]);
+    let dst = upload(&[0.0; 16], &[16]);
+    gpu().run(|rec| copy(rec, &src, &dst, 4)).expect("copy");
+    let got = gpu().download_f32(&dst).expect("download");
+    assert_eq!(&got[..4], &[0.0; 4]);
+    assert_eq!(&got[4..12], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+    assert_eq!(&got[12..], &[0.0; 4]);
+    assert!(gpu().run(|rec| copy(rec, &src, &dst, 12)).is_err(), "past the end");
+    let out = poisoned(&[256]);
+    let flops = gpu().run(|rec| fma_peak(rec, &out, 10)).expect("probe");
+    assert_eq!(flops, 256 * 10 * 64);
+    assert!(gpu().download_f32(&out).expect("download").iter().all(|v| v.is_finite()));
+}

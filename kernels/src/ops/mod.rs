@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod attention;
+pub mod ceiling;
 pub mod elementwise;
 pub mod gather;
 pub mod matmul;

@@ -7,6 +7,8 @@ use crate::ops::matmul::Epilogue;
 use crate::ops::{as_u32, expect_bindable, expect_distinct, expect_dtype, expect_shape};
 
 const TILE: usize = 64;
+/// Up to this many rows of `a` take the matvec kernel (see `qmatvec.wgsl`).
+pub const MATVEC_MAX_M: usize = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -35,8 +37,8 @@ pub(crate) fn format_id(dtype: DType) -> Option<u32> {
 }
 
 /// out = a · wᵀ (+ bias) (+ residual) with `a` [M, K] f32, `w` [N, K] in any weight format,
-/// `out` [M, N]. Also the quantized matvec (M = 1, a decode step) until a dedicated
-/// bandwidth-bound matvec lands.
+/// `out` [M, N]. Up to [`MATVEC_MAX_M`] rows (decoding) run the bandwidth-bound matvec; more run
+/// the tiled matmul.
 pub fn qmatmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor) -> Result<()> {
     const NAME: &str = "qmatmul";
     expect_dtype(NAME, "a", a, DType::F32)?;
@@ -85,6 +87,31 @@ pub fn qmatmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogu
         return Ok(());
     }
     let (block_elements, block_bytes) = w.dtype().block();
+    let prelude = format!("const FORMAT: u32 = {format}u;\nconst BLOCK_ELEMENTS: u32 = {block_elements}u;\nconst BLOCK_BYTES: u32 = {block_bytes}u;\n");
+    let params = QMatmulParams {
+        m: as_u32(NAME, "M", m)?,
+        n: as_u32(NAME, "N", n)?,
+        k: as_u32(NAME, "K", k)?,
+        flags,
+    };
+    // A few tokens (decoding): the bandwidth-bound matvec, which needs K in whole 32-element chunks.
+    if m <= MATVEC_MAX_M && k % 32 == 0 {
+        let label = format!("qmatvec_{}_f32_tpr8_rows32_wg256", w.dtype().name());
+        let kernel = rec.gpu().kernel(
+            &label,
+            "qmatvec",
+            &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+            || {
+                format!(
+                    "{prelude}{}\n{}\n{}",
+                    include_str!("../wgsl/common.wgsl"),
+                    include_str!("../wgsl/quant.wgsl"),
+                    include_str!("../wgsl/qmatvec.wgsl")
+                )
+            },
+        )?;
+        return rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, crate::ops::grid(n, 32));
+    }
     let label = format!("qmatmul_{}_f32_nt_tile64x64x16_wg16x16", w.dtype().name());
     let kernel = rec.gpu().kernel(
         &label,
@@ -92,18 +119,12 @@ pub fn qmatmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogu
         &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
         || {
             format!(
-                "const FORMAT: u32 = {format}u;\nconst BLOCK_ELEMENTS: u32 = {block_elements}u;\nconst BLOCK_BYTES: u32 = {block_bytes}u;\n{}\n{}\n{}",
+                "{prelude}{}\n{}\n{}",
                 include_str!("../wgsl/common.wgsl"),
                 include_str!("../wgsl/quant.wgsl"),
                 include_str!("../wgsl/qmatmul.wgsl")
             )
         },
     )?;
-    let params = QMatmulParams {
-        m: as_u32(NAME, "M", m)?,
-        n: as_u32(NAME, "N", n)?,
-        k: as_u32(NAME, "K", k)?,
-        flags,
-    };
     rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, groups.map(|g| g as u32))
 }

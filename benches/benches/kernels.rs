@@ -1,0 +1,154 @@
+//! Kernel throughput on whatever adapter the machine has, each figure beside that adapter's
+//! measured ceilings: a vec4 copy kernel's GB/s (read + write) and an FMA probe's GFLOP/s.
+//! Shapes are the transformer shapes the daemon runs (MiniLM at 512 tokens, SmolLM2 decode and
+//! its tied output layer) plus square 1024³. Every timing synchronises the device before the
+//! clock stops; each op records `REPS` dispatches per submission, as a forward pass does.
+//!
+//! Run: `cargo bench -p hartonomous-benches --bench kernels` (HARTONOMOUS_ADAPTER picks an adapter).
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hartonomous_kernels::ops::attention::{attention, AttentionMask};
+use hartonomous_kernels::ops::ceiling::{copy, fma_peak};
+use hartonomous_kernels::ops::matmul::{matmul, Epilogue};
+use hartonomous_kernels::ops::qmatmul::qmatmul;
+use hartonomous_kernels::ops::similarity::{row_norms_sq, search, CorpusPiece, Metric};
+use hartonomous_kernels::{DType, Gpu, Recorder, Result};
+
+const REPS: usize = 8;
+
+/// Seconds per op, the median of 5 timed submissions of `REPS` ops each.
+fn time_op(gpu: &Gpu, mut op: impl FnMut(&mut Recorder<'_>) -> Result<()>) -> f64 {
+    let mut run = || {
+        let start = Instant::now();
+        gpu.run(|rec| (0..REPS).try_for_each(|_| op(rec))).expect("op runs");
+        gpu.sync().expect("sync");
+        start.elapsed().as_secs_f64() / REPS as f64
+    };
+    run(); // compile and warm up
+    let mut times: Vec<f64> = (0..5).map(|_| run()).collect();
+    times.sort_by(f64::total_cmp);
+    times[2]
+}
+
+struct Ceilings {
+    copy_gbs: f64,
+    fma_gflops: f64,
+}
+
+fn ceilings(gpu: &Gpu) -> Ceilings {
+    let n = 16 << 20; // 64 MiB each way
+    let src = gpu.upload_f32(&vec![1.0; n], &[n]).expect("upload");
+    let dst = gpu.empty(&[n], DType::F32).expect("alloc");
+    let secs = time_op(gpu, |rec| copy(rec, &src, &dst, 0));
+    let copy_gbs = 2.0 * (n * 4) as f64 / secs / 1e9;
+    let out = gpu.empty(&[256 * 1024], DType::F32).expect("alloc");
+    let mut flops = 0;
+    let secs = time_op(gpu, |rec| {
+        flops = fma_peak(rec, &out, 512)?;
+        Ok(())
+    });
+    let fma_gflops = flops as f64 / secs / 1e9;
+    println!("ceiling: copy {copy_gbs:.2} GB/s (read + write), FMA {fma_gflops:.1} GFLOP/s");
+    Ceilings { copy_gbs, fma_gflops }
+}
+
+fn report(name: &str, secs: f64, flops: f64, bytes: f64, c: &Ceilings) {
+    println!(
+        "{name:<44} {:>9.1} us  {:>8.2} GFLOP/s ({:>5.1}% of FMA)  {:>7.2} GB/s ({:>5.1}% of copy)",
+        secs * 1e6,
+        flops / secs / 1e9,
+        100.0 * flops / secs / 1e9 / c.fma_gflops,
+        bytes / secs / 1e9,
+        100.0 * bytes / secs / 1e9 / c.copy_gbs
+    );
+}
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            // Keep f16 scale fields finite: bytes stay below 0x7C in the high half.
+            (s >> 56) as u8 & 0x3F
+        })
+        .collect()
+}
+
+fn benches(c: &mut Criterion) {
+    let gpu = Gpu::new().expect("an adapter (scripts/test.sh installs lavapipe)");
+    println!("adapter: {}", gpu.report());
+    let ceil = ceilings(&gpu);
+    let mut group = c.benchmark_group("kernels");
+    group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+
+    // f32 matmul: (name, M, N, K).
+    for (name, m, n, k) in [
+        ("minilm_qkv_512x384x384", 512, 384, 384),
+        ("minilm_ffn_up_512x1536x384", 512, 1536, 384),
+        ("smollm2_decode_1x576x1536", 1, 576, 1536),
+        ("square_1024", 1024, 1024, 1024),
+    ] {
+        let a = gpu.upload_f32(&vec![0.5; m * k], &[m, k]).expect("upload");
+        let w = gpu.upload_f32(&vec![0.25; n * k], &[n, k]).expect("upload");
+        let out = gpu.empty(&[m, n], DType::F32).expect("alloc");
+        let flops = 2.0 * (m * n * k) as f64;
+        let bytes = 4.0 * (m * k + n * k + m * n) as f64;
+        report(&format!("matmul_f32 {name}"), time_op(&gpu, |rec| matmul(rec, &a, &w, Epilogue::default(), &out)), flops, bytes, &ceil);
+        group.throughput(Throughput::Elements(flops as u64 * REPS as u64));
+        group.bench_function(BenchmarkId::new("matmul_f32_flops", name), |b| {
+            b.iter(|| {
+                gpu.run(|rec| (0..REPS).try_for_each(|_| matmul(rec, &a, &w, Epilogue::default(), &out))).expect("runs");
+                gpu.sync().expect("sync");
+            })
+        });
+    }
+
+    // Quantized matvec (decode) and prefill matmul per format: bytes are the weight blocks read.
+    for dtype in [DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K] {
+        for (name, m, n, k) in [("decode_1x1536x576", 1, 1536, 576), ("tied_output_1x49152x576", 1, 49152, 576), ("prefill_512x1536x576", 512, 1536, 576)] {
+            let bytes_w = dtype.bytes_for((n * k) as u64) as usize;
+            let w = gpu.upload(&random_bytes(bytes_w, 7), &[n, k], dtype).expect("upload");
+            let a = gpu.upload_f32(&vec![0.5; m * k], &[m, k]).expect("upload");
+            let out = gpu.empty(&[m, n], DType::F32).expect("alloc");
+            let secs = time_op(&gpu, |rec| qmatmul(rec, &a, &w, Epilogue::default(), &out));
+            report(&format!("qmatmul_{} {name}", dtype.name()), secs, 2.0 * (m * n * k) as f64, bytes_w as f64, &ceil);
+            if m == 1 && n == 1536 {
+                group.throughput(Throughput::Bytes(bytes_w as u64 * REPS as u64));
+                group.bench_function(BenchmarkId::new("qmatvec_weight_bytes", format!("{}_{name}", dtype.name())), |b| {
+                    b.iter(|| {
+                        gpu.run(|rec| (0..REPS).try_for_each(|_| qmatmul(rec, &a, &w, Epilogue::default(), &out))).expect("runs");
+                        gpu.sync().expect("sync");
+                    })
+                });
+            }
+        }
+    }
+
+    // Attention decode: SmolLM2's 9 query heads over 3 KV heads of 64, 1024 cached positions.
+    let (heads, kv_heads, d, cap) = (9, 3, 64, 1024);
+    let q = gpu.upload_f32(&vec![0.1; heads * d], &[1, 1, heads, d]).expect("upload");
+    let kv = gpu.upload_f32(&vec![0.1; cap * kv_heads * d], &[1, cap, kv_heads, d]).expect("upload");
+    let out = gpu.empty(&[1, 1, heads, d], DType::F32).expect("alloc");
+    let mask = AttentionMask { causal: true, q_pos0: cap - 1, key_mask: None };
+    let secs = time_op(&gpu, |rec| attention(rec, &q, &kv, &kv, cap, mask, 0.125, &out));
+    report("attention_decode smollm2 kv1024", secs, 4.0 * (heads * cap * d) as f64, 2.0 * 4.0 * (cap * kv_heads * d) as f64, &ceil);
+
+    // Similarity scan: 8 queries against 100,000 × 384 f16 vectors, top-10 cosine.
+    let (nq, n, dim) = (8, 100_000, 384);
+    let halves: Vec<u16> = (0..n * dim).map(|i| half::f16::from_f32(((i % 97) as f32 - 48.0) / 97.0).to_bits()).collect();
+    let corpus = gpu.upload(&halves, &[n, dim], DType::F16).expect("upload");
+    let norms = gpu.empty(&[n], DType::F32).expect("alloc");
+    gpu.run(|rec| row_norms_sq(rec, &corpus, &norms)).expect("norms");
+    let queries = gpu.upload_f32(&vec![0.1; nq * dim], &[nq, dim]).expect("upload");
+    let pieces = [CorpusPiece { vectors: &corpus, norms_sq: &norms }];
+    let secs = time_op(&gpu, |rec| search(rec, &queries, &pieces, Metric::Cosine, 10).map(|_| ()));
+    report("similarity_scan cosine 8q x 100k x 384 f16", secs, 2.0 * (nq * n * dim) as f64, (n * dim * 2) as f64, &ceil);
+    group.finish();
+}
+
+criterion_group!(kernels, benches);
+criterion_main!(kernels);
