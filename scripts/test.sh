@@ -8,5 +8,8 @@ command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolc
 ensure_vulkan
 ensure_models
 cd "$HARTONOMOUS_ROOT"
-log "cargo test (models from $HARTONOMOUS_MODELS_DIR)"
+# Property tests draw from a fixed seed so that a run is reproducible and CI cannot turn red on a
+# case no earlier run drew; explore other cases with PROPTEST_RNG_SEED=<any u64> scripts/test.sh.
+export PROPTEST_RNG_SEED="${PROPTEST_RNG_SEED:-20261123}"
+log "cargo test (models from $HARTONOMOUS_MODELS_DIR, proptest seed $PROPTEST_RNG_SEED)"
 cargo test --locked

@@ -81,6 +81,8 @@ fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 fn benches(c: &mut Criterion) {
     let gpu = Gpu::new().expect("an adapter (scripts/test.sh installs lavapipe)");
     println!("adapter: {}", gpu.report());
+    // HARTONOMOUS_BENCH_REPORT_ONLY=1 prints the ceiling table and skips criterion's statistics.
+    let report_only = std::env::var_os("HARTONOMOUS_BENCH_REPORT_ONLY").is_some();
     let ceil = ceilings(&gpu);
     let mut group = c.benchmark_group("kernels");
     group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
@@ -98,6 +100,9 @@ fn benches(c: &mut Criterion) {
         let flops = 2.0 * (m * n * k) as f64;
         let bytes = 4.0 * (m * k + n * k + m * n) as f64;
         report(&format!("matmul_f32 {name}"), time_op(&gpu, |rec| matmul(rec, &a, &w, Epilogue::default(), &out)), flops, bytes, &ceil);
+        if report_only {
+            continue;
+        }
         group.throughput(Throughput::Elements(flops as u64 * REPS as u64));
         group.bench_function(BenchmarkId::new("matmul_f32_flops", name), |b| {
             b.iter(|| {
@@ -116,7 +121,7 @@ fn benches(c: &mut Criterion) {
             let out = gpu.empty(&[m, n], DType::F32).expect("alloc");
             let secs = time_op(&gpu, |rec| qmatmul(rec, &a, &w, Epilogue::default(), &out));
             report(&format!("qmatmul_{} {name}", dtype.name()), secs, 2.0 * (m * n * k) as f64, bytes_w as f64, &ceil);
-            if m == 1 && n == 1536 {
+            if m == 1 && n == 1536 && !report_only {
                 group.throughput(Throughput::Bytes(bytes_w as u64 * REPS as u64));
                 group.bench_function(BenchmarkId::new("qmatvec_weight_bytes", format!("{}_{name}", dtype.name())), |b| {
                     b.iter(|| {

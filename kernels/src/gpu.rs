@@ -14,6 +14,10 @@ const BACKENDS: wgpu::Backends = wgpu::Backends::VULKAN.union(wgpu::Backends::ME
 
 /// Set to a substring of an adapter's name to choose it over the default order.
 pub const ADAPTER_ENV: &str = "HARTONOMOUS_ADAPTER";
+/// Set to 0 to compile kernels without wgpu's runtime bounds checks. The default keeps them:
+/// on lavapipe removing them made no measurable difference (BENCHMARKS.md), so speed does not
+/// yet justify giving up that safety net.
+pub const SHADER_CHECKS_ENV: &str = "HARTONOMOUS_SHADER_CHECKS";
 
 /// What the daemon and the benchmarks report about the adapter in use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +235,7 @@ pub struct Gpu {
     kernels: Mutex<HashMap<String, Arc<Kernel>>>,
     pool: Arc<Mutex<Pool>>,
     uncaptured: Arc<Mutex<Vec<String>>>,
+    shader_checks: bool,
 }
 
 fn device_type_rank(t: wgpu::DeviceType) -> u8 {
@@ -307,6 +312,7 @@ impl Gpu {
             kernels: Mutex::new(HashMap::new()),
             pool: Arc::new(Mutex::new(Pool::default())),
             uncaptured,
+            shader_checks: std::env::var_os(SHADER_CHECKS_ENV).is_none_or(|v| v != "0"),
         })
     }
 
@@ -333,7 +339,10 @@ impl Gpu {
     }
 
     fn take_buffer(&self, bytes: u64) -> Result<wgpu::Buffer> {
-        let class = size_class(bytes);
+        // Block decoders read whole u32 words, so the last block of a tensor whose length is not
+        // a multiple of 4 may read up to 3 bytes past its data: every buffer keeps 4 bytes of
+        // slack beyond the data, so those reads stay inside the buffer.
+        let class = size_class(bytes.next_multiple_of(4) + 4);
         if class > self.limits.max_buffer_size {
             return Err(KernelError::InvalidArgument {
                 op: "alloc",
@@ -533,6 +542,11 @@ impl Gpu {
             count: None,
         });
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let checks = if self.shader_checks {
+            wgpu::ShaderRuntimeChecks::checked()
+        } else {
+            wgpu::ShaderRuntimeChecks::unchecked()
+        };
         let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some(label),
             entries: &entries,
@@ -542,10 +556,16 @@ impl Gpu {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let descriptor = wgpu::ShaderModuleDescriptor {
             label: Some(label),
             source: wgpu::ShaderSource::Wgsl(wgsl().into()),
-        });
+        };
+        // SAFETY: with `HARTONOMOUS_SHADER_CHECKS=0` wgpu injects no bounds checks, and this
+        // holds instead: every kernel indexes its buffers only below the sizes in its params,
+        // which its launcher validated against the bound tensors; the one exception, word reads
+        // past a block tensor's last byte, stays inside the 4 bytes of slack every buffer keeps
+        // (`take_buffer`). Every loop is bounded by its params. By default the checks stay on.
+        let module = unsafe { self.device.create_shader_module_trusted(descriptor, checks) };
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(label),
             layout: Some(&pipeline_layout),
@@ -682,5 +702,7 @@ mod tests {
         assert_eq!(super::size_class(1 << 20), 1 << 20);
         assert_eq!(super::size_class((1 << 20) + 1), 2 << 20);
         assert_eq!(super::size_class(5 * (1 << 20) + 3), 6 << 20);
+        // Data of exactly a class size still gets its 4 bytes of slack (see take_buffer).
+        assert!(super::size_class((1u64 << 20).next_multiple_of(4) + 4) > 1 << 20);
     }
 }

@@ -209,10 +209,11 @@ pub fn attention(
     (out, mag)
 }
 
-/// The best `k` of `keys` (higher first, ties to the lower index), as (index, key).
+/// The best `k` of `keys` (higher first, ties to the lower index), as (index, key). Keys compare
+/// as IEEE numbers, so -0.0 and +0.0 tie; NaN sorts last.
 pub fn top_k(keys: &[f64], k: usize) -> Vec<(u32, f64)> {
     let mut order: Vec<(u32, f64)> = keys.iter().enumerate().map(|(i, &key)| (i as u32, if key.is_nan() { f64::NEG_INFINITY } else { key })).collect();
-    order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    order.sort_by(|a, b| b.1.partial_cmp(&a.1).expect("NaN was mapped away").then(a.0.cmp(&b.0)));
     order.truncate(k);
     order
 }

@@ -49,6 +49,14 @@ proptest! {
 }
 
 #[test]
+fn signed_zeros_tie_and_break_by_index() {
+    let keys = upload(&[0.0, -0.0, 1.0, -0.0, 0.0], &[1, 5]);
+    let result = gpu().run(|rec| top_k(rec, &[&keys], 5)).expect("top_k runs");
+    let got: Vec<u32> = result.download(gpu(), Metric::Dot).expect("download")[0].iter().map(|p| p.0).collect();
+    assert_eq!(got, [2, 0, 1, 3, 4]);
+}
+
+#[test]
 fn pinned_top_k_edges() {
     check_top_k(1, &[5], 1024, 1); // k > N: all five, padding dropped
     check_top_k(2, &[1], 1, 2); // a single key
