@@ -91,11 +91,16 @@ pub fn matmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue
         c_stride: as_u32(NAME, "out", m * n)?,
         _pad: 0,
     };
-    let kernel = rec.gpu().kernel(
-        "matmul_f32_nt_tile64x64x16_wg16x16",
-        "matmul",
-        &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
-        || wgsl_source!("matmul.wgsl").into(),
-    )?;
+    let storage = [Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+    // CPU adapters run the register-blocked kernel (no workgroup memory or barriers, which
+    // lavapipe executes slowly); it needs whole vec4s along K and batch strides.
+    if rec.gpu().report().software && k % 4 == 0 {
+        let kernel = rec.gpu().kernel("matmul_f32_nt_regs4x4_wg8x8", "matmul_registers", &storage, || {
+            wgsl_source!("matmul_registers.wgsl").into()
+        })?;
+        let groups = [n.div_ceil(32) as u32, m.div_ceil(32) as u32, batch as u32];
+        return rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, groups);
+    }
+    let kernel = rec.gpu().kernel("matmul_f32_nt_tile64x64x16_wg16x16", "matmul", &storage, || wgsl_source!("matmul.wgsl").into())?;
     rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, groups.map(|g| g as u32))
 }
