@@ -5,7 +5,7 @@
 use crate::error::{KernelError, Result};
 use crate::gpu::{Access, DType, Recorder, Tensor};
 use crate::ops::similarity::row_norms_sq;
-use crate::ops::{as_u32, expect_bindable, expect_distinct, expect_dtype, expect_shape, grid};
+use crate::ops::{as_u32, expect_bindable, expect_distinct, expect_dtype, expect_shape, grid, wgsl_source};
 
 /// Largest set the median sorts in workgroup memory.
 pub const MAX_MEDIAN_N: usize = 2048;
@@ -45,7 +45,7 @@ fn launch(rec: &mut Recorder<'_>, op: u32, op_name: &str, x: &Tensor, aux: &Tens
     expect_bindable(rec.gpu(), NAME, &[("x", x), ("out", out)])?;
     let label = format!("aggregate_{op_name}_f32_dim_wg256");
     let kernel = rec.gpu().kernel(&label, "aggregate", &[Access::Read, Access::Read, Access::ReadWrite], || {
-        format!("const OP: u32 = {op}u;\n{}\n{}", include_str!("../wgsl/common.wgsl"), include_str!("../wgsl/aggregate.wgsl"))
+        format!("const OP: u32 = {op}u;\n{}", wgsl_source!("reduce.wgsl", "aggregate.wgsl"))
     })?;
     let params = AggregateParams {
         n: as_u32(NAME, "N", n)?,

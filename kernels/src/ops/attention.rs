@@ -103,7 +103,7 @@ pub fn attention(
         "attention_f32_gqa_online_softmax_chunk256_wg256",
         "attention",
         &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
-        || wgsl_source!("attention.wgsl").into(),
+        || wgsl_source!("reduce.wgsl", "attention.wgsl").into(),
     )?;
     let params = AttentionParams {
         batch: as_u32(NAME, "B", b)?,

@@ -2,6 +2,7 @@
 
 use crate::error::{KernelError, Result};
 use crate::gpu::{Access, DType, Recorder, Tensor};
+use crate::ops::qmatmul::quant_kernel_source;
 use crate::ops::{as_u32, expect_bindable, expect_distinct, expect_dtype, expect_shape, grid};
 
 #[repr(C)]
@@ -19,7 +20,7 @@ pub fn embedding(rec: &mut Recorder<'_>, table: &Tensor, ids: &Tensor, out: &Ten
     const NAME: &str = "embedding";
     expect_dtype(NAME, "ids", ids, DType::U32)?;
     expect_dtype(NAME, "out", out, DType::F32)?;
-    let format = crate::ops::qmatmul::format_id(table.dtype()).ok_or(KernelError::DTypeMismatch {
+    crate::ops::qmatmul::format_id(table.dtype()).ok_or(KernelError::DTypeMismatch {
         op: NAME,
         what: "table",
         expected: "f32, f16 or a GGUF block format",
@@ -44,15 +45,9 @@ pub fn embedding(rec: &mut Recorder<'_>, table: &Tensor, ids: &Tensor, out: &Ten
     expect_shape(NAME, "out", out, &[tokens, dim])?;
     expect_distinct(NAME, out, &[table, ids])?;
     expect_bindable(rec.gpu(), NAME, &[("table", table), ("out", out)])?;
-    let (block_elements, block_bytes) = table.dtype().block();
     let label = format!("embedding_gather_{}_f32_wg256", table.dtype().name());
     let kernel = rec.gpu().kernel(&label, "gather", &[Access::Read, Access::Read, Access::ReadWrite], || {
-        format!(
-            "const FORMAT: u32 = {format}u;\nconst BLOCK_ELEMENTS: u32 = {block_elements}u;\nconst BLOCK_BYTES: u32 = {block_bytes}u;\n{}\n{}\n{}",
-            include_str!("../wgsl/common.wgsl"),
-            include_str!("../wgsl/quant.wgsl"),
-            include_str!("../wgsl/gather.wgsl")
-        )
+        quant_kernel_source(table.dtype(), include_str!("../wgsl/gather.wgsl")).expect("format checked above")
     })?;
     let params = GatherParams {
         tokens: as_u32(NAME, "T", tokens)?,

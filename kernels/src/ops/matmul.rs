@@ -16,6 +16,25 @@ pub struct Epilogue<'a> {
     pub residual: Option<&'a Tensor>,
 }
 
+impl Epilogue<'_> {
+    /// Checks the epilogue against an output of `out_shape` with `n` columns and returns the
+    /// kernels' flags (1 = bias, 2 = residual).
+    pub(crate) fn flags(&self, op: &'static str, n: usize, out_shape: &[usize]) -> Result<u32> {
+        let mut flags = 0;
+        if let Some(bias) = self.bias {
+            expect_dtype(op, "bias", bias, DType::F32)?;
+            expect_shape(op, "bias", bias, &[n])?;
+            flags |= 1;
+        }
+        if let Some(residual) = self.residual {
+            expect_dtype(op, "residual", residual, DType::F32)?;
+            expect_shape(op, "residual", residual, out_shape)?;
+            flags |= 2;
+        }
+        Ok(flags)
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct MatmulParams {
@@ -62,17 +81,7 @@ pub fn matmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue
     };
     let out_shape: Vec<usize> = if a.shape().len() == 3 { vec![batch, m, n] } else { vec![m, n] };
     expect_shape(NAME, "out", out, &out_shape)?;
-    let mut flags = 0;
-    if let Some(bias) = epilogue.bias {
-        expect_dtype(NAME, "bias", bias, DType::F32)?;
-        expect_shape(NAME, "bias", bias, &[n])?;
-        flags |= 1;
-    }
-    if let Some(residual) = epilogue.residual {
-        expect_dtype(NAME, "residual", residual, DType::F32)?;
-        expect_shape(NAME, "residual", residual, &out_shape)?;
-        flags |= 2;
-    }
+    let flags = epilogue.flags(NAME, n, &out_shape)?;
     let bias = epilogue.bias.unwrap_or(a);
     let residual = epilogue.residual.unwrap_or(a);
     expect_distinct(NAME, out, &[a, w, bias, residual])?;

@@ -18,10 +18,11 @@ pub mod softmax;
 use crate::error::{KernelError, Result};
 use crate::gpu::{DType, Gpu, Tensor};
 
-/// WGSL of an op family with the shared declarations prepended.
+/// WGSL of an op family with the shared declarations prepended, and any shared snippets
+/// (`reduce.wgsl`, `quant.wgsl`) it includes before it.
 macro_rules! wgsl_source {
-    ($file:literal) => {
-        concat!(include_str!("../wgsl/common.wgsl"), "\n", include_str!(concat!("../wgsl/", $file)))
+    ($($file:literal),+) => {
+        concat!(include_str!("../wgsl/common.wgsl") $(, "\n", include_str!(concat!("../wgsl/", $file)))+)
     };
 }
 pub(crate) use wgsl_source;

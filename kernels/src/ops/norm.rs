@@ -42,7 +42,7 @@ pub fn layer_norm(rec: &mut Recorder<'_>, x: &Tensor, weight: &Tensor, bias: &Te
         "layer_norm_f32_row_wg256",
         "layer_norm",
         &[Access::Read, Access::Read, Access::Read, Access::ReadWrite],
-        || wgsl_source!("norm.wgsl").into(),
+        || wgsl_source!("reduce.wgsl", "norm.wgsl").into(),
     )?;
     let rows = p.rows as usize;
     rec.dispatch(&kernel, &[x, weight, bias, out], &p, grid(rows, 1))
@@ -59,7 +59,7 @@ pub fn rms_norm(rec: &mut Recorder<'_>, x: &Tensor, weight: &Tensor, eps: f32, o
         "rms_norm_f32_row_wg256",
         "rms_norm",
         &[Access::Read, Access::Read, Access::Read, Access::ReadWrite],
-        || wgsl_source!("norm.wgsl").into(),
+        || wgsl_source!("reduce.wgsl", "norm.wgsl").into(),
     )?;
     let rows = p.rows as usize;
     // The bias binding is unused by rms_norm; the weight fills it.

@@ -34,7 +34,7 @@ pub fn mean_pool(rec: &mut Recorder<'_>, hidden: &Tensor, mask: &Tensor, normali
     expect_distinct(NAME, out, &[hidden, mask])?;
     expect_bindable(rec.gpu(), NAME, &[("hidden", hidden), ("out", out)])?;
     let kernel = rec.gpu().kernel("mean_pool_l2_f32_seq_wg256", "mean_pool", &[Access::Read, Access::Read, Access::ReadWrite], || {
-        wgsl_source!("pool.wgsl").into()
+        wgsl_source!("reduce.wgsl", "pool.wgsl").into()
     })?;
     let params = PoolParams {
         batch: as_u32(NAME, "B", b)?,

@@ -19,6 +19,17 @@ struct QMatmulParams {
     flags: u32,
 }
 
+/// The source of a kernel that reads stored weights through `quant.wgsl`: the format constants
+/// for `dtype`, the shared declarations, the decoders, then `kernel` (the op's own WGSL).
+pub(crate) fn quant_kernel_source(dtype: DType, kernel: &str) -> Option<String> {
+    let format = format_id(dtype)?;
+    let (block_elements, block_bytes) = dtype.block();
+    Some(format!(
+        "const FORMAT: u32 = {format}u;\nconst BLOCK_ELEMENTS: u32 = {block_elements}u;\nconst BLOCK_BYTES: u32 = {block_bytes}u;\n{}\n{kernel}",
+        crate::ops::wgsl_source!("quant.wgsl")
+    ))
+}
+
 /// The `FORMAT` id `quant.wgsl` switches on.
 pub(crate) fn format_id(dtype: DType) -> Option<u32> {
     Some(match dtype {
@@ -43,7 +54,7 @@ pub fn qmatmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogu
     const NAME: &str = "qmatmul";
     expect_dtype(NAME, "a", a, DType::F32)?;
     expect_dtype(NAME, "out", out, DType::F32)?;
-    let format = format_id(w.dtype()).ok_or(KernelError::DTypeMismatch {
+    format_id(w.dtype()).ok_or(KernelError::DTypeMismatch {
         op: NAME,
         what: "w",
         expected: "f32, f16 or a GGUF block format",
@@ -67,17 +78,7 @@ pub fn qmatmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogu
         });
     }
     expect_shape(NAME, "out", out, &[m, n])?;
-    let mut flags = 0;
-    if let Some(bias) = epilogue.bias {
-        expect_dtype(NAME, "bias", bias, DType::F32)?;
-        expect_shape(NAME, "bias", bias, &[n])?;
-        flags |= 1;
-    }
-    if let Some(residual) = epilogue.residual {
-        expect_dtype(NAME, "residual", residual, DType::F32)?;
-        expect_shape(NAME, "residual", residual, &[m, n])?;
-        flags |= 2;
-    }
+    let flags = epilogue.flags(NAME, n, &[m, n])?;
     let bias = epilogue.bias.unwrap_or(a);
     let residual = epilogue.residual.unwrap_or(a);
     expect_distinct(NAME, out, &[a, w, bias, residual])?;
@@ -86,45 +87,21 @@ pub fn qmatmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogu
     if groups.contains(&0) {
         return Ok(());
     }
-    let (block_elements, block_bytes) = w.dtype().block();
-    let prelude = format!("const FORMAT: u32 = {format}u;\nconst BLOCK_ELEMENTS: u32 = {block_elements}u;\nconst BLOCK_BYTES: u32 = {block_bytes}u;\n");
     let params = QMatmulParams {
         m: as_u32(NAME, "M", m)?,
         n: as_u32(NAME, "N", n)?,
         k: as_u32(NAME, "K", k)?,
         flags,
     };
+    let storage = [Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+    let source = |kernel: &str| quant_kernel_source(w.dtype(), kernel).expect("format checked above");
     // A few tokens (decoding): the bandwidth-bound matvec, which needs K in whole 32-element chunks.
     if m <= MATVEC_MAX_M && k % 32 == 0 {
         let label = format!("qmatvec_{}_f32_tpr8_rows32_wg256", w.dtype().name());
-        let kernel = rec.gpu().kernel(
-            &label,
-            "qmatvec",
-            &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
-            || {
-                format!(
-                    "{prelude}{}\n{}\n{}",
-                    include_str!("../wgsl/common.wgsl"),
-                    include_str!("../wgsl/quant.wgsl"),
-                    include_str!("../wgsl/qmatvec.wgsl")
-                )
-            },
-        )?;
+        let kernel = rec.gpu().kernel(&label, "qmatvec", &storage, || source(include_str!("../wgsl/qmatvec.wgsl")))?;
         return rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, crate::ops::grid(n, 32));
     }
     let label = format!("qmatmul_{}_f32_nt_tile64x64x16_wg16x16", w.dtype().name());
-    let kernel = rec.gpu().kernel(
-        &label,
-        "qmatmul",
-        &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
-        || {
-            format!(
-                "{prelude}{}\n{}\n{}",
-                include_str!("../wgsl/common.wgsl"),
-                include_str!("../wgsl/quant.wgsl"),
-                include_str!("../wgsl/qmatmul.wgsl")
-            )
-        },
-    )?;
+    let kernel = rec.gpu().kernel(&label, "qmatmul", &storage, || source(include_str!("../wgsl/qmatmul.wgsl")))?;
     rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, groups.map(|g| g as u32))
 }

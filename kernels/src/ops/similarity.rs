@@ -7,7 +7,7 @@
 use crate::error::{KernelError, Result};
 use crate::gpu::{Access, DType, Gpu, Recorder, Tensor};
 use crate::ops::matmul::Epilogue;
-use crate::ops::qmatmul::{format_id, qmatmul};
+use crate::ops::qmatmul::{format_id, qmatmul, quant_kernel_source};
 use crate::ops::{as_u32, expect_dtype, expect_shape, grid, wgsl_source};
 
 /// Largest k served.
@@ -58,7 +58,7 @@ struct NormsParams {
 pub fn row_norms_sq(rec: &mut Recorder<'_>, x: &Tensor, out: &Tensor) -> Result<()> {
     const NAME: &str = "row_norms_sq";
     expect_dtype(NAME, "out", out, DType::F32)?;
-    let format = format_id(x.dtype()).ok_or(KernelError::DTypeMismatch {
+    format_id(x.dtype()).ok_or(KernelError::DTypeMismatch {
         op: NAME,
         what: "x",
         expected: "f32, f16 or a GGUF block format",
@@ -73,15 +73,9 @@ pub fn row_norms_sq(rec: &mut Recorder<'_>, x: &Tensor, out: &Tensor) -> Result<
         });
     };
     expect_shape(NAME, "out", out, &[rows])?;
-    let (be, bb) = x.dtype().block();
     let label = format!("row_norms_sq_{}_wg256", x.dtype().name());
     let kernel = rec.gpu().kernel(&label, "row_norms", &[Access::Read, Access::ReadWrite], || {
-        format!(
-            "const FORMAT: u32 = {format}u;\nconst BLOCK_ELEMENTS: u32 = {be}u;\nconst BLOCK_BYTES: u32 = {bb}u;\n{}\n{}\n{}",
-            include_str!("../wgsl/common.wgsl"),
-            include_str!("../wgsl/quant.wgsl"),
-            include_str!("../wgsl/similarity.wgsl")
-        )
+        quant_kernel_source(x.dtype(), include_str!("../wgsl/similarity.wgsl")).expect("format checked above")
     })?;
     let params = NormsParams {
         rows: as_u32(NAME, "rows", rows)?,

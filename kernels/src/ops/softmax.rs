@@ -46,7 +46,7 @@ pub fn softmax(rec: &mut Recorder<'_>, x: &Tensor, mask: Option<&Tensor>, scale:
         "softmax_f32_masked_row_wg256",
         "softmax",
         &[Access::Read, Access::Read, Access::ReadWrite],
-        || wgsl_source!("softmax.wgsl").into(),
+        || wgsl_source!("reduce.wgsl", "softmax.wgsl").into(),
     )?;
     let params = SoftmaxParams {
         rows: as_u32(NAME, "rows", rows)?,

@@ -15,20 +15,7 @@ struct AggregateParams { n: u32, dim: u32, _pad0: u32, _pad1: u32 }
 
 const WG: u32 = 256u;
 const SORT: u32 = 2048u;
-var<workgroup> red: array<f32, 256>;
 var<workgroup> vals: array<f32, 2048>;
-
-fn workgroup_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) { red[lid] = red[lid] + red[lid + stride]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
 
 @compute @workgroup_size(256)
 fn aggregate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -24,22 +24,6 @@ struct AttentionParams {
 const WG: u32 = 256u;
 var<workgroup> q_row: array<f32, 256>;
 var<workgroup> probs: array<f32, 256>;
-var<workgroup> red: array<f32, 256>;
-
-fn reduce(v: f32, lid: u32, take_max: bool) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            let other = red[lid + stride];
-            red[lid] = select(red[lid] + other, max(red[lid], other), take_max);
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
 
 @compute @workgroup_size(256)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -69,12 +53,12 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng:
             for (var j = 0u; j < d; j++) { dot = fma(q_row[j], k[k_base + j], dot); }
             score = dot * p.scale;
         }
-        let chunk_max = reduce(score, lid, true);
+        let chunk_max = workgroup_reduce(score, lid, true);
         let new_max = max(m_run, chunk_max);
         if (new_max == NEG_INF) { continue; } // every key so far masked (uniform)
         let prob = select(exp(score - new_max), 0.0, score == NEG_INF);
         probs[lid] = prob;
-        let chunk_sum = reduce(prob, lid, false); // its barriers also publish `probs`
+        let chunk_sum = workgroup_reduce(prob, lid, false); // its barriers also publish `probs`
         let correction = exp(m_run - new_max);
         l_run = l_run * correction + chunk_sum;
         if (lid < d) {

@@ -12,22 +12,6 @@
 struct SoftmaxParams { rows: u32, cols: u32, scale: f32, rows_per_mask: u32 }
 
 const WG: u32 = 256u;
-var<workgroup> partial: array<f32, WG>;
-
-fn workgroup_reduce(v: f32, lid: u32, take_max: bool) -> f32 {
-    partial[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            let o = partial[lid + stride];
-            partial[lid] = select(partial[lid] + o, max(partial[lid], o), take_max);
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
-}
 
 fn kept(row: u32, c: u32) -> bool {
     if (p.rows_per_mask == 0u) { return true; }
