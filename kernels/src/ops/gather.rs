@@ -2,7 +2,7 @@
 
 use crate::error::{KernelError, Result};
 use crate::gpu::{Access, DType, Recorder, Tensor};
-use crate::ops::qmatmul::quant_kernel_source;
+use crate::ops::qmatmul::{expect_weight_format, quant_kernel_source};
 use crate::ops::{as_u32, expect_bindable, expect_distinct, expect_dtype, expect_shape, grid};
 
 #[repr(C)]
@@ -20,12 +20,7 @@ pub fn embedding(rec: &mut Recorder<'_>, table: &Tensor, ids: &Tensor, out: &Ten
     const NAME: &str = "embedding";
     expect_dtype(NAME, "ids", ids, DType::U32)?;
     expect_dtype(NAME, "out", out, DType::F32)?;
-    crate::ops::qmatmul::format_id(table.dtype()).ok_or(KernelError::DTypeMismatch {
-        op: NAME,
-        what: "table",
-        expected: "f32, f16 or a GGUF block format",
-        got: table.dtype().name(),
-    })?;
+    expect_weight_format(NAME, "table", table)?;
     let [rows, dim] = *table.shape() else {
         return Err(KernelError::ShapeMismatch {
             op: NAME,

@@ -30,6 +30,16 @@ pub(crate) fn quant_kernel_source(dtype: DType, kernel: &str) -> Option<String> 
     ))
 }
 
+/// Fails unless `t` holds weights in a format `quant.wgsl` decodes.
+pub(crate) fn expect_weight_format(op: &'static str, what: &'static str, t: &Tensor) -> Result<()> {
+    format_id(t.dtype()).map(|_| ()).ok_or(KernelError::DTypeMismatch {
+        op,
+        what,
+        expected: "f32, f16 or a GGUF block format",
+        got: t.dtype().name(),
+    })
+}
+
 /// The `FORMAT` id `quant.wgsl` switches on.
 pub(crate) fn format_id(dtype: DType) -> Option<u32> {
     Some(match dtype {
@@ -54,12 +64,7 @@ pub fn qmatmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogu
     const NAME: &str = "qmatmul";
     expect_dtype(NAME, "a", a, DType::F32)?;
     expect_dtype(NAME, "out", out, DType::F32)?;
-    format_id(w.dtype()).ok_or(KernelError::DTypeMismatch {
-        op: NAME,
-        what: "w",
-        expected: "f32, f16 or a GGUF block format",
-        got: w.dtype().name(),
-    })?;
+    expect_weight_format(NAME, "w", w)?;
     let ([m, k], [n, wk]) = (a.shape(), w.shape()) else {
         return Err(KernelError::ShapeMismatch {
             op: NAME,

@@ -7,7 +7,7 @@
 use crate::error::{KernelError, Result};
 use crate::gpu::{Access, DType, Gpu, Recorder, Tensor};
 use crate::ops::matmul::Epilogue;
-use crate::ops::qmatmul::{format_id, qmatmul, quant_kernel_source};
+use crate::ops::qmatmul::{expect_weight_format, qmatmul, quant_kernel_source};
 use crate::ops::{as_u32, expect_dtype, expect_shape, grid, wgsl_source};
 
 /// Largest k served.
@@ -58,12 +58,7 @@ struct NormsParams {
 pub fn row_norms_sq(rec: &mut Recorder<'_>, x: &Tensor, out: &Tensor) -> Result<()> {
     const NAME: &str = "row_norms_sq";
     expect_dtype(NAME, "out", out, DType::F32)?;
-    format_id(x.dtype()).ok_or(KernelError::DTypeMismatch {
-        op: NAME,
-        what: "x",
-        expected: "f32, f16 or a GGUF block format",
-        got: x.dtype().name(),
-    })?;
+    expect_weight_format(NAME, "x", x)?;
     let [rows, dim] = *x.shape() else {
         return Err(KernelError::ShapeMismatch {
             op: NAME,
