@@ -1,0 +1,642 @@
+-- Every statement the SQL Server store sends, in one place, to read, review and parse-check.
+--
+-- Format: a block starts at a line `-- name: <snake_case>`; the comment lines right after it say
+-- what it does and what its parameters are; its text runs to the next `-- name:` line. A block is
+-- sent as one batch with tiberius's @P1, @P2, ... parameters (sp_executesql), so it may hold
+-- several statements and DECLAREs but never GO.
+--
+-- Blocks marked "plain batch" take no parameters and must be sent as a plain SQL batch (tiberius
+-- simple_query), not through sp_executesql: SET options and #temp tables made inside
+-- sp_executesql vanish when it returns, and BEGIN/COMMIT TRANSACTION inside it can trip error 266
+-- (transaction count mismatch). Blocks that write run inside the caller's transaction
+-- (begin_transaction ... commit_transaction): an ingest is one transaction, an rm is one
+-- transaction, and every insert here is idempotent, so a retried write (dropped connection,
+-- deadlock victim 1205) is never applied twice.
+--
+-- Hashes travel as BINARY(32) parameters, except in batches, where they travel as JSON arrays of
+-- 64 hex digits (no 0x) unpacked with OPENJSON: one round trip for many rows, without a
+-- table-valued parameter (tiberius has none).
+--
+-- Geometry columns are never selected as such: tiberius cannot read CLR UDT columns (tiberius
+-- issue 257, FACTS.md "Geometry"); they are read through AsBinaryZM() as VARBINARY(MAX).
+-- Vectors travel as JSON array text of exactly 1998 numbers, zero-padded (FACTS.md "VECTOR(n)").
+
+-- name: session_options
+-- Plain batch, once per connection, right after login. The SET options that indexed views and
+-- spatial indexes require for any write to their tables (dbo.TensorAtoms and dbo.AtomEmbeddings
+-- carry spatial indexes), whatever the client library's defaults are, and XACT_ABORT so that any
+-- error inside a transaction rolls the whole transaction back instead of leaving it half done.
+SET ANSI_NULLS ON;
+SET ANSI_PADDING ON;
+SET ANSI_WARNINGS ON;
+SET ARITHABORT ON;
+SET CONCAT_NULL_YIELDS_NULL ON;
+SET QUOTED_IDENTIFIER ON;
+SET NUMERIC_ROUNDABORT OFF;
+SET XACT_ABORT ON;
+
+-- name: schema_version
+-- The applied schema version, 0 on an empty database. The daemon refuses any other version than
+-- its own (2) and names the server and the version it found.
+IF OBJECT_ID(N'dbo.SchemaVersion', N'U') IS NULL
+    SELECT CAST(0 AS INT) AS Version;
+ELSE
+    SELECT ISNULL(MAX(Version), 0) AS Version FROM dbo.SchemaVersion;
+
+-- name: begin_transaction
+-- Plain batch.
+BEGIN TRANSACTION;
+
+-- name: commit_transaction
+-- Plain batch.
+COMMIT TRANSACTION;
+
+-- name: rollback_transaction
+-- Plain batch; harmless when XACT_ABORT already rolled the transaction back.
+IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;
+
+-- name: begin_model
+-- Starts an ingest: inserts the model with Status 'ingesting', or returns the row already there.
+-- @P1 Name, @P2 Version, @P3 Architecture, @P4 Format, @P5 ConfigJson (NULL), @P6 TokenizerKind,
+-- @P7 TokenizerMaterial (NULL), @P8 WeightsRoot, @P9 SourceFileHash, @P10 ParameterCount,
+-- @P11 TensorCount, @P12 AtomBytes.
+-- Returns ModelId, Status, WeightsRoot, Created (1 when this call inserted the row). The caller
+-- decides on an existing row: 'ready' with the same WeightsRoot is a re-ingest (nothing to write);
+-- 'ready' with another root is a name clash (error: choose another version); 'ingesting' is the
+-- leftover of a killed ingest that ran outside a transaction: release_model_layers, then go on.
+-- UPDLOCK, HOLDLOCK hold the key range of (Name, Version) to the end of the transaction, so two
+-- concurrent ingests of one model serialize here instead of both inserting.
+DECLARE @ModelId BIGINT, @Status NVARCHAR(16), @Root BINARY(32), @Created BIT = 0;
+SELECT @ModelId = ModelId, @Status = Status, @Root = WeightsRoot
+FROM dbo.Models WITH (UPDLOCK, HOLDLOCK)
+WHERE Name = @P1 AND Version = @P2;
+IF @ModelId IS NULL
+BEGIN
+    INSERT INTO dbo.Models (
+        Name, Version, Architecture, Format, ConfigJson, TokenizerKind, TokenizerMaterial,
+        WeightsRoot, SourceFileHash, ParameterCount, TensorCount, AtomBytes, Status
+    )
+    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, N'ingesting');
+    SELECT @ModelId = CAST(SCOPE_IDENTITY() AS BIGINT), @Status = N'ingesting', @Root = @P8, @Created = 1;
+END;
+SELECT @ModelId AS ModelId, @Status AS Status, @Root AS WeightsRoot, @Created AS Created;
+
+-- name: insert_layer
+-- One tensor of a model being ingested. @P1 ModelId, @P2 Ordinal, @P3 TensorName, @P4 DType,
+-- @P5 Shape (JSON array text), @P6 ParameterCount, @P7 ByteLength, @P8 TensorRoot.
+-- Returns LayerId. A retry finds the layer already there (same model and name) and returns it.
+DECLARE @LayerId BIGINT;
+SELECT @LayerId = LayerId
+FROM dbo.ModelLayers WITH (UPDLOCK, HOLDLOCK)
+WHERE ModelId = @P1 AND TensorName = @P3;
+IF @LayerId IS NULL
+BEGIN
+    INSERT INTO dbo.ModelLayers (
+        ModelId, Ordinal, TensorName, DType, Shape, ParameterCount, ByteLength, TensorRoot
+    )
+    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8);
+    SET @LayerId = CAST(SCOPE_IDENTITY() AS BIGINT);
+END;
+SELECT @LayerId AS LayerId;
+
+-- name: mark_model_ready
+-- The last write of an ingest, in its transaction: from here on the model is visible.
+-- @P1 ModelId. Returns the number of rows changed (0 if it was ready already).
+UPDATE dbo.Models SET Status = N'ready' WHERE ModelId = @P1 AND Status = N'ingesting';
+SELECT @@ROWCOUNT AS Changed;
+
+-- name: list_models
+-- Ready models, for `hartonomous models`.
+SELECT
+    ModelId, Name, Version, Architecture, Format, TokenizerKind, WeightsRoot, SourceFileHash,
+    ParameterCount, TensorCount, AtomBytes, CreatedAt
+FROM dbo.Models
+WHERE Status = N'ready'
+ORDER BY Name, Version;
+
+-- name: find_ready_model
+-- A ready model by name, and by version unless @P2 is NULL (then the newest). @P1 Name,
+-- @P2 Version (NULL). Returns everything the runtime needs to build the model.
+SELECT TOP (1)
+    ModelId, Name, Version, Architecture, Format, ConfigJson, TokenizerKind, TokenizerMaterial,
+    WeightsRoot, SourceFileHash, ParameterCount, TensorCount, AtomBytes, CreatedAt
+FROM dbo.Models
+WHERE Name = @P1 AND (@P2 IS NULL OR Version = @P2) AND Status = N'ready'
+ORDER BY CreatedAt DESC, ModelId DESC;
+
+-- name: list_models_in_progress
+-- Models left 'ingesting' (a killed ingest outside a transaction), for verify and for cleanup.
+SELECT ModelId, Name, Version, CreatedAt
+FROM dbo.Models
+WHERE Status = N'ingesting'
+ORDER BY CreatedAt;
+
+-- name: list_layers
+-- The layers of a model in order. @P1 ModelId. HasGeometry says whether read_layer_geometry has
+-- anything to return, without moving the geometry.
+SELECT
+    LayerId, Ordinal, TensorName, DType, Shape, ParameterCount, ByteLength, TensorRoot,
+    CAST(CASE WHEN WeightsGeometry IS NULL THEN 0 ELSE 1 END AS BIT) AS HasGeometry
+FROM dbo.ModelLayers
+WHERE ModelId = @P1
+ORDER BY Ordinal;
+
+-- name: list_model_atoms
+-- A model's atom lists in one round trip: every (layer, ordinal) with its atom's hash, in order.
+-- The pager fetches the payloads by hash (fetch_tensor_atoms); verify recomputes tensor roots from
+-- it. @P1 ModelId.
+SELECT l.LayerId, l.Ordinal AS LayerOrdinal, c.Ordinal, a.ContentHash, a.ByteLength, c.Coefficient
+FROM dbo.ModelLayers AS l
+INNER JOIN dbo.TensorAtomCoefficients AS c ON c.LayerId = l.LayerId
+INNER JOIN dbo.TensorAtoms AS a ON a.AtomId = c.AtomId
+WHERE l.ModelId = @P1
+ORDER BY l.Ordinal, c.Ordinal;
+
+-- name: find_tensor_atoms
+-- Which of a batch of hashes are stored already, so that an ingest sends payloads only for new
+-- atoms. @P1 JSON array of hex hashes. Returns Ordinal (position in @P1), ContentHash, AtomId for
+-- the hashes found; the others are new.
+SELECT CAST(j.[key] AS INT) AS Ordinal, a.ContentHash, a.AtomId
+FROM OPENJSON(@P1) AS j
+INNER JOIN dbo.TensorAtoms AS a
+    ON a.ContentHash = CONVERT(BINARY(32), CONVERT(VARCHAR(64), j.[value]), 2);
+
+-- name: upsert_tensor_atom
+-- One atom: inserted with ReferenceCount 1 if its hash is new, else its ReferenceCount goes up by
+-- one (ReferenceCount = number of coefficient rows pointing at the atom). @P1 ContentHash,
+-- @P2 Encoding (dtype tag, e.g. Q4_1), @P3 ByteLength, @P4 Payload, @P5 the signature as WKT
+-- 'POINT (mean std max_abs)' (NULL when the dtype has none). Returns AtomId and Inserted.
+-- WKT because geometry::Point takes no Z. SQL Server's WKT has no Z/ZM keywords: three numbers
+-- mean X Y Z, four X Y Z M. The client writes the numbers in plain decimal, no exponent (Rust's
+-- f64 Display does), so no question of the parser's exponent support arises.
+-- UPDLOCK, HOLDLOCK lock the hash's key range until commit, so two ingests sharing an atom
+-- cannot both insert it, and rm cannot delete it between this look-up and the increment.
+DECLARE @AtomId BIGINT, @Inserted BIT = 0;
+SELECT @AtomId = AtomId
+FROM dbo.TensorAtoms WITH (UPDLOCK, HOLDLOCK)
+WHERE ContentHash = @P1;
+IF @AtomId IS NULL
+BEGIN
+    INSERT INTO dbo.TensorAtoms (ContentHash, Encoding, ByteLength, Payload, ReferenceCount, SpatialSignature)
+    VALUES (
+        @P1, @P2, @P3, @P4, 1,
+        CASE WHEN @P5 IS NULL THEN NULL ELSE geometry::STGeomFromText(@P5, 0) END
+    );
+    SELECT @AtomId = CAST(SCOPE_IDENTITY() AS BIGINT), @Inserted = 1;
+END
+ELSE
+    UPDATE dbo.TensorAtoms SET ReferenceCount = ReferenceCount + 1 WHERE AtomId = @AtomId;
+SELECT @AtomId AS AtomId, @Inserted AS Inserted;
+
+-- name: add_tensor_atom_references
+-- Batch form of the "already stored" half of upsert_tensor_atom: adds n references to each listed
+-- atom. @P1 JSON array of {"hash": "<64 hex>", "n": <count>}, each hash once. Returns the number of
+-- atoms updated; fewer than listed means an atom vanished (deleted by an rm in between): the
+-- caller re-sends those with their payloads.
+UPDATE a
+SET a.ReferenceCount = a.ReferenceCount + r.n
+FROM dbo.TensorAtoms AS a WITH (UPDLOCK, HOLDLOCK)
+INNER JOIN OPENJSON(@P1) WITH (HashHex CHAR(64) '$.hash', n BIGINT '$.n') AS r
+    ON a.ContentHash = CONVERT(BINARY(32), r.HashHex, 2);
+SELECT @@ROWCOUNT AS Updated;
+
+-- name: create_tensor_atom_stage
+-- The bulk path for new atoms (FACTS.md: tiberius's bulk load took inserts from 104K to 178K
+-- rows/s with 16 KB packets). Bulk load cannot write a geometry UDT, so atoms are bulk-loaded into
+-- this per-connection staging table with their signature as WKT text (as in upsert_tensor_atom),
+-- then moved with apply_tensor_atom_stage. RefCount is how many coefficient rows of this ingest
+-- point at the atom. Plain batch: a #temp table made inside sp_executesql is dropped on return.
+-- On a connection that has the stage already, it empties it (rows left by a failed ingest).
+IF OBJECT_ID(N'tempdb..#TensorAtomStage', N'U') IS NULL
+    CREATE TABLE #TensorAtomStage (
+        ContentHash BINARY(32) NOT NULL PRIMARY KEY,
+        Encoding NVARCHAR(16) NOT NULL,
+        ByteLength INT NOT NULL,
+        Payload VARBINARY(MAX) NOT NULL,
+        RefCount BIGINT NOT NULL,
+        SignatureWkt VARCHAR(200) NULL
+    );
+ELSE
+    TRUNCATE TABLE #TensorAtomStage;
+
+-- name: apply_tensor_atom_stage
+-- Moves #TensorAtomStage into dbo.TensorAtoms (inside the ingest transaction): existing atoms gain
+-- RefCount references, new ones are inserted with ReferenceCount = RefCount. Empties the stage.
+-- Returns NewAtoms, ReusedAtoms and NewBytes for the ingest summary.
+DECLARE @Reused BIGINT;
+DECLARE @NewRows TABLE (ByteLength INT NOT NULL);
+UPDATE a
+SET a.ReferenceCount = a.ReferenceCount + s.RefCount
+FROM dbo.TensorAtoms AS a WITH (UPDLOCK, HOLDLOCK)
+INNER JOIN #TensorAtomStage AS s ON s.ContentHash = a.ContentHash;
+SET @Reused = @@ROWCOUNT;
+INSERT INTO dbo.TensorAtoms (ContentHash, Encoding, ByteLength, Payload, ReferenceCount, SpatialSignature)
+OUTPUT inserted.ByteLength INTO @NewRows (ByteLength)
+SELECT
+    s.ContentHash, s.Encoding, s.ByteLength, s.Payload, s.RefCount,
+    CASE WHEN s.SignatureWkt IS NULL THEN NULL ELSE geometry::STGeomFromText(s.SignatureWkt, 0) END
+FROM #TensorAtomStage AS s
+WHERE NOT EXISTS (
+    SELECT 1 FROM dbo.TensorAtoms AS a WITH (UPDLOCK, HOLDLOCK) WHERE a.ContentHash = s.ContentHash
+);
+TRUNCATE TABLE #TensorAtomStage;
+SELECT
+    (SELECT COUNT_BIG(*) FROM @NewRows) AS NewAtoms,
+    @Reused AS ReusedAtoms,
+    (SELECT ISNULL(SUM(CAST(ByteLength AS BIGINT)), 0) FROM @NewRows) AS NewBytes;
+
+-- name: insert_coefficient
+-- Chunk @P2 of layer @P1 is @P4 times atom @P3. A retry of the same row is a no-op.
+-- @P1 LayerId, @P2 Ordinal, @P3 AtomId, @P4 Coefficient (1.0 for plain storage).
+IF NOT EXISTS (
+    SELECT 1 FROM dbo.TensorAtomCoefficients WITH (UPDLOCK, HOLDLOCK)
+    WHERE LayerId = @P1 AND Ordinal = @P2
+)
+    INSERT INTO dbo.TensorAtomCoefficients (LayerId, Ordinal, AtomId, Coefficient)
+    VALUES (@P1, @P2, @P3, @P4);
+
+-- name: insert_coefficients
+-- A whole layer's atom list in one round trip. @P1 LayerId, @P2 JSON array of
+-- {"ordinal": n, "hash": "<64 hex>", "coefficient": c}; the atoms must be stored already (after
+-- apply_tensor_atom_stage). Rows already present are skipped. Returns Inserted; the caller checks
+-- it against the rows it sent minus those present, and fails the ingest on a missing atom.
+INSERT INTO dbo.TensorAtomCoefficients (LayerId, Ordinal, AtomId, Coefficient)
+SELECT @P1, r.ordinal, a.AtomId, r.coefficient
+FROM OPENJSON(@P2)
+    WITH (ordinal INT '$.ordinal', HashHex CHAR(64) '$.hash', coefficient REAL '$.coefficient') AS r
+INNER JOIN dbo.TensorAtoms AS a ON a.ContentHash = CONVERT(BINARY(32), r.HashHex, 2)
+WHERE NOT EXISTS (
+    SELECT 1 FROM dbo.TensorAtomCoefficients AS c WITH (UPDLOCK, HOLDLOCK)
+    WHERE c.LayerId = @P1 AND c.Ordinal = r.ordinal
+);
+SELECT @@ROWCOUNT AS Inserted;
+
+-- name: fetch_tensor_atoms
+-- The pager's hot path: up to N atoms by hash in one round trip. @P1 JSON array of hex hashes.
+-- Returns Ordinal (position in @P1), ContentHash, Encoding, ByteLength, Payload; a hash with no row
+-- is missing (the caller reports it). At 64 KiB atoms a batch of 64 hashes moves 4 MiB, so a
+-- 100 MB model costs about 25 round trips plus one list_model_atoms.
+SELECT CAST(j.[key] AS INT) AS Ordinal, a.ContentHash, a.Encoding, a.ByteLength, a.Payload
+FROM OPENJSON(@P1) AS j
+INNER JOIN dbo.TensorAtoms AS a
+    ON a.ContentHash = CONVERT(BINARY(32), CONVERT(VARCHAR(64), j.[value]), 2)
+ORDER BY Ordinal;
+
+-- name: nearest_tensor_atoms_by_signature
+-- Atoms whose weight statistics are closest to (mean, std): the spatial index's nearest-neighbour
+-- form (TOP, ORDER BY STDistance, STDistance IS NOT NULL). @P1 mean, @P2 standard deviation,
+-- @P3 how many. Returns AtomId, ContentHash, Encoding, the signature as WKB (AsBinaryZM, POINT Z)
+-- and Distance.
+DECLARE @Probe geometry = geometry::Point(@P1, @P2, 0);
+SELECT TOP (@P3)
+    a.AtomId, a.ContentHash, a.Encoding, a.SpatialSignature.AsBinaryZM() AS SignatureWkb,
+    a.SpatialSignature.STDistance(@Probe) AS Distance
+FROM dbo.TensorAtoms AS a
+WHERE a.SpatialSignature.STDistance(@Probe) IS NOT NULL
+ORDER BY a.SpatialSignature.STDistance(@Probe);
+
+-- name: read_layer_geometry
+-- A layer's LINESTRING ZM as ISO WKB (type 3002, Z and M kept; FACTS.md "Geometry"), the bytes
+-- loader/src/geometry.rs writes. NULL when the layer has none. @P1 LayerId.
+SELECT l.LayerId, l.WeightsGeometry.AsBinaryZM() AS GeometryWkb
+FROM dbo.ModelLayers AS l
+WHERE l.LayerId = @P1;
+
+-- name: write_layer_geometry_wkt
+-- The write path to use until the contract test has shown the WKB one keeps Z and M. @P1 LayerId,
+-- @P2 'LINESTRING (x y z m, x y z m, ...)': four numbers a point mean X Y Z M (SQL Server's WKT
+-- has no ZM keyword), plain decimals, at least two points (a one-point LINESTRING is invalid).
+-- STGeomFromText keeps Z and M (the AsTextZM docs round-trip POINT(1 2 3 4) through it); the cost
+-- is text: about 80 characters a point, so 2^20 points are about 160 MB of NVARCHAR.
+UPDATE dbo.ModelLayers
+SET WeightsGeometry = geometry::STGeomFromText(@P2, 0)
+WHERE LayerId = @P1;
+
+-- name: write_layer_geometry_wkb
+-- The compact write path: the ISO WKB of loader/src/geometry.rs as it is. @P1 LayerId, @P2 WKB.
+-- UNVERIFIED: the STGeomFromWKB docs say nothing of Z and M, and nothing we could read shows
+-- SQL Server keeping them from ISO WKB (type 3002). If it drops or rejects them, this fails loudly:
+-- CK_ModelLayers_WeightsGeometry requires HasZ = 1 and HasM = 1. The SQL Server contract test must
+-- round-trip a LINESTRING ZM through this and read_layer_geometry before the store uses it.
+UPDATE dbo.ModelLayers
+SET WeightsGeometry = geometry::STGeomFromWKB(@P2, 0)
+WHERE LayerId = @P1;
+
+-- name: release_model_layers
+-- Drops a model's layers and atom lists and releases its atoms: each atom loses as many references
+-- as the model's coefficient rows held, and atoms reaching 0 are deleted (only atoms no other model
+-- uses). Used by rm (then delete_model_row) and to clear the leftover of a killed ingest.
+-- @P1 ModelId. Returns ReleasedAtoms (distinct atoms the model used) and FreedAtoms, FreedBytes
+-- (deleted). The model row is locked first so that an rm and an ingest of the same model serialize.
+DECLARE @Released TABLE (AtomId BIGINT NOT NULL PRIMARY KEY, N BIGINT NOT NULL);
+DECLARE @Freed TABLE (AtomId BIGINT NOT NULL PRIMARY KEY, ByteLength INT NOT NULL);
+IF NOT EXISTS (SELECT 1 FROM dbo.Models WITH (UPDLOCK, HOLDLOCK) WHERE ModelId = @P1)
+    THROW 50010, N'no such model id', 1;
+INSERT INTO @Released (AtomId, N)
+SELECT c.AtomId, COUNT_BIG(*)
+FROM dbo.TensorAtomCoefficients AS c
+INNER JOIN dbo.ModelLayers AS l ON l.LayerId = c.LayerId
+WHERE l.ModelId = @P1
+GROUP BY c.AtomId;
+DELETE c
+FROM dbo.TensorAtomCoefficients AS c
+INNER JOIN dbo.ModelLayers AS l ON l.LayerId = c.LayerId
+WHERE l.ModelId = @P1;
+UPDATE a
+SET a.ReferenceCount = a.ReferenceCount - r.N
+FROM dbo.TensorAtoms AS a WITH (UPDLOCK, HOLDLOCK)
+INNER JOIN @Released AS r ON r.AtomId = a.AtomId;
+DELETE a
+OUTPUT deleted.AtomId, deleted.ByteLength INTO @Freed (AtomId, ByteLength)
+FROM dbo.TensorAtoms AS a
+INNER JOIN @Released AS r ON r.AtomId = a.AtomId
+WHERE a.ReferenceCount = 0;
+DELETE FROM dbo.ModelLayers WHERE ModelId = @P1;
+SELECT
+    (SELECT COUNT_BIG(*) FROM @Released) AS ReleasedAtoms,
+    (SELECT COUNT_BIG(*) FROM @Freed) AS FreedAtoms,
+    (SELECT ISNULL(SUM(CAST(ByteLength AS BIGINT)), 0) FROM @Freed) AS FreedBytes;
+
+-- name: delete_model_row
+-- The rest of rm, after release_model_layers in the same transaction: the model's embeddings and
+-- its row. Steps and usage keep their history (ModelId becomes NULL by ON DELETE SET NULL; the
+-- weights root stays). @P1 ModelId. Returns Deleted (0 or 1).
+DELETE FROM dbo.AtomEmbeddings WHERE ModelId = @P1;
+DELETE FROM dbo.Models WHERE ModelId = @P1;
+SELECT @@ROWCOUNT AS Deleted;
+
+-- name: verify_tensor_atom_hashes
+-- Atoms whose stored bytes no longer hash to their id, recomputed on the server:
+-- SHA-256(tag || 0x00 || payload) (ARCHITECTURE.md "Content addressing"; HASHBYTES takes inputs of
+-- any length since SQL Server 2016). The tag is ASCII, the same bytes in every collation.
+-- @P1 ModelId, or NULL for every atom. Returns only damaged atoms: AtomId, ContentHash, Encoding,
+-- ByteLength, StoredLength, ActualHash.
+SELECT a.AtomId, a.ContentHash, a.Encoding, a.ByteLength, DATALENGTH(a.Payload) AS StoredLength, h.ActualHash
+FROM dbo.TensorAtoms AS a
+CROSS APPLY (
+    SELECT HASHBYTES('SHA2_256', CAST(CAST(a.Encoding AS VARCHAR(16)) AS VARBINARY(16)) + 0x00 + a.Payload) AS ActualHash
+) AS h
+WHERE (
+        @P1 IS NULL
+        OR a.AtomId IN (
+            SELECT c.AtomId
+            FROM dbo.TensorAtomCoefficients AS c
+            INNER JOIN dbo.ModelLayers AS l ON l.LayerId = c.LayerId
+            WHERE l.ModelId = @P1
+        )
+    )
+    AND (h.ActualHash <> a.ContentHash OR DATALENGTH(a.Payload) <> a.ByteLength)
+ORDER BY a.AtomId;
+
+-- name: scan_tensor_atoms
+-- Every atom's bytes, in pages, for a client-side re-hash. @P1 last AtomId seen (0 to start),
+-- @P2 page size. Returns AtomId, ContentHash, Encoding, Payload.
+SELECT TOP (@P2) a.AtomId, a.ContentHash, a.Encoding, a.Payload
+FROM dbo.TensorAtoms AS a
+WHERE a.AtomId > @P1
+ORDER BY a.AtomId;
+
+-- name: verify_reference_counts
+-- Atoms whose ReferenceCount differs from the coefficient rows pointing at them, orphans (0 rows)
+-- included. Returns AtomId, ContentHash, ReferenceCount, ActualReferences.
+SELECT a.AtomId, a.ContentHash, a.ReferenceCount, ISNULL(r.N, 0) AS ActualReferences
+FROM dbo.TensorAtoms AS a
+LEFT JOIN (
+    SELECT c.AtomId, COUNT_BIG(*) AS N
+    FROM dbo.TensorAtomCoefficients AS c
+    GROUP BY c.AtomId
+) AS r ON r.AtomId = a.AtomId
+WHERE a.ReferenceCount <> ISNULL(r.N, 0)
+ORDER BY a.AtomId;
+
+-- name: verify_layers
+-- Layers of a model whose atom list is broken: ordinals not exactly 0..n-1, or atom bytes not
+-- adding up to the layer's ByteLength (plain storage: one atom per chunk, coefficient 1.0).
+-- @P1 ModelId. Returns LayerId, TensorName, ByteLength, AtomCount, MaxOrdinal, AtomBytes.
+-- Tensor roots are recomputed by the client from list_model_atoms.
+SELECT
+    l.LayerId, l.TensorName, l.ByteLength,
+    COUNT_BIG(c.Ordinal) AS AtomCount,
+    MAX(c.Ordinal) AS MaxOrdinal,
+    ISNULL(SUM(CAST(a.ByteLength AS BIGINT)), 0) AS AtomBytes
+FROM dbo.ModelLayers AS l
+LEFT JOIN dbo.TensorAtomCoefficients AS c ON c.LayerId = l.LayerId
+LEFT JOIN dbo.TensorAtoms AS a ON a.AtomId = c.AtomId
+WHERE l.ModelId = @P1
+GROUP BY l.LayerId, l.Ordinal, l.TensorName, l.ByteLength
+HAVING ISNULL(SUM(CAST(a.ByteLength AS BIGINT)), 0) <> l.ByteLength
+    OR (COUNT_BIG(c.Ordinal) > 0 AND MAX(c.Ordinal) <> COUNT_BIG(c.Ordinal) - 1)
+    OR MIN(c.Ordinal) <> 0
+ORDER BY l.Ordinal;
+
+-- name: upsert_content_atom
+-- A content atom by hash: inserted with ReferenceCount 1, or its ReferenceCount goes up by one.
+-- @P1 ContentHash, @P2 Modality, @P3 Subtype (NULL), @P4 CanonicalText (NULL), @P5 Payload (NULL).
+-- Returns AtomId and Inserted.
+DECLARE @AtomId BIGINT, @Inserted BIT = 0;
+SELECT @AtomId = AtomId FROM dbo.Atoms WITH (UPDLOCK, HOLDLOCK) WHERE ContentHash = @P1;
+IF @AtomId IS NULL
+BEGIN
+    INSERT INTO dbo.Atoms (ContentHash, Modality, Subtype, ReferenceCount, CanonicalText, Payload)
+    VALUES (@P1, @P2, @P3, 1, @P4, @P5);
+    SELECT @AtomId = CAST(SCOPE_IDENTITY() AS BIGINT), @Inserted = 1;
+END
+ELSE
+    UPDATE dbo.Atoms SET ReferenceCount = ReferenceCount + 1 WHERE AtomId = @AtomId;
+SELECT @AtomId AS AtomId, @Inserted AS Inserted;
+
+-- name: upsert_embedding
+-- The embedding of atom @P1 by model @P2, written once: an embedding is a function of the two, so
+-- a second write (a retry) keeps the first. @P3 Dimension (true length), @P4 JSON array text of
+-- exactly 1998 numbers (the embedding zero-padded), @P5, @P6 the coarse key's X and Y (both NULL
+-- for none). Returns EmbeddingId and Inserted.
+DECLARE @EmbeddingId BIGINT, @Inserted BIT = 0;
+SELECT @EmbeddingId = EmbeddingId
+FROM dbo.AtomEmbeddings WITH (UPDLOCK, HOLDLOCK)
+WHERE AtomId = @P1 AND ModelId = @P2;
+IF @EmbeddingId IS NULL
+BEGIN
+    INSERT INTO dbo.AtomEmbeddings (AtomId, ModelId, Dimension, EmbeddingVector, SpatialCoarse)
+    VALUES (
+        @P1, @P2, @P3, CAST(@P4 AS VECTOR(1998)),
+        CASE WHEN @P5 IS NULL OR @P6 IS NULL THEN NULL ELSE geometry::Point(@P5, @P6, 0) END
+    );
+    SELECT @EmbeddingId = CAST(SCOPE_IDENTITY() AS BIGINT), @Inserted = 1;
+END;
+SELECT @EmbeddingId AS EmbeddingId, @Inserted AS Inserted;
+
+-- name: read_embedding
+-- An embedding as JSON array text (1998 numbers; the first Dimension are the embedding).
+-- @P1 AtomId, @P2 ModelId.
+SELECT e.EmbeddingId, e.Dimension, CAST(e.EmbeddingVector AS NVARCHAR(MAX)) AS EmbeddingJson
+FROM dbo.AtomEmbeddings AS e
+WHERE e.AtomId = @P1 AND e.ModelId = @P2;
+
+-- name: nearest_embeddings_cosine
+-- The @P3 embeddings of model @P1 nearest to the query @P2 (JSON, 1998 numbers, zero-padded) by
+-- cosine distance, exact (VECTOR_DISTANCE never uses a vector index; there is none, see
+-- 001_core.sql). Returns AtomId, EmbeddingId, Distance (0 identical .. 2 opposite).
+-- The metric stays a literal, one block per metric: no metric name comes from the client, and
+-- each block gets its own plan.
+DECLARE @Query VECTOR(1998) = CAST(@P2 AS VECTOR(1998));
+SELECT TOP (@P3) e.AtomId, e.EmbeddingId, VECTOR_DISTANCE('cosine', e.EmbeddingVector, @Query) AS Distance
+FROM dbo.AtomEmbeddings AS e
+WHERE e.ModelId = @P1
+ORDER BY Distance;
+
+-- name: nearest_embeddings_euclidean
+-- As nearest_embeddings_cosine, by Euclidean (L2) distance.
+DECLARE @Query VECTOR(1998) = CAST(@P2 AS VECTOR(1998));
+SELECT TOP (@P3) e.AtomId, e.EmbeddingId, VECTOR_DISTANCE('euclidean', e.EmbeddingVector, @Query) AS Distance
+FROM dbo.AtomEmbeddings AS e
+WHERE e.ModelId = @P1
+ORDER BY Distance;
+
+-- name: nearest_embeddings_dot
+-- As nearest_embeddings_cosine, by SQL Server's 'dot' metric, which is the NEGATIVE dot product
+-- (smaller is more similar), so the ordering is the same as for the other metrics.
+DECLARE @Query VECTOR(1998) = CAST(@P2 AS VECTOR(1998));
+SELECT TOP (@P3) e.AtomId, e.EmbeddingId, VECTOR_DISTANCE('dot', e.EmbeddingVector, @Query) AS Distance
+FROM dbo.AtomEmbeddings AS e
+WHERE e.ModelId = @P1
+ORDER BY Distance;
+
+-- name: nearest_embeddings_cosine_prefiltered
+-- As nearest_embeddings_cosine, among the embeddings whose coarse key lies within @P6 of the
+-- query's (@P4, @P5): the spatial index narrows the rows, the exact distance ranks them. Rows
+-- without a coarse key are not candidates.
+DECLARE @Query VECTOR(1998) = CAST(@P2 AS VECTOR(1998));
+DECLARE @Region geometry = geometry::Point(@P4, @P5, 0).STBuffer(@P6);
+SELECT TOP (@P3) e.AtomId, e.EmbeddingId, VECTOR_DISTANCE('cosine', e.EmbeddingVector, @Query) AS Distance
+FROM dbo.AtomEmbeddings AS e
+WHERE e.ModelId = @P1 AND e.SpatialCoarse.STIntersects(@Region) = 1
+ORDER BY Distance;
+
+-- name: insert_request
+-- Records a request once per client-chosen key: a retry returns the row of the first attempt.
+-- @P1 RequestKey (UNIQUEIDENTIFIER), @P2 Tenant, @P3 Operation, @P4 ModelNames (JSON array),
+-- @P5 Status. Returns RequestId and Inserted.
+DECLARE @RequestId BIGINT, @Inserted BIT = 0;
+SELECT @RequestId = RequestId
+FROM dbo.InferenceRequests WITH (UPDLOCK, HOLDLOCK)
+WHERE RequestKey = @P1;
+IF @RequestId IS NULL
+BEGIN
+    INSERT INTO dbo.InferenceRequests (RequestKey, Tenant, Operation, ModelNames, Status)
+    VALUES (@P1, @P2, @P3, @P4, @P5);
+    SELECT @RequestId = CAST(SCOPE_IDENTITY() AS BIGINT), @Inserted = 1;
+END;
+SELECT @RequestId AS RequestId, @Inserted AS Inserted;
+
+-- name: complete_request
+-- Closes a request once: a retried completion changes nothing. @P1 RequestId, @P2 Status,
+-- @P3 DurationMs, @P4 ErrorMessage (NULL). Returns Changed (0 or 1).
+UPDATE dbo.InferenceRequests
+SET Status = @P2, CompletedAt = SYSUTCDATETIME(), DurationMs = @P3, ErrorMessage = @P4
+WHERE RequestId = @P1 AND CompletedAt IS NULL;
+SELECT @@ROWCOUNT AS Changed;
+
+-- name: list_requests_by_tenant
+-- A tenant's requests from @P2 to @P3 (DATETIME2, UTC), newest first, at most @P4.
+-- @P1 Tenant.
+SELECT TOP (@P4)
+    RequestId, RequestKey, Operation, ModelNames, Status, RequestedAt, CompletedAt, DurationMs, ErrorMessage
+FROM dbo.InferenceRequests
+WHERE Tenant = @P1 AND RequestedAt >= @P2 AND RequestedAt < @P3
+ORDER BY RequestedAt DESC;
+
+-- name: insert_step
+-- Step @P2 of request @P1, once: UNIQUE (RequestId, Ordinal) makes a retry return the first row.
+-- @P3 Operation, @P4 ModelId (NULL), @P5 WeightsRoot (NULL), @P6 ParametersJson (NULL),
+-- @P7 Status, @P8 DurationMs (NULL), @P9 Tenant. Returns StepId and Inserted.
+DECLARE @StepId BIGINT, @Inserted BIT = 0;
+SELECT @StepId = StepId
+FROM dbo.InferenceSteps WITH (UPDLOCK, HOLDLOCK)
+WHERE RequestId = @P1 AND Ordinal = @P2;
+IF @StepId IS NULL
+BEGIN
+    INSERT INTO dbo.InferenceSteps (
+        RequestId, Ordinal, Operation, ModelId, WeightsRoot, ParametersJson, Status, DurationMs, Tenant
+    )
+    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9);
+    SELECT @StepId = CAST(SCOPE_IDENTITY() AS BIGINT), @Inserted = 1;
+END;
+SELECT @StepId AS StepId, @Inserted AS Inserted;
+
+-- name: complete_step
+-- @P1 StepId, @P2 Status, @P3 DurationMs. Idempotent (sets the same values again).
+UPDATE dbo.InferenceSteps SET Status = @P2, DurationMs = @P3 WHERE StepId = @P1;
+
+-- name: insert_usage
+-- One usage row per (request, operation, model); a retry of the same row is not counted again.
+-- Rows without a request (@P2 NULL) have no such key and are always inserted.
+-- @P1 Tenant, @P2 RequestId (NULL), @P3 Operation, @P4 ModelId (NULL), @P5 InputTokens,
+-- @P6 OutputTokens, @P7 ComputeMs. Returns Inserted (0 or 1).
+IF @P2 IS NULL
+    OR NOT EXISTS (
+        SELECT 1 FROM dbo.UsageLedger WITH (UPDLOCK, HOLDLOCK)
+        WHERE RequestId = @P2
+            AND Operation = @P3
+            AND (ModelId = @P4 OR (ModelId IS NULL AND @P4 IS NULL))
+    )
+BEGIN
+    INSERT INTO dbo.UsageLedger (Tenant, RequestId, Operation, ModelId, InputTokens, OutputTokens, ComputeMs)
+    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7);
+    SELECT CAST(1 AS BIT) AS Inserted;
+END
+ELSE
+    SELECT CAST(0 AS BIT) AS Inserted;
+
+-- name: usage_by_tenant
+-- A tenant's usage from @P2 to @P3 (DATETIME2, UTC) by operation and model. @P1 Tenant.
+SELECT
+    u.Operation, u.ModelId, m.Name AS ModelName, COUNT_BIG(*) AS Entries,
+    SUM(u.InputTokens) AS InputTokens, SUM(u.OutputTokens) AS OutputTokens,
+    SUM(CAST(u.ComputeMs AS FLOAT)) AS ComputeMs
+FROM dbo.UsageLedger AS u
+LEFT JOIN dbo.Models AS m ON m.ModelId = u.ModelId
+WHERE u.Tenant = @P1 AND u.RecordedAt >= @P2 AND u.RecordedAt < @P3
+GROUP BY u.Operation, u.ModelId, m.Name
+ORDER BY u.Operation, m.Name;
+
+-- name: upsert_graph_node
+-- The node of (kind, id), created on first use. @P1 NodeKind ('atom' | 'model' | 'request' |
+-- 'step'), @P2 RefId, @P3 ContentHash (content hash or weights root; NULL for requests and steps).
+IF NOT EXISTS (
+    SELECT 1 FROM graph.AtomGraphNodes WITH (UPDLOCK, HOLDLOCK)
+    WHERE NodeKind = @P1 AND RefId = @P2
+)
+    INSERT INTO graph.AtomGraphNodes (NodeKind, RefId, ContentHash) VALUES (@P1, @P2, @P3);
+
+-- name: insert_graph_edge
+-- An edge between two existing nodes (upsert_graph_node first), once per (from, to, relation,
+-- request). @P1 from NodeKind, @P2 from RefId, @P3 to NodeKind, @P4 to RefId, @P5 RelationType,
+-- @P6 Weight, @P7 RequestId (NULL). Returns Inserted (0 or 1).
+DECLARE @From NVARCHAR(1000), @To NVARCHAR(1000);
+SELECT @From = $node_id FROM graph.AtomGraphNodes WHERE NodeKind = @P1 AND RefId = @P2;
+SELECT @To = $node_id FROM graph.AtomGraphNodes WHERE NodeKind = @P3 AND RefId = @P4;
+IF @From IS NULL OR @To IS NULL
+    THROW 50020, N'insert_graph_edge: an endpoint node does not exist (call upsert_graph_node first)', 1;
+IF NOT EXISTS (
+    SELECT 1 FROM graph.AtomGraphEdges WITH (UPDLOCK, HOLDLOCK)
+    WHERE $from_id = @From
+        AND $to_id = @To
+        AND RelationType = @P5
+        AND (RequestId = @P7 OR (RequestId IS NULL AND @P7 IS NULL))
+)
+BEGIN
+    INSERT INTO graph.AtomGraphEdges ($from_id, $to_id, RelationType, Weight, RequestId)
+    VALUES (@From, @To, @P5, @P6, @P7);
+    SELECT CAST(1 AS BIT) AS Inserted;
+END
+ELSE
+    SELECT CAST(0 AS BIT) AS Inserted;
+
+-- name: lineage_from_node
+-- The nodes one edge away from (kind, id), with the relation: what a request consumed and
+-- produced, which requests used a model. @P1 NodeKind, @P2 RefId. Returns RelationType, Weight,
+-- RequestId, NodeKind, RefId, ContentHash of the neighbours.
+SELECT e.RelationType, e.Weight, e.RequestId, n2.NodeKind, n2.RefId, n2.ContentHash
+FROM graph.AtomGraphNodes AS n1, graph.AtomGraphEdges AS e, graph.AtomGraphNodes AS n2
+WHERE MATCH(n1-(e)->n2) AND n1.NodeKind = @P1 AND n1.RefId = @P2
+ORDER BY e.RelationType, n2.NodeKind, n2.RefId;
