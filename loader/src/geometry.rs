@@ -19,6 +19,11 @@ use crate::model::{ModelFile, TensorInfo};
 pub const WKB_LINESTRING_ZM: u32 = 3002;
 /// WKB geometry type of `POINT ZM`.
 pub const WKB_POINT_ZM: u32 = 3001;
+/// WKB geometry type of `POINT Z` (ISO numbering: 1 + 1000), the form of an atom's
+/// [`SpatialSignature`](crate::atom::SpatialSignature).
+pub const WKB_POINT_Z: u32 = 1001;
+/// Bytes of a WKB `POINT Z`: byte order, type, x, y, z.
+pub const POINT_Z_BYTES: usize = 29;
 /// Bytes before the first point: byte order, type, count.
 pub const HEADER_BYTES: usize = 9;
 /// Bytes per point.
@@ -81,6 +86,42 @@ fn write_point(out: &mut Vec<u8>, p: &PointZm) {
     for v in [p.x, p.y, p.z, p.m] {
         out.extend_from_slice(&v.to_le_bytes());
     }
+}
+
+/// Encodes (x, y, z) as little-endian WKB `POINT Z`.
+pub fn encode_point_z(x: f64, y: f64, z: f64) -> [u8; POINT_Z_BYTES] {
+    let mut out = [0u8; POINT_Z_BYTES];
+    out[0] = 1;
+    out[1..5].copy_from_slice(&WKB_POINT_Z.to_le_bytes());
+    for (i, v) in [x, y, z].into_iter().enumerate() {
+        out[5 + 8 * i..13 + 8 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes a little- or big-endian WKB `POINT Z` to (x, y, z).
+pub fn decode_point_z(wkb: &[u8]) -> Result<(f64, f64, f64)> {
+    if wkb.len() != POINT_Z_BYTES {
+        return Err(Error::Wkb {
+            offset: 0,
+            reason: format!("{} bytes is not the {POINT_Z_BYTES} bytes of a WKB POINT Z", wkb.len()),
+        });
+    }
+    let little = match wkb[0] {
+        0 => false,
+        1 => true,
+        b => return Err(Error::Wkb { offset: 0, reason: format!("byte order marker {b} is neither 0 nor 1") }),
+    };
+    let kind: [u8; 4] = wkb[1..5].try_into().expect("4 bytes");
+    let kind = if little { u32::from_le_bytes(kind) } else { u32::from_be_bytes(kind) };
+    if kind != WKB_POINT_Z {
+        return Err(Error::Wkb { offset: 1, reason: format!("geometry type {kind} is not POINT Z ({WKB_POINT_Z})") });
+    }
+    let f = |i: usize| {
+        let b: [u8; 8] = wkb[5 + 8 * i..13 + 8 * i].try_into().expect("8 bytes");
+        if little { f64::from_le_bytes(b) } else { f64::from_be_bytes(b) }
+    };
+    Ok((f(0), f(1), f(2)))
 }
 
 /// Decodes WKB `LINESTRING ZM` in either byte order. Checks the type and that the declared
@@ -249,6 +290,18 @@ mod tests {
         let mut lying = encode_linestring_zm(&[PointZm { x: 0.0, y: 0.0, z: 0.0, m: 0.0 }]).unwrap();
         lying[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_linestring_zm(&lying).is_err());
+    }
+
+    #[test]
+    fn point_z_round_trips_and_rejects_other_types() {
+        let wkb = encode_point_z(0.5, -2.0, 3.25);
+        // Independent: ISO WKB of POINT Z (0.5 -2 3.25), little-endian, type 1001 = e9 03 00 00.
+        assert_eq!(&wkb[..5], &[1, 0xe9, 0x03, 0, 0]);
+        assert_eq!(decode_point_z(&wkb).unwrap(), (0.5, -2.0, 3.25));
+        let mut wrong = wkb;
+        wrong[1..5].copy_from_slice(&WKB_POINT_ZM.to_le_bytes());
+        assert!(decode_point_z(&wrong).is_err());
+        assert!(decode_point_z(&wkb[..28]).is_err());
     }
 
     #[test]

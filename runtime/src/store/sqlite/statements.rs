@@ -1,0 +1,236 @@
+//! Every SQL statement the SQLite store sends, by name, so they can be read and reviewed in one
+//! place. Errors name the statement that failed. The schema itself is `schema.sql`.
+//!
+//! Hashes travel as 32-byte blobs. Lists of hashes travel as one JSON array of hex strings
+//! (`json_each` + `unhex`, SQLite 3.41+), so a batch of any size is one statement with one
+//! parameter; SQL Server's `OPENJSON` + `CONVERT(BINARY(32), value, 2)` does the same.
+
+// ---- connection and schema ----------------------------------------------------------------
+
+pub const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
+pub const COMMIT: &str = "COMMIT";
+
+pub const CREATE_SCHEMA_VERSION: &str = "CREATE TABLE IF NOT EXISTS SchemaVersion (
+    Version     INTEGER PRIMARY KEY,
+    Description TEXT NOT NULL,
+    AppliedAt   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+) STRICT";
+
+pub const SCHEMA_VERSION_TABLE_EXISTS: &str =
+    "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'SchemaVersion')";
+
+pub const SELECT_SCHEMA_VERSION: &str = "SELECT MAX(Version) FROM SchemaVersion";
+
+pub const INSERT_SCHEMA_VERSION: &str = "INSERT INTO SchemaVersion (Version, Description) VALUES (?1, ?2)";
+
+// ---- models -------------------------------------------------------------------------------
+
+/// The columns [`super::model_row`] reads, in its order.
+macro_rules! model_columns {
+    () => {
+        "ModelId, Name, Version, Architecture, Format, TokenizerKind, WeightsRoot, SourceFileHash, \
+         ParameterCount, TensorCount, AtomBytes, Status, CreatedAt"
+    };
+}
+
+pub const SELECT_MODELS: &str = concat!("SELECT ", model_columns!(), " FROM Models ORDER BY Name, Version");
+
+pub const SELECT_MODELS_BY_NAME: &str =
+    concat!("SELECT ", model_columns!(), " FROM Models WHERE Name = ?1 ORDER BY Version");
+
+pub const SELECT_MODEL_BY_NAME_VERSION: &str =
+    concat!("SELECT ", model_columns!(), " FROM Models WHERE Name = ?1 AND Version = ?2");
+
+pub const SELECT_MODEL_BY_ID: &str = concat!("SELECT ", model_columns!(), " FROM Models WHERE ModelId = ?1");
+
+pub const INSERT_MODEL: &str = "INSERT INTO Models (Name, Version, Architecture, Format, TokenizerKind, \
+     SourceFileHash, ParameterCount, TensorCount, Status, ConfigJson, TokenizerMaterial) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'ingesting', ?9, ?10)";
+
+/// Completes a model: its weights root, the bytes of the distinct atoms it uses, and `ready`.
+pub const SEAL_MODEL: &str = "UPDATE Models SET WeightsRoot = ?2, Status = 'ready', AtomBytes = (
+        SELECT COALESCE(SUM(a.ByteLength), 0) FROM TensorAtoms a WHERE a.AtomId IN (
+            SELECT c.AtomId FROM ModelLayers l
+            JOIN TensorAtomCoefficients c ON c.LayerId = l.LayerId
+            WHERE l.ModelId = ?1))
+    WHERE ModelId = ?1";
+
+pub const DELETE_MODEL: &str = "DELETE FROM Models WHERE ModelId = ?1";
+
+// ---- layers -------------------------------------------------------------------------------
+
+pub const INSERT_LAYER: &str = "INSERT INTO ModelLayers (ModelId, Ordinal, TensorName, DType, Shape, \
+     ParameterCount, ByteLength, TensorRoot, WeightsGeometry) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+pub const INSERT_COEFFICIENT: &str =
+    "INSERT INTO TensorAtomCoefficients (LayerId, Ordinal, AtomId, Coefficient) VALUES (?1, ?2, ?3, 1.0)";
+
+/// `length()` of a blob is read from the record header, without the blob's pages.
+pub const SELECT_LAYERS_OF_MODEL: &str = "SELECT LayerId, Ordinal, TensorName, DType, Shape, ParameterCount, \
+     ByteLength, TensorRoot, length(WeightsGeometry) IS NOT NULL \
+     FROM ModelLayers WHERE ModelId = ?1 ORDER BY Ordinal";
+
+/// Every atom reference of a model's layers, in layer then atom order.
+pub const SELECT_COEFFICIENTS_OF_MODEL: &str = "SELECT c.LayerId, c.Ordinal, a.ContentHash, a.ByteLength, c.Coefficient \
+     FROM ModelLayers l \
+     JOIN TensorAtomCoefficients c ON c.LayerId = l.LayerId \
+     JOIN TensorAtoms a ON a.AtomId = c.AtomId \
+     WHERE l.ModelId = ?1 ORDER BY c.LayerId, c.Ordinal";
+
+pub const SELECT_LAYER_ROOTS_OF_MODEL: &str = "SELECT TensorName, TensorRoot FROM ModelLayers WHERE ModelId = ?1";
+
+pub const SELECT_LAYER_GEOMETRY: &str = "SELECT WeightsGeometry FROM ModelLayers WHERE LayerId = ?1";
+
+pub const SELECT_GEOMETRIES_OF_MODEL: &str = "SELECT TensorName, ParameterCount, WeightsGeometry \
+     FROM ModelLayers WHERE ModelId = ?1 AND WeightsGeometry IS NOT NULL ORDER BY Ordinal";
+
+// ---- tensor atoms -------------------------------------------------------------------------
+
+pub const SELECT_ATOM_BY_HASH: &str = "SELECT AtomId, ByteLength FROM TensorAtoms WHERE ContentHash = ?1";
+
+/// New atoms start unreferenced; `ADD_REFERENCES` counts the layers' uses in the same transaction.
+pub const INSERT_ATOM: &str = "INSERT INTO TensorAtoms (ContentHash, Encoding, ByteLength, SpatialSignature, Payload) \
+     VALUES (?1, ?2, ?3, ?4, ?5)";
+
+pub const ADD_REFERENCES: &str = "UPDATE TensorAtoms SET ReferenceCount = ReferenceCount + ?2 WHERE AtomId = ?1";
+
+/// The pager's hot path: one statement per batch of hashes (a JSON array of hex strings).
+pub const FETCH_ATOMS: &str = "SELECT ContentHash, Encoding, Payload FROM TensorAtoms \
+     WHERE ContentHash IN (SELECT unhex(value) FROM json_each(?1))";
+
+pub const SELECT_REFERENCE_COUNTS: &str = "SELECT ContentHash, ReferenceCount FROM TensorAtoms \
+     WHERE ContentHash IN (SELECT unhex(value) FROM json_each(?1))";
+
+// ---- removing a model ---------------------------------------------------------------------
+
+/// How many uses a model makes of each of its atoms.
+macro_rules! model_uses {
+    () => {
+        "(SELECT c.AtomId, COUNT(*) AS Uses FROM ModelLayers l \
+          JOIN TensorAtomCoefficients c ON c.LayerId = l.LayerId \
+          WHERE l.ModelId = ?1 GROUP BY c.AtomId)"
+    };
+}
+
+/// Atoms whose count is below the model's own uses of them: damage that removing would hide.
+pub const COUNT_UNDERCOUNTED_ATOMS: &str = concat!(
+    "SELECT COUNT(*) FROM ",
+    model_uses!(),
+    " AS r JOIN TensorAtoms a ON a.AtomId = r.AtomId WHERE a.ReferenceCount < r.Uses"
+);
+
+/// Takes one reference per use from each of a model's atoms and returns their new counts.
+pub const RELEASE_MODEL_REFERENCES: &str = concat!(
+    "UPDATE TensorAtoms SET ReferenceCount = TensorAtoms.ReferenceCount - r.Uses FROM ",
+    model_uses!(),
+    " AS r WHERE TensorAtoms.AtomId = r.AtomId RETURNING TensorAtoms.AtomId, TensorAtoms.ReferenceCount, TensorAtoms.ByteLength"
+);
+
+pub const DELETE_COEFFICIENTS_OF_MODEL: &str =
+    "DELETE FROM TensorAtomCoefficients WHERE LayerId IN (SELECT LayerId FROM ModelLayers WHERE ModelId = ?1)";
+
+pub const DELETE_LAYERS_OF_MODEL: &str = "DELETE FROM ModelLayers WHERE ModelId = ?1";
+
+pub const DELETE_EMBEDDINGS_OF_MODEL: &str = "DELETE FROM AtomEmbeddings WHERE ModelId = ?1";
+
+/// Deletes an atom only if nothing references it any more.
+pub const DELETE_UNREFERENCED_ATOM: &str = "DELETE FROM TensorAtoms WHERE AtomId = ?1 AND ReferenceCount = 0";
+
+// ---- verify -------------------------------------------------------------------------------
+
+macro_rules! verify_atom_columns {
+    () => {
+        "SELECT a.ContentHash, a.Encoding, a.ByteLength, a.ReferenceCount, \
+         (SELECT COUNT(*) FROM TensorAtomCoefficients c WHERE c.AtomId = a.AtomId), a.AtomId, a.Payload \
+         FROM TensorAtoms a"
+    };
+}
+
+/// Every atom with its payload and the number of coefficient rows naming it.
+pub const VERIFY_ATOMS: &str = concat!(verify_atom_columns!(), " ORDER BY a.AtomId");
+
+/// The same for the atoms one model uses.
+pub const VERIFY_ATOMS_OF_MODEL: &str = concat!(
+    verify_atom_columns!(),
+    " WHERE a.AtomId IN (SELECT c.AtomId FROM ModelLayers l \
+      JOIN TensorAtomCoefficients c ON c.LayerId = l.LayerId WHERE l.ModelId = ?1) ORDER BY a.AtomId"
+);
+
+/// Where an atom is used, for reporting damage.
+pub const SELECT_ATOM_USES: &str = "SELECT m.Name || ':' || m.Version, l.TensorName, c.Ordinal \
+     FROM TensorAtomCoefficients c \
+     JOIN ModelLayers l ON l.LayerId = c.LayerId \
+     JOIN Models m ON m.ModelId = l.ModelId \
+     WHERE c.AtomId = ?1 ORDER BY 1, 2, 3";
+
+/// Rows whose foreign key points nowhere (possible only if a tool wrote with the keys off).
+pub const FOREIGN_KEY_CHECK: &str = "PRAGMA foreign_key_check";
+
+// ---- content atoms and embeddings ---------------------------------------------------------
+
+/// Stores a content atom or adds a reference to the stored one.
+pub const UPSERT_CONTENT_ATOM: &str = "INSERT INTO Atoms (ContentHash, Modality, Subtype, ReferenceCount, CanonicalText, Payload) \
+     VALUES (?1, ?2, ?3, 1, ?4, ?5) \
+     ON CONFLICT (ContentHash) DO UPDATE SET ReferenceCount = ReferenceCount + 1 \
+     RETURNING AtomId";
+
+pub const UPSERT_EMBEDDING: &str = "INSERT INTO AtomEmbeddings (AtomId, ModelId, Dimension, SpatialCoarse, EmbeddingVector) \
+     VALUES (?1, ?2, ?3, ?4, ?5) \
+     ON CONFLICT (AtomId, ModelId) DO UPDATE SET Dimension = excluded.Dimension, \
+     SpatialCoarse = excluded.SpatialCoarse, EmbeddingVector = excluded.EmbeddingVector, \
+     CreatedAt = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+pub const SELECT_EMBEDDINGS_OF_MODEL: &str = "SELECT e.AtomId, a.ContentHash, e.Dimension, e.EmbeddingVector \
+     FROM AtomEmbeddings e JOIN Atoms a ON a.AtomId = e.AtomId WHERE e.ModelId = ?1";
+
+// ---- lineage ------------------------------------------------------------------------------
+
+/// A retried request (same key) keeps its first row.
+pub const INSERT_REQUEST: &str = "INSERT INTO InferenceRequests (RequestKey, Tenant, Operation, ModelNames, Status) \
+     VALUES (?1, ?2, ?3, ?4, 'running') ON CONFLICT (RequestKey) DO NOTHING";
+
+pub const SELECT_REQUEST_ID_BY_KEY: &str = "SELECT RequestId FROM InferenceRequests WHERE RequestKey = ?1";
+
+pub const SELECT_REQUEST: &str = "SELECT RequestKey, Tenant, Operation, ModelNames, Status, DurationMs, ErrorMessage \
+     FROM InferenceRequests WHERE RequestId = ?1";
+
+pub const COMPLETE_REQUEST: &str = "UPDATE InferenceRequests SET Status = ?2, DurationMs = ?3, ErrorMessage = ?4, \
+     CompletedAt = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE RequestId = ?1";
+
+/// A retried step (same request and ordinal) is not recorded twice.
+pub const INSERT_STEP: &str = "INSERT INTO InferenceSteps (RequestId, Ordinal, Operation, ModelId, WeightsRoot, \
+     ParametersJson, Status, DurationMs, Tenant) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+     ON CONFLICT (RequestId, Ordinal) DO NOTHING";
+
+pub const SELECT_STEPS_OF_REQUEST: &str = "SELECT Ordinal, Operation, ModelId, WeightsRoot, ParametersJson, Status, \
+     DurationMs, Tenant FROM InferenceSteps WHERE RequestId = ?1 ORDER BY Ordinal";
+
+pub const INSERT_USAGE: &str = "INSERT INTO UsageLedger (Tenant, RequestId, Operation, ModelId, InputTokens, \
+     OutputTokens, ComputeMs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+pub const SELECT_USAGE_OF_REQUEST: &str = "SELECT Tenant, Operation, ModelId, InputTokens, OutputTokens, ComputeMs \
+     FROM UsageLedger WHERE RequestId = ?1 ORDER BY UsageId";
+
+/// Whether the row a graph node stands for exists (nodes refer to one of three tables).
+pub const GRAPH_NODE_TARGET_EXISTS: &str = "SELECT CASE ?1 \
+     WHEN 'atom' THEN EXISTS (SELECT 1 FROM Atoms WHERE AtomId = ?2) \
+     WHEN 'model' THEN EXISTS (SELECT 1 FROM Models WHERE ModelId = ?2) \
+     WHEN 'request' THEN EXISTS (SELECT 1 FROM InferenceRequests WHERE RequestId = ?2) \
+     ELSE 0 END";
+
+/// A node keeps the content hash of what it stands for (an atom's hash, a model's weights
+/// root), so lineage survives the row's removal. The no-op update makes RETURNING give the id
+/// of an existing node.
+pub const UPSERT_GRAPH_NODE: &str = "INSERT INTO AtomGraphNodes (NodeKind, RefId, ContentHash) VALUES (?1, ?2, CASE ?1 \
+     WHEN 'atom' THEN (SELECT ContentHash FROM Atoms WHERE AtomId = ?2) \
+     WHEN 'model' THEN (SELECT WeightsRoot FROM Models WHERE ModelId = ?2) END) \
+     ON CONFLICT (NodeKind, RefId) DO UPDATE SET RefId = excluded.RefId RETURNING NodeId";
+
+pub const INSERT_EDGE: &str = "INSERT INTO AtomGraphEdges (FromNode, ToNode, RelationType, Weight, RequestId) \
+     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (FromNode, ToNode, RelationType) DO NOTHING";
+
+pub const SELECT_EDGES_OF_REQUEST: &str = "SELECT f.NodeKind, f.RefId, t.NodeKind, t.RefId, e.RelationType, e.Weight \
+     FROM AtomGraphEdges e \
+     JOIN AtomGraphNodes f ON f.NodeId = e.FromNode \
+     JOIN AtomGraphNodes t ON t.NodeId = e.ToNode \
+     WHERE e.RequestId = ?1 ORDER BY e.EdgeId";
