@@ -11,9 +11,11 @@
 //! source file (by SHA-256) is reported at once; another file is atomized without writing and
 //! accepted only if its weights root is the stored one.
 //!
-//! Fault injection, for the crash tests: `HARTONOMOUS_FAULT_AFTER_ATOMS=N` aborts the process
-//! once N atoms have gone to the store (inside the open transaction), and
-//! `HARTONOMOUS_FAULT_BEFORE_COMMIT=1` aborts it with every layer written, just before commit.
+//! Fault injection, for the crash tests (`runtime/tests/ingest_crash.rs`):
+//! `HARTONOMOUS_FAULT_AFTER_ATOMS=N` aborts the process once N atoms have gone to the store
+//! (inside the open transaction); `HARTONOMOUS_FAULT_BEFORE_COMMIT=1` aborts it with every layer
+//! written, just before commit; `HARTONOMOUS_FAULT_STALL_AFTER_ATOMS=N` prints a line to stderr
+//! after N atoms and stops there, for the test to `kill -9` it at a known point.
 
 use std::collections::HashSet;
 use std::io::Read as _;
@@ -274,15 +276,31 @@ enum Message {
 
 /// Process aborts for the crash tests (see the module documentation).
 struct Faults {
-    after_atoms: Option<u64>,
-    before_commit: bool,
+    abort_after_atoms: Option<u64>,
+    stall_after_atoms: Option<u64>,
+    abort_before_commit: bool,
 }
 
 impl Faults {
     fn from_env() -> Self {
+        let atoms = |key: &str| std::env::var(key).ok().and_then(|v| v.parse().ok());
         Faults {
-            after_atoms: std::env::var("HARTONOMOUS_FAULT_AFTER_ATOMS").ok().and_then(|v| v.parse().ok()),
-            before_commit: std::env::var("HARTONOMOUS_FAULT_BEFORE_COMMIT").is_ok_and(|v| v == "1"),
+            abort_after_atoms: atoms("HARTONOMOUS_FAULT_AFTER_ATOMS"),
+            stall_after_atoms: atoms("HARTONOMOUS_FAULT_STALL_AFTER_ATOMS"),
+            abort_before_commit: std::env::var("HARTONOMOUS_FAULT_BEFORE_COMMIT").is_ok_and(|v| v == "1"),
+        }
+    }
+
+    /// Called with the atoms sent to the store so far.
+    fn after_atoms(&self, atoms: u64) {
+        if self.abort_after_atoms.is_some_and(|n| atoms >= n) {
+            Self::abort(&format!("after {atoms} atoms"));
+        }
+        if self.stall_after_atoms.is_some_and(|n| atoms >= n) {
+            eprintln!("hartonomous: fault injection: stalled after {atoms} atoms");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
         }
     }
 
@@ -320,9 +338,7 @@ async fn write_model(
                 Message::Atoms { atoms, references } => {
                     totals += writer.put_atoms(atoms).await?;
                     atoms_bar.inc(references);
-                    if faults.after_atoms.is_some_and(|n| totals.new + totals.reused >= n) {
-                        Faults::abort(&format!("after {} atoms", totals.new + totals.reused));
-                    }
+                    faults.after_atoms(totals.new + totals.reused);
                 }
                 Message::Layer(layer) => {
                     geometry_layers += u64::from(layer.geometry.is_some());
@@ -344,7 +360,7 @@ async fn write_model(
     // The writer's error is the cause when both failed: the producer then only saw a closed channel.
     consumed?;
     let root = produced?;
-    if faults.before_commit {
+    if faults.abort_before_commit {
         Faults::abort("before commit");
     }
     let row = writer.commit(root).await?;

@@ -1,0 +1,110 @@
+//! Acceptance (issue 4, item 5): the `Store` contract suite (`support/contract.rs`), run on the
+//! embedded SQLite store always, each case in a fresh file, and on SQL Server 2025 when
+//! `HARTONOMOUS_MSSQL_URL` is set (skipped with a message naming the variable otherwise).
+
+mod support;
+
+use hartonomous_runtime::store::{self, Store};
+use support::contract;
+
+async fn fresh_sqlite() -> (tempfile::TempDir, Box<dyn Store>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = store::open(dir.path().join("contract.db").to_str().expect("UTF-8")).await.expect("opens SQLite");
+    (dir, store)
+}
+
+/// The SQL Server under test, or `None` (with a message) when the variable is unset. When it is
+/// set, failing to open is a test failure, not a skip.
+async fn mssql() -> Option<Box<dyn Store>> {
+    let Ok(url) = std::env::var("HARTONOMOUS_MSSQL_URL") else {
+        eprintln!("skipped: HARTONOMOUS_MSSQL_URL is not set (see sql/README.md to start a SQL Server 2025)");
+        return None;
+    };
+    Some(store::open(&url).await.unwrap_or_else(|e| panic!("HARTONOMOUS_MSSQL_URL is set, but: {e}")))
+}
+
+/// One test per contract case and backend, so a failure names both.
+macro_rules! contract_tests {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (_dir, store) = fresh_sqlite().await;
+                    contract::$case(store.as_ref()).await;
+                    // Each case cleans up: a fresh store is left without orphans or damage.
+                    let report = store.verify(None).await.expect("verify");
+                    assert!(report.is_clean(), "{:#?}", report.damage);
+                    assert_eq!(report.atoms, 0, "the case left atoms behind");
+                }
+            )*
+        }
+        mod mssql {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    if let Some(store) = mssql().await {
+                        contract::$case(store.as_ref()).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+contract_tests!(
+    model_round_trip,
+    dedup_and_remove,
+    uncommitted_writes_are_invisible,
+    begin_reports_an_existing_model,
+    writer_refuses_inconsistent_layers,
+    fetch_atoms_in_batches,
+    embeddings_and_nearest,
+    lineage_is_idempotent,
+    model_names_resolve,
+);
+
+#[tokio::test]
+async fn a_store_of_a_newer_schema_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("future.db");
+    drop(store::open(path.to_str().expect("UTF-8")).await.expect("creates"));
+    rusqlite::Connection::open(&path)
+        .and_then(|c| c.execute("INSERT INTO SchemaVersion (Version, Description) VALUES (99, 'from the future')", []))
+        .expect("writes a newer version");
+    let err = store::open(path.to_str().expect("UTF-8")).await.err().expect("refused");
+    let text = err.to_string();
+    assert!(text.contains(path.to_str().unwrap()) && text.contains("99") && text.contains("up to 1"), "{text}");
+}
+
+#[tokio::test]
+async fn opening_is_idempotent_and_reads_need_an_existing_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("h.db");
+    let url = format!("sqlite:{}", path.display());
+    assert!(matches!(store::open_existing(&url).await, Err(store::StoreError::NotFound { .. })));
+    for _ in 0..2 {
+        let s = store::open(&url).await.expect("opens");
+        assert!(s.list_models().await.expect("list").is_empty());
+    }
+    let versions: i64 = rusqlite::Connection::open(&path)
+        .and_then(|c| c.query_row("SELECT COUNT(*) FROM SchemaVersion", [], |r| r.get(0)))
+        .expect("reads");
+    assert_eq!(versions, 1, "opening twice records the schema once");
+    let mode: String = rusqlite::Connection::open(&path)
+        .and_then(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
+        .expect("reads");
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_store_is_named_in_the_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, b"these are not the pages you are looking for, not at all, no").expect("write");
+    let err = store::open(path.to_str().expect("UTF-8")).await.err().expect("refused");
+    let text = err.to_string();
+    assert!(text.contains("notes.txt") && text.contains("not a SQLite database"), "{text}");
+}
