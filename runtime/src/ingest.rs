@@ -3,7 +3,8 @@
 //! Two stages overlap: a blocking thread reads and atomizes the file (the loader's
 //! [`atomize_tensor`], SHA-256 and signature per atom) and sends batches of atoms not yet sent,
 //! then each finished layer, through a bounded channel; the async side writes them through one
-//! [`ModelWriter`]. On two cores the hashing and the database writes each get one. Nothing is
+//! [`ModelWriter`]. On two cores the hashing and the database writes each get one; the SHA-256
+//! of the whole file, needed only at commit, is computed beside them. Nothing is
 //! visible until the writer commits (see `store`), so an ingest killed anywhere leaves the store
 //! as it was and the next run starts afresh.
 //!
@@ -34,8 +35,8 @@ use tokio::sync::mpsc;
 
 use crate::progress::{Bar, DelayedBars};
 use crate::store::{
-    AtomRecord, BeginModel, LayerRecord, ModelRow, ModelWriter, NewModel, PutAtomsOutcome, Store, StoreError,
-    PUT_BATCH_ATOMS,
+    AtomRecord, BeginModel, LayerRecord, ModelRow, ModelSeal, ModelWriter, NewModel, PutAtomsOutcome, Store,
+    StoreError, PUT_BATCH_ATOMS,
 };
 
 /// Default `--geometry-max-points`: layers up to this many elements get `LINESTRING ZM`
@@ -83,21 +84,26 @@ pub enum IngestError {
         source: std::io::Error,
     },
 
-    #[error(
-        "store {store}: model {model} already holds other weights (weights root {stored}, while {} has {file}): \
-         pass another --version, or remove the stored one with `hartonomous rm {model}`",
-        path.display()
-    )]
-    DifferentWeights {
-        store: String,
-        model: String,
-        path: PathBuf,
-        stored: Hash256,
-        file: Hash256,
-    },
+    #[error(transparent)]
+    DifferentWeights(Box<WeightsClash>),
 
     #[error("ingest of {} stopped: {what}", path.display())]
     Stopped { path: PathBuf, what: String },
+}
+
+/// A model name and version already stored with other weights.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "store {store}: model {model} already holds other weights (weights root {stored}, while {} has {file}): \
+     pass another --version, or remove the stored one with `hartonomous rm {model}`",
+    path.display()
+)]
+pub struct WeightsClash {
+    pub store: String,
+    pub model: String,
+    pub path: PathBuf,
+    pub stored: Hash256,
+    pub file: Hash256,
 }
 
 /// What happened.
@@ -189,13 +195,12 @@ pub fn default_name(path: &Path) -> String {
 pub async fn ingest(store: &dyn Store, path: &Path, options: &IngestOptions) -> Result<IngestReport, IngestError> {
     let started = Instant::now();
     let model = Arc::new(ModelFile::open(path)?);
-    let source_file_hash = hash_file(path).await?;
     let name = options.name.clone().unwrap_or_else(|| default_name(path));
-    let new_model = describe(&model, name, options.version.clone(), source_file_hash);
+    let new_model = describe(&model, name, options.version.clone());
     let plan = Plan::of(&model, options);
     match store.begin_model(&new_model).await? {
         BeginModel::Writer(writer) => write_model(store, writer, model, options, plan, started).await,
-        BeginModel::Exists(row) => already_present(store, row, model, source_file_hash, options, plan, started).await,
+        BeginModel::Exists(row) => already_present(store, *row, model, options, plan, started).await,
     }
 }
 
@@ -218,7 +223,7 @@ impl Plan {
     }
 }
 
-fn describe(model: &ModelFile, name: String, version: String, source_file_hash: Hash256) -> NewModel {
+fn describe(model: &ModelFile, name: String, version: String) -> NewModel {
     let d = &model.description;
     let (tokenizer_kind, tokenizer_material) = match &d.tokenizer {
         TokenizerMaterial::None => ("none", None),
@@ -233,36 +238,35 @@ fn describe(model: &ModelFile, name: String, version: String, source_file_hash: 
         config_json: d.config.to_string(),
         tokenizer_kind: tokenizer_kind.into(),
         tokenizer_material,
-        source_file_hash,
         parameter_count: model.parameter_count(),
         tensor_count: model.tensors().len() as u64,
     }
 }
 
-async fn hash_file(path: &Path) -> Result<Hash256, IngestError> {
-    let owned = path.to_path_buf();
-    let io = |source| IngestError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    tokio::task::spawn_blocking(move || -> std::io::Result<Hash256> {
-        let mut file = std::fs::File::open(&owned)?;
+/// SHA-256 of the whole file, on the blocking pool.
+fn hash_file(path: &Path) -> tokio::task::JoinHandle<Result<Hash256, IngestError>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let io = |source| IngestError::Io { path: path.clone(), source };
+        let mut file = std::fs::File::open(&path).map_err(io)?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = file.read(&mut buf)?;
+            let n = file.read(&mut buf).map_err(io)?;
             if n == 0 {
                 return Ok(Hash256(hasher.finalize().into()));
             }
             hasher.update(&buf[..n]);
         }
     })
-    .await
-    .map_err(|e| IngestError::Stopped {
+}
+
+/// Waits for a blocking task, turning a panic or cancellation into an error naming the file.
+async fn join<T>(path: &Path, task: tokio::task::JoinHandle<Result<T, IngestError>>) -> Result<T, IngestError> {
+    task.await.map_err(|e| IngestError::Stopped {
         path: path.to_path_buf(),
         what: e.to_string(),
     })?
-    .map_err(io)
 }
 
 /// What the atomizer thread sends to the writer.
@@ -324,6 +328,7 @@ async fn write_model(
     let atoms_bar = bars.count(plan.atoms, "atoms");
     let layers_bar = bars.count(plan.tensors, "layers");
 
+    let file_hash = hash_file(model.path());
     let (tx, mut rx) = mpsc::channel(CHANNEL_BATCHES);
     let producer = {
         let (model, options) = (model.clone(), options.clone());
@@ -352,18 +357,21 @@ async fn write_model(
     .await;
     // Dropping the receiver stops the producer at its next send if the writer failed.
     drop(rx);
-    let produced = producer.await.map_err(|e| IngestError::Stopped {
-        path: model.path().to_path_buf(),
-        what: e.to_string(),
-    })?;
+    let produced = join(model.path(), producer).await;
     bars.finish();
     // The writer's error is the cause when both failed: the producer then only saw a closed channel.
     consumed?;
     let root = produced?;
+    let source_file_hash = join(model.path(), file_hash).await?;
     if faults.abort_before_commit {
         Faults::abort("before commit");
     }
-    let row = writer.commit(root).await?;
+    let row = writer
+        .commit(ModelSeal {
+            weights_root: root,
+            source_file_hash,
+        })
+        .await?;
     Ok(IngestReport {
         model: row.label(),
         path: model.path().to_path_buf(),
@@ -471,18 +479,18 @@ async fn already_present(
     store: &dyn Store,
     row: ModelRow,
     model: Arc<ModelFile>,
-    source_file_hash: Hash256,
     options: &IngestOptions,
     plan: Plan,
     started: Instant,
 ) -> Result<IngestReport, IngestError> {
     let stored = row.weights_root.expect("a ready model has a weights root (CHECK constraint): this is a bug");
-    let root = if source_file_hash == row.source_file_hash {
+    let source_file_hash = join(model.path(), hash_file(model.path())).await?;
+    let root = if Some(source_file_hash) == row.source_file_hash {
         // The same file: atomizing it again would give the same root.
         stored
     } else {
         let (file, atomize_options) = (model.clone(), options.atomize);
-        tokio::task::spawn_blocking(move || -> Result<Hash256, IngestError> {
+        let compare = tokio::task::spawn_blocking(move || {
             let bar = DelayedBars::new();
             let read = bar.bytes(plan.tensor_bytes, "compare");
             let atomized = atomize(&file, &atomize_options, &mut |atom| {
@@ -491,21 +499,17 @@ async fn already_present(
             })?;
             bar.finish();
             Ok(atomized.weights_root)
-        })
-        .await
-        .map_err(|e| IngestError::Stopped {
-            path: model.path().to_path_buf(),
-            what: e.to_string(),
-        })??
+        });
+        join(model.path(), compare).await?
     };
     if root != stored {
-        return Err(IngestError::DifferentWeights {
+        return Err(IngestError::DifferentWeights(Box::new(WeightsClash {
             store: store.location().to_string(),
             model: row.label(),
             path: model.path().to_path_buf(),
             stored,
             file: root,
-        });
+        })));
     }
     let layers = store.layers(row.id).await?;
     let geometry_layers = layers.iter().filter(|l| l.has_geometry).count() as u64;

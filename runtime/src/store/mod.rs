@@ -149,7 +149,8 @@ impl ModelStatus {
 }
 
 /// What [`Store::begin_model`] needs: everything about a model except its weights, which
-/// arrive through the writer, and its weights root, which [`ModelWriter::commit`] checks.
+/// arrive through the writer, and what is known only once they have been read
+/// ([`ModelSeal`], given to [`ModelWriter::commit`]).
 #[derive(Debug, Clone)]
 pub struct NewModel {
     pub name: String,
@@ -163,8 +164,6 @@ pub struct NewModel {
     pub tokenizer_kind: String,
     /// The tokenizer as JSON text (`tokenizer.json`, or the GGUF `tokenizer.*` keys).
     pub tokenizer_material: Option<String>,
-    /// SHA-256 of the whole source file.
-    pub source_file_hash: Hash256,
     pub parameter_count: u64,
     /// Layers the writer must put before it may commit.
     pub tensor_count: u64,
@@ -181,7 +180,8 @@ pub struct ModelRow {
     pub tokenizer_kind: String,
     /// `None` only while ingesting.
     pub weights_root: Option<Hash256>,
-    pub source_file_hash: Hash256,
+    /// SHA-256 of the whole source file; `None` only while ingesting.
+    pub source_file_hash: Option<Hash256>,
     pub parameter_count: u64,
     pub tensor_count: u64,
     /// Bytes of the distinct atoms the model references: what storing it alone would cost.
@@ -196,6 +196,15 @@ impl ModelRow {
     pub fn label(&self) -> String {
         format!("{}:{}", self.name, self.version)
     }
+}
+
+/// What completes a model at [`ModelWriter::commit`]: known only after its file was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelSeal {
+    /// The weights root of the layers put; the store recomputes it and refuses a mismatch.
+    pub weights_root: Hash256,
+    /// SHA-256 of the whole source file.
+    pub source_file_hash: Hash256,
 }
 
 /// One TensorAtom as ingest hands it to the store.
@@ -599,7 +608,7 @@ pub enum BeginModel {
     /// interrupted one, if any, was removed first.
     Writer(Box<dyn ModelWriter>),
     /// A complete model of this name and version is already stored.
-    Exists(ModelRow),
+    Exists(Box<ModelRow>),
 }
 
 /// Writes one model. Nothing it writes is visible to readers until [`ModelWriter::commit`];
@@ -619,8 +628,8 @@ pub trait ModelWriter: Send {
     async fn put_layers(&mut self, layers: Vec<LayerRecord>) -> Result<()>;
 
     /// Makes the model visible (`Status = 'ready'`) after checking that every layer was put and
-    /// that the layers give `weights_root`.
-    async fn commit(self: Box<Self>, weights_root: Hash256) -> Result<ModelRow>;
+    /// that the layers give the seal's weights root.
+    async fn commit(self: Box<Self>, seal: ModelSeal) -> Result<ModelRow>;
 
     /// Discards everything this writer wrote.
     async fn abort(self: Box<Self>) -> Result<()>;

@@ -33,7 +33,7 @@ use rusqlite::{params, CachedStatement, Connection, ErrorCode, OpenFlags, Option
 use super::verify::{check_atom, check_geometry, check_layer, check_model, AtomCheck};
 use super::{
     cosine, AtomRecord, AtomUse, BeginModel, ContentAtom, ContentAtomId, Damage, Embedding, FetchedAtom, GraphNode,
-    LayerAtom, LayerId, LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelRow, ModelStatus, ModelWriter,
+    LayerAtom, LayerId, LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelRow, ModelSeal, ModelStatus, ModelWriter,
     Neighbor, NewModel, NewRequest, PutAtomsOutcome, RemoveOutcome, RequestCompletion, RequestId, Result, RunStatus,
     StepRecord, Store, StoreError, UsageRecord, VerifyReport, FETCH_BATCH_ATOMS, MAX_EMBEDDING_DIMENSION,
 };
@@ -187,7 +187,7 @@ fn model_row(row: &Row<'_>) -> rusqlite::Result<ModelRow> {
         format: row.get(4)?,
         tokenizer_kind: row.get(5)?,
         weights_root: opt_hash_col(row, 6)?,
-        source_file_hash: hash_col(row, 7)?,
+        source_file_hash: opt_hash_col(row, 7)?,
         parameter_count: u64_col(row, 8)?,
         tensor_count: u64_col(row, 9)?,
         atom_bytes: u64_col(row, 10)?,
@@ -532,7 +532,6 @@ impl Store for SqliteStore {
                     m.architecture,
                     m.format,
                     m.tokenizer_kind,
-                    &m.source_file_hash.0[..],
                     int(m.parameter_count),
                     int(m.tensor_count),
                     m.config_json,
@@ -554,7 +553,7 @@ impl Store for SqliteStore {
                 model: state.model,
                 state: Some(state),
             })),
-            Err(existing) => BeginModel::Exists(existing),
+            Err(existing) => BeginModel::Exists(Box::new(existing)),
         })
     }
 
@@ -1038,7 +1037,8 @@ impl ModelWriter for SqliteWriter {
         .await
     }
 
-    async fn commit(mut self: Box<Self>, root: Hash256) -> Result<ModelRow> {
+    async fn commit(mut self: Box<Self>, seal: ModelSeal) -> Result<ModelRow> {
+        let root = seal.weights_root;
         let state = self.take_state()?;
         let ctx = self.ctx.clone();
         blocking(&self.ctx, move || {
@@ -1058,7 +1058,7 @@ impl ModelWriter for SqliteWriter {
                     "the layers give weights root {computed}, not {root}; nothing was stored"
                 )));
             }
-            st!(conn, &ctx, SEAL_MODEL)?.execute(params![id, &root.0[..]])?;
+            st!(conn, &ctx, SEAL_MODEL)?.execute(params![id, &root.0[..], &seal.source_file_hash.0[..]])?;
             conn.execute_batch(statements::COMMIT).map_err(|e| ctx.sqlite("COMMIT", e))?;
             let row = st!(conn, &ctx, SELECT_MODEL_BY_ID)?.row(params![id], model_row)?;
             row.ok_or_else(|| ctx.invalid(format!("model {id} vanished after its commit")))

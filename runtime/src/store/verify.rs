@@ -170,6 +170,9 @@ pub(crate) fn check_model(model: &ModelRow, layers: &[LayerRow]) -> Vec<Damage> 
             problems.push(format!("AtomBytes {} but its distinct atoms hold {atom_bytes} bytes", model.atom_bytes));
         }
         let computed = weights_root(layers.iter().map(|l| (l.tensor_name.as_str(), l.tensor_root)));
+        if model.source_file_hash.is_none() {
+            problems.push("no source file hash recorded".into());
+        }
         match model.weights_root {
             Some(recorded) if recorded == computed => {}
             Some(recorded) => problems.push(format!("its layers give weights root {computed}, not the recorded {recorded}")),

@@ -64,7 +64,6 @@ pub fn synthetic(name: &str, version: &str, layers: &[(&str, Vec<AtomRecord>)]) 
             config_json: r#"{"test":true}"#.into(),
             tokenizer_kind: "none".into(),
             tokenizer_material: None,
-            source_file_hash: Hash256([7; 32]),
             parameter_count: parameters,
             tensor_count: records.len() as u64,
         },
@@ -72,6 +71,11 @@ pub fn synthetic(name: &str, version: &str, layers: &[(&str, Vec<AtomRecord>)]) 
         layers: records,
         root,
     }
+}
+
+/// The seal of a synthetic model (its file hash is made up).
+pub fn seal(m: &Synthetic) -> ModelSeal {
+    ModelSeal { weights_root: m.root, source_file_hash: Hash256([7; 32]) }
 }
 
 pub async fn writer(store: &dyn Store, model: &NewModel) -> Box<dyn ModelWriter> {
@@ -86,7 +90,7 @@ pub async fn store_model(store: &dyn Store, m: &Synthetic) -> (PutAtomsOutcome, 
     let mut w = writer(store, &m.model).await;
     let outcome = w.put_atoms(m.atoms.clone()).await.expect("put_atoms");
     w.put_layers(m.layers.clone()).await.expect("put_layers");
-    let row = w.commit(m.root).await.expect("commit");
+    let row = w.commit(seal(m)).await.expect("commit");
     (outcome, row)
 }
 
@@ -120,6 +124,7 @@ pub async fn model_round_trip(store: &dyn Store) {
     assert_eq!(row.name, name);
     assert_eq!(row.status, ModelStatus::Ready);
     assert_eq!(row.weights_root, Some(m.root));
+    assert_eq!(row.source_file_hash, Some(Hash256([7; 32])));
     assert_eq!(row.tensor_count, 2);
     assert_eq!(row.parameter_count, 6 + 3);
     assert_eq!(row.atom_bytes, 28, "distinct atom bytes");
@@ -197,8 +202,10 @@ pub async fn uncommitted_writes_are_invisible(store: &dyn Store) {
         match how {
             "drop" => drop(w),
             "abort" => w.abort().await.expect("abort"),
-            "commit with a wrong root" => assert!(w.commit(Hash256([0; 32])).await.is_err()),
-            _ => assert!(w.commit(m.root).await.is_err()),
+            "commit with a wrong root" => {
+                assert!(w.commit(ModelSeal { weights_root: Hash256([0; 32]), ..seal(&m) }).await.is_err())
+            }
+            _ => assert!(w.commit(seal(&m)).await.is_err()),
         }
         assert_eq!(store.model(&name, None).await.expect("model"), None, "{how}");
         assert!(!store.list_models().await.expect("list").iter().any(|r| r.name == name), "{how}");
@@ -221,7 +228,7 @@ pub async fn begin_reports_an_existing_model(store: &dyn Store) {
     let m = synthetic(&unique("exists"), "7", &[("x", vec![atom(&[30.0])])]);
     let (_, row) = store_model(store, &m).await;
     match store.begin_model(&m.model).await.expect("begin") {
-        BeginModel::Exists(found) => assert_eq!(found, row),
+        BeginModel::Exists(found) => assert_eq!(*found, row),
         BeginModel::Writer(_) => panic!("a second writer for a stored model"),
     }
     // Another version is another model.
@@ -236,7 +243,8 @@ pub async fn begin_reports_an_existing_model(store: &dyn Store) {
 pub async fn writer_refuses_inconsistent_layers(store: &dyn Store) {
     let (a, b) = (atom(&[40.0, 41.0]), atom(&[42.0, 43.0]));
     let m = synthetic(&unique("refuse"), "1", &[("x", vec![a.clone(), b.clone()])]);
-    let cases: Vec<(&str, Box<dyn Fn(&mut LayerRecord)>)> = vec![
+    type Spoil = Box<dyn Fn(&mut LayerRecord)>;
+    let cases: Vec<(&str, Spoil)> = vec![
         ("wrong root", Box::new(|l: &mut LayerRecord| l.tensor_root = Hash256([1; 32]))),
         ("atoms reordered", Box::new(|l: &mut LayerRecord| l.atoms.reverse())),
         ("atom never put", Box::new(|l: &mut LayerRecord| {

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS Models (
     Format            TEXT    NOT NULL,
     TokenizerKind     TEXT    NOT NULL,
     WeightsRoot       BLOB    NULL CHECK (WeightsRoot IS NULL OR length(WeightsRoot) = 32),
-    SourceFileHash    BLOB    NOT NULL CHECK (length(SourceFileHash) = 32),
+    SourceFileHash    BLOB    NULL CHECK (SourceFileHash IS NULL OR length(SourceFileHash) = 32),
     ParameterCount    INTEGER NOT NULL CHECK (ParameterCount >= 0),
     TensorCount       INTEGER NOT NULL CHECK (TensorCount >= 0),
     AtomBytes         INTEGER NOT NULL DEFAULT 0 CHECK (AtomBytes >= 0),
@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS Models (
     ConfigJson        TEXT    NOT NULL,
     TokenizerMaterial TEXT    NULL,
     CONSTRAINT UQ_Models_Name_Version UNIQUE (Name, Version),
-    CONSTRAINT CK_Models_ReadyHasRoot CHECK (Status <> 'ready' OR WeightsRoot IS NOT NULL)
+    -- Both hashes are known only once the file has been read: they arrive with Status 'ready'.
+    CONSTRAINT CK_Models_ReadyHasHashes CHECK (Status <> 'ready' OR (WeightsRoot IS NOT NULL AND SourceFileHash IS NOT NULL))
 ) STRICT;
 
 CREATE TABLE IF NOT EXISTS ModelLayers (

@@ -44,11 +44,12 @@ pub const SELECT_MODEL_BY_NAME_VERSION: &str =
 pub const SELECT_MODEL_BY_ID: &str = concat!("SELECT ", model_columns!(), " FROM Models WHERE ModelId = ?1");
 
 pub const INSERT_MODEL: &str = "INSERT INTO Models (Name, Version, Architecture, Format, TokenizerKind, \
-     SourceFileHash, ParameterCount, TensorCount, Status, ConfigJson, TokenizerMaterial) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'ingesting', ?9, ?10)";
+     ParameterCount, TensorCount, Status, ConfigJson, TokenizerMaterial) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'ingesting', ?8, ?9)";
 
-/// Completes a model: its weights root, the bytes of the distinct atoms it uses, and `ready`.
-pub const SEAL_MODEL: &str = "UPDATE Models SET WeightsRoot = ?2, Status = 'ready', AtomBytes = (
+/// Completes a model: its weights root and file hash, the bytes of the distinct atoms it uses,
+/// and `ready`.
+pub const SEAL_MODEL: &str = "UPDATE Models SET WeightsRoot = ?2, SourceFileHash = ?3, Status = 'ready', AtomBytes = (
         SELECT COALESCE(SUM(a.ByteLength), 0) FROM TensorAtoms a WHERE a.AtomId IN (
             SELECT c.AtomId FROM ModelLayers l
             JOIN TensorAtomCoefficients c ON c.LayerId = l.LayerId
