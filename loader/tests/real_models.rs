@@ -14,39 +14,7 @@ use hartonomous_loader::atom::{atom_id, atomize, AtomizeOptions};
 use hartonomous_loader::geometry::{decode_layer, tensor_geometry, GeometryOptions};
 use hartonomous_loader::{AtomizedModel, Hash256, ModelFile};
 use sha2::{Digest, Sha256};
-use support::{fixture, minilm_path, smollm2_path};
-
-struct Expected {
-    tensor_count: u64,
-    parameter_count: u64,
-    /// name -> (dtype, shape, bytes, sha256 hex), in file order.
-    tensors: Vec<(String, String, Vec<u64>, u64, String)>,
-}
-
-fn manifest(name: &str) -> Expected {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture(&format!("models/{name}"))).expect("manifest fixture"))
-            .expect("JSON");
-    assert_eq!(v["generated_by"], "tests/scripts/make_tensor_manifest.py");
-    Expected {
-        tensor_count: v["tensor_count"].as_u64().expect("count"),
-        parameter_count: v["parameter_count"].as_u64().expect("params"),
-        tensors: v["tensors"]
-            .as_array()
-            .expect("tensors")
-            .iter()
-            .map(|t| {
-                (
-                    t["name"].as_str().expect("name").to_string(),
-                    t["dtype"].as_str().expect("dtype").to_string(),
-                    t["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().expect("dim")).collect(),
-                    t["n_bytes"].as_u64().expect("bytes"),
-                    t["sha256"].as_str().expect("sha").to_string(),
-                )
-            })
-            .collect(),
-    }
-}
+use support::{minilm_path, smollm2_path, tensor_manifest, MINILM_MANIFEST, SMOLLM2_MANIFEST};
 
 /// Atomizes `path`, keeping every distinct atom's bytes.
 fn atomize_keeping_payloads(path: &Path, options: &AtomizeOptions) -> (AtomizedModel, HashMap<Hash256, Vec<u8>>) {
@@ -61,7 +29,7 @@ fn atomize_keeping_payloads(path: &Path, options: &AtomizeOptions) -> (AtomizedM
 }
 
 fn check_against_manifest(path: &Path, manifest_name: &str) {
-    let expected = manifest(manifest_name);
+    let expected = tensor_manifest(manifest_name);
     let model = ModelFile::open(path).expect("model opens");
     assert_eq!(model.tensors().len() as u64, expected.tensor_count);
     assert_eq!(model.parameter_count(), expected.parameter_count);
@@ -71,11 +39,12 @@ fn check_against_manifest(path: &Path, manifest_name: &str) {
         .map(|t| (t.name.clone(), t.dtype.to_string(), t.shape.clone(), t.byte_len))
         .collect();
     let want: Vec<(String, String, Vec<u64>, u64)> =
-        expected.tensors.iter().map(|(n, d, s, b, _)| (n.clone(), d.clone(), s.clone(), *b)).collect();
+        expected.tensors.iter().map(|t| (t.name.clone(), t.dtype.clone(), t.shape.clone(), t.n_bytes)).collect();
     assert_eq!(got, want, "names, dtypes, shapes and sizes in file order");
 
     let (atomized, payloads) = atomize_keeping_payloads(path, &AtomizeOptions::default());
-    for (tensor, (name, _, _, bytes, sha)) in atomized.tensors.iter().zip(&expected.tensors) {
+    for (tensor, want) in atomized.tensors.iter().zip(&expected.tensors) {
+        let (name, bytes, sha) = (&want.name, &want.n_bytes, &want.sha256);
         assert_eq!(&tensor.name, name);
         let mut hasher = Sha256::new();
         let mut offset = 0;
@@ -93,12 +62,12 @@ fn check_against_manifest(path: &Path, manifest_name: &str) {
 
 #[test]
 fn minilm_atoms_reassemble_to_the_source_bytes() {
-    check_against_manifest(&minilm_path(), "all-minilm-l6-v2.tensors.json");
+    check_against_manifest(&minilm_path(), MINILM_MANIFEST);
 }
 
 #[test]
 fn smollm2_atoms_reassemble_to_the_source_bytes() {
-    check_against_manifest(&smollm2_path(), "smollm2-135m-instruct-q4_1.tensors.json");
+    check_against_manifest(&smollm2_path(), SMOLLM2_MANIFEST);
 }
 
 #[test]

@@ -20,7 +20,7 @@ const EDITED_TENSOR: &str = "encoder.layer.0.attention.self.query.weight";
 fn both_models_ingest_verify_list_and_reingest_writes_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("store.db");
-    let (minilm, smollm2) = (manifest(MINILM_MANIFEST), manifest(SMOLLM2_MANIFEST));
+    let (minilm, smollm2) = (tensor_manifest(MINILM_MANIFEST), tensor_manifest(SMOLLM2_MANIFEST));
 
     // The human summary, for MiniLM.
     let text = run_ok(&["ingest", "--db", s(&db), s(&minilm_path()), "--name", MINILM]);
@@ -111,7 +111,7 @@ fn both_models_ingest_verify_list_and_reingest_writes_nothing() {
 fn a_changed_tensor_adds_only_its_atoms_and_rm_frees_exactly_the_unshared() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("store.db");
-    let minilm = manifest(MINILM_MANIFEST);
+    let minilm = tensor_manifest(MINILM_MANIFEST);
     let edited = dir.path().join("model.safetensors");
     write_with_tensor_changed(&minilm_path(), &edited, EDITED_TENSOR, 4);
     let changed = tensor_atoms(minilm.tensor(EDITED_TENSOR));

