@@ -1072,3 +1072,45 @@ impl ModelWriter for SqliteWriter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan of `sql` with its parameters unbound, one line per step.
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("plans");
+        let mut rows = stmt.raw_query(); // parameters left unbound: the plan does not depend on them
+        let mut steps = Vec::new();
+        while let Some(row) = rows.next().expect("row") {
+            steps.push(row.get::<_, String>(3).expect("detail"));
+        }
+        steps
+    }
+
+    /// The statements that run per atom or per batch must find rows through an index, never by
+    /// scanning the atoms or the coefficients (a scan is the whole store).
+    #[test]
+    fn hot_statements_search_their_indexes() {
+        let conn = Connection::open_in_memory().expect("in memory");
+        conn.execute_batch(SCHEMA).expect("schema");
+        for (name, sql, needle) in [
+            ("FETCH_ATOMS", statements::FETCH_ATOMS, "SEARCH TensorAtoms USING INDEX"),
+            ("SELECT_REFERENCE_COUNTS", statements::SELECT_REFERENCE_COUNTS, "SEARCH TensorAtoms USING INDEX"),
+            ("SELECT_ATOM_BY_HASH", statements::SELECT_ATOM_BY_HASH, "SEARCH TensorAtoms USING INDEX"),
+            ("VERIFY_ATOMS", statements::VERIFY_ATOMS, "USING COVERING INDEX IX_TensorAtomCoefficients_AtomId (AtomId=?)"),
+            ("SELECT_ATOM_USES", statements::SELECT_ATOM_USES, "IX_TensorAtomCoefficients_AtomId (AtomId=?)"),
+            ("SELECT_COEFFICIENTS_OF_MODEL", statements::SELECT_COEFFICIENTS_OF_MODEL, "(ModelId=?)"),
+            ("RELEASE_MODEL_REFERENCES", statements::RELEASE_MODEL_REFERENCES, "(ModelId=?)"),
+            ("SELECT_EMBEDDINGS_OF_MODEL", statements::SELECT_EMBEDDINGS_OF_MODEL, "IX_AtomEmbeddings_ModelId (ModelId=?)"),
+        ] {
+            let steps = plan(&conn, sql);
+            assert!(steps.iter().any(|s| s.contains(needle)), "{name} does not use its index: {steps:?}");
+            let scans: Vec<&String> = steps
+                .iter()
+                .filter(|s| s.starts_with("SCAN") && !s.contains("json_each") && !s.starts_with("SCAN r") && *s != "SCAN a")
+                .collect();
+            assert!(scans.is_empty(), "{name} scans a table: {steps:?}");
+        }
+    }
+}
