@@ -183,6 +183,9 @@ pub async fn dedup_and_remove(store: &dyn Store) {
 }
 
 /// A writer that never commits leaves nothing behind: no model, no new atom, no changed count.
+/// Readers are checked while the writer is open too: they must see the last committed state
+/// without waiting (WAL on SQLite; on SQL Server this needs `READ_COMMITTED_SNAPSHOT ON`, or the
+/// reads would block on the writer's row locks).
 pub async fn uncommitted_writes_are_invisible(store: &dyn Store) {
     let (shared, fresh) = (atom(&[20.0, 21.0]), atom(&[22.0, 23.0]));
     let base = synthetic(&unique("base"), "1", &[("x", vec![shared.clone()])]);
