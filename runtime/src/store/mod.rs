@@ -67,14 +67,6 @@ pub enum StoreError {
         hint: &'static str,
     },
 
-    #[error("store {location}: cannot {what}: {source}")]
-    Io {
-        location: String,
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-
     #[error("store {location} has schema version {found}, but this hartonomous knows versions up to {supported}: upgrade hartonomous to open it")]
     SchemaTooNew { location: String, found: i64, supported: i64 },
 
