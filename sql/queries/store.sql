@@ -35,13 +35,18 @@ SET QUOTED_IDENTIFIER ON;
 SET NUMERIC_ROUNDABORT OFF;
 SET XACT_ABORT ON;
 
--- name: schema_version
--- The applied schema version, 0 on an empty database. The daemon refuses any other version than
--- its own (2) and names the server and the version it found.
-IF OBJECT_ID(N'dbo.SchemaVersion', N'U') IS NULL
-    SELECT CAST(0 AS INT) AS Version;
-ELSE
-    SELECT ISNULL(MAX(Version), 0) AS Version FROM dbo.SchemaVersion;
+-- name: database_options
+-- Plain batch, once per connection after session_options: what the store needs of the database.
+-- Returns Version (the applied schema version, 0 on an empty database; the daemon refuses any
+-- other version than its own, 2, naming the server and the version it found) and
+-- ReadCommittedSnapshot (1 when READ_COMMITTED_SNAPSHOT is on, which 001_core.sql sets: without
+-- it every read would wait for an open ingest).
+SELECT
+    CASE WHEN OBJECT_ID(N'dbo.SchemaVersion', N'U') IS NULL THEN 0
+        ELSE (SELECT ISNULL(MAX(Version), 0) FROM dbo.SchemaVersion) END AS Version,
+    CAST(d.is_read_committed_snapshot_on AS INT) AS ReadCommittedSnapshot
+FROM sys.databases AS d
+WHERE d.database_id = DB_ID();
 
 -- name: begin_transaction
 -- Plain batch.
@@ -56,80 +61,119 @@ COMMIT TRANSACTION;
 IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;
 
 -- name: begin_model
--- Starts an ingest: inserts the model with Status 'ingesting', or returns the row already there.
--- @P1 Name, @P2 Version, @P3 Architecture, @P4 Format, @P5 ConfigJson (NULL), @P6 TokenizerKind,
--- @P7 TokenizerMaterial (NULL), @P8 WeightsRoot, @P9 SourceFileHash, @P10 ParameterCount,
--- @P11 TensorCount, @P12 AtomBytes.
--- Returns ModelId, Status, WeightsRoot, Created (1 when this call inserted the row). The caller
--- decides on an existing row: 'ready' with the same WeightsRoot is a re-ingest (nothing to write);
--- 'ready' with another root is a name clash (error: choose another version); 'ingesting' is the
--- leftover of a killed ingest that ran outside a transaction: release_model_layers, then go on.
+-- Starts an ingest, inside its transaction: inserts the model with Status 'ingesting', or returns
+-- the row already there. @P1 Name, @P2 Version, @P3 Architecture, @P4 Format, @P5 ConfigJson
+-- (NULL), @P6 TokenizerKind, @P7 TokenizerMaterial (NULL), @P8 ParameterCount, @P9 TensorCount.
+-- WeightsRoot, SourceFileHash and AtomBytes are known only at the end (mark_model_ready).
+-- Returns ModelId, Status, Created (1 when this call inserted the row). The caller decides on an
+-- existing row: 'ready' is the model already stored (nothing to write); 'ingesting' is the leftover
+-- of an ingest that committed its row but not its layers (none of ours does; another tool might):
+-- release_model_layers and delete_model_row, then begin_model again.
 -- UPDLOCK, HOLDLOCK hold the key range of (Name, Version) to the end of the transaction, so two
 -- concurrent ingests of one model serialize here instead of both inserting.
-DECLARE @ModelId BIGINT, @Status NVARCHAR(16), @Root BINARY(32), @Created BIT = 0;
-SELECT @ModelId = ModelId, @Status = Status, @Root = WeightsRoot
+DECLARE @ModelId BIGINT, @Status NVARCHAR(16), @Created INT = 0;
+SELECT @ModelId = ModelId, @Status = Status
 FROM dbo.Models WITH (UPDLOCK, HOLDLOCK)
 WHERE Name = @P1 AND Version = @P2;
 IF @ModelId IS NULL
 BEGIN
     INSERT INTO dbo.Models (
         Name, Version, Architecture, Format, ConfigJson, TokenizerKind, TokenizerMaterial,
-        WeightsRoot, SourceFileHash, ParameterCount, TensorCount, AtomBytes, Status
+        ParameterCount, TensorCount, Status
     )
-    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, N'ingesting');
-    SELECT @ModelId = CAST(SCOPE_IDENTITY() AS BIGINT), @Status = N'ingesting', @Root = @P8, @Created = 1;
+    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, N'ingesting');
+    SELECT @ModelId = CAST(SCOPE_IDENTITY() AS BIGINT), @Status = N'ingesting', @Created = 1;
 END;
-SELECT @ModelId AS ModelId, @Status AS Status, @Root AS WeightsRoot, @Created AS Created;
+SELECT @ModelId AS ModelId, @Status AS Status, @Created AS Created;
 
 -- name: insert_layer
--- One tensor of a model being ingested. @P1 ModelId, @P2 Ordinal, @P3 TensorName, @P4 DType,
--- @P5 Shape (JSON array text), @P6 ParameterCount, @P7 ByteLength, @P8 TensorRoot.
--- Returns LayerId. A retry finds the layer already there (same model and name) and returns it.
+-- One tensor of a model being ingested with its whole atom list, in one round trip: the layer row,
+-- its coefficient rows (1.0 each), and one reference per use added to each atom
+-- (ReferenceCount = number of coefficient rows pointing at the atom). @P1 ModelId, @P2 Ordinal,
+-- @P3 TensorName, @P4 DType, @P5 Shape (JSON array text), @P6 ParameterCount, @P7 ByteLength,
+-- @P8 TensorRoot, @P9 JSON array of the atoms' hex hashes in order (position = coefficient
+-- Ordinal); every atom must be stored already (put_atoms ran apply_tensor_atom_stage).
+-- Returns LayerId, Listed (entries in @P9), Found (entries whose atom is stored) and AtomBytes
+-- (their summed ByteLength). The caller fails the ingest when Found < Listed (an atom never put)
+-- or AtomBytes <> ByteLength; XACT_ABORT and its rollback undo this block with the rest.
+-- Runs once per layer inside the ingest transaction; a retry re-runs the whole transaction.
 DECLARE @LayerId BIGINT;
-SELECT @LayerId = LayerId
-FROM dbo.ModelLayers WITH (UPDLOCK, HOLDLOCK)
-WHERE ModelId = @P1 AND TensorName = @P3;
-IF @LayerId IS NULL
-BEGIN
-    INSERT INTO dbo.ModelLayers (
-        ModelId, Ordinal, TensorName, DType, Shape, ParameterCount, ByteLength, TensorRoot
-    )
-    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8);
-    SET @LayerId = CAST(SCOPE_IDENTITY() AS BIGINT);
-END;
-SELECT @LayerId AS LayerId;
+DECLARE @Atoms TABLE (Ordinal INT NOT NULL PRIMARY KEY, AtomId BIGINT NULL, ByteLength INT NULL);
+INSERT INTO dbo.ModelLayers (ModelId, Ordinal, TensorName, DType, Shape, ParameterCount, ByteLength, TensorRoot)
+VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8);
+SET @LayerId = CAST(SCOPE_IDENTITY() AS BIGINT);
+INSERT INTO @Atoms (Ordinal, AtomId, ByteLength)
+SELECT CAST(j.[key] AS INT), a.AtomId, a.ByteLength
+FROM OPENJSON(@P9) AS j
+LEFT JOIN dbo.TensorAtoms AS a
+    ON a.ContentHash = CONVERT(BINARY(32), CONVERT(VARCHAR(64), j.[value]), 2);
+INSERT INTO dbo.TensorAtomCoefficients (LayerId, Ordinal, AtomId, Coefficient)
+SELECT @LayerId, t.Ordinal, t.AtomId, 1.0
+FROM @Atoms AS t
+WHERE t.AtomId IS NOT NULL;
+UPDATE a
+SET a.ReferenceCount = a.ReferenceCount + u.N
+FROM dbo.TensorAtoms AS a WITH (UPDLOCK, HOLDLOCK)
+INNER JOIN (
+    SELECT t.AtomId, COUNT_BIG(*) AS N FROM @Atoms AS t WHERE t.AtomId IS NOT NULL GROUP BY t.AtomId
+) AS u ON u.AtomId = a.AtomId;
+SELECT
+    @LayerId AS LayerId,
+    (SELECT COUNT_BIG(*) FROM @Atoms) AS Listed,
+    (SELECT COUNT_BIG(AtomId) FROM @Atoms) AS Found,
+    (SELECT ISNULL(SUM(CAST(ByteLength AS BIGINT)), 0) FROM @Atoms) AS AtomBytes;
 
 -- name: mark_model_ready
--- The last write of an ingest, in its transaction: from here on the model is visible.
--- @P1 ModelId. Returns the number of rows changed (0 if it was ready already).
-UPDATE dbo.Models SET Status = N'ready' WHERE ModelId = @P1 AND Status = N'ingesting';
+-- The last write of an ingest, in its transaction: seals the model and makes it visible.
+-- @P1 ModelId, @P2 WeightsRoot, @P3 SourceFileHash. AtomBytes becomes the bytes of the distinct
+-- atoms the model references. Returns Changed (0 if it was not 'ingesting').
+UPDATE dbo.Models
+SET
+    Status = N'ready',
+    WeightsRoot = @P2,
+    SourceFileHash = @P3,
+    AtomBytes = (
+        SELECT ISNULL(SUM(CAST(a.ByteLength AS BIGINT)), 0)
+        FROM dbo.TensorAtoms AS a
+        WHERE a.AtomId IN (
+            SELECT c.AtomId
+            FROM dbo.ModelLayers AS l
+            INNER JOIN dbo.TensorAtomCoefficients AS c ON c.LayerId = l.LayerId
+            WHERE l.ModelId = @P1
+        )
+    )
+WHERE ModelId = @P1 AND Status = N'ingesting';
 SELECT @@ROWCOUNT AS Changed;
 
 -- name: list_models
--- Ready models, for `hartonomous models`.
+-- Every model, ready or left 'ingesting', by name then version: the columns of a ModelRow, in
+-- this order (model_by_id and find_models return the same). CreatedAt as ISO 8601 UTC text.
 SELECT
     ModelId, Name, Version, Architecture, Format, TokenizerKind, WeightsRoot, SourceFileHash,
-    ParameterCount, TensorCount, AtomBytes, CreatedAt
+    ParameterCount, TensorCount, AtomBytes, Status,
+    CONVERT(VARCHAR(23), CreatedAt, 126) + 'Z' AS CreatedAt
 FROM dbo.Models
-WHERE Status = N'ready'
 ORDER BY Name, Version;
 
--- name: find_ready_model
--- A ready model by name, and by version unless @P2 is NULL (then the newest). @P1 Name,
--- @P2 Version (NULL). Returns everything the runtime needs to build the model.
-SELECT TOP (1)
-    ModelId, Name, Version, Architecture, Format, ConfigJson, TokenizerKind, TokenizerMaterial,
-    WeightsRoot, SourceFileHash, ParameterCount, TensorCount, AtomBytes, CreatedAt
+-- name: model_by_id
+-- One model in any status, as list_models. @P1 ModelId.
+SELECT
+    ModelId, Name, Version, Architecture, Format, TokenizerKind, WeightsRoot, SourceFileHash,
+    ParameterCount, TensorCount, AtomBytes, Status,
+    CONVERT(VARCHAR(23), CreatedAt, 126) + 'Z' AS CreatedAt
 FROM dbo.Models
-WHERE Name = @P1 AND (@P2 IS NULL OR Version = @P2) AND Status = N'ready'
-ORDER BY CreatedAt DESC, ModelId DESC;
+WHERE ModelId = @P1;
 
--- name: list_models_in_progress
--- Models left 'ingesting' (a killed ingest outside a transaction), for verify and for cleanup.
-SELECT ModelId, Name, Version, CreatedAt
+-- name: find_models
+-- The models of a name, in any status, as list_models: all its versions when @P2 is NULL (the
+-- caller reports a name with several as ambiguous), else that version. @P1 Name, @P2 Version.
+SELECT
+    ModelId, Name, Version, Architecture, Format, TokenizerKind, WeightsRoot, SourceFileHash,
+    ParameterCount, TensorCount, AtomBytes, Status,
+    CONVERT(VARCHAR(23), CreatedAt, 126) + 'Z' AS CreatedAt
 FROM dbo.Models
-WHERE Status = N'ingesting'
-ORDER BY CreatedAt;
+WHERE Name = @P1 AND (@P2 IS NULL OR Version = @P2)
+ORDER BY Version;
 
 -- name: list_layers
 -- The layers of a model in order. @P1 ModelId. HasGeometry says whether read_layer_geometry has
@@ -153,87 +197,43 @@ WHERE l.ModelId = @P1
 ORDER BY l.Ordinal, c.Ordinal;
 
 -- name: find_tensor_atoms
--- Which of a batch of hashes are stored already, so that an ingest sends payloads only for new
--- atoms. @P1 JSON array of hex hashes. Returns Ordinal (position in @P1), ContentHash, AtomId for
--- the hashes found; the others are new.
-SELECT CAST(j.[key] AS INT) AS Ordinal, a.ContentHash, a.AtomId
+-- Which of a batch of hashes are stored, with their reference counts. @P1 JSON array of hex
+-- hashes. Returns Ordinal (position in @P1), ContentHash, AtomId, ReferenceCount for the hashes
+-- found; the others are not stored.
+SELECT CAST(j.[key] AS INT) AS Ordinal, a.ContentHash, a.AtomId, a.ReferenceCount
 FROM OPENJSON(@P1) AS j
 INNER JOIN dbo.TensorAtoms AS a
     ON a.ContentHash = CONVERT(BINARY(32), CONVERT(VARCHAR(64), j.[value]), 2);
 
--- name: upsert_tensor_atom
--- One atom: inserted with ReferenceCount 1 if its hash is new, else its ReferenceCount goes up by
--- one (ReferenceCount = number of coefficient rows pointing at the atom). @P1 ContentHash,
--- @P2 Encoding (dtype tag, e.g. Q4_1), @P3 ByteLength, @P4 Payload, @P5 the signature as WKT
--- 'POINT (mean std max_abs)' (NULL when the dtype has none). Returns AtomId and Inserted.
--- WKT because geometry::Point takes no Z. SQL Server's WKT has no Z/ZM keywords: three numbers
--- mean X Y Z, four X Y Z M. The client writes the numbers in plain decimal, no exponent (Rust's
--- f64 Display does), so no question of the parser's exponent support arises.
--- UPDLOCK, HOLDLOCK lock the hash's key range until commit, so two ingests sharing an atom
--- cannot both insert it, and rm cannot delete it between this look-up and the increment.
-DECLARE @AtomId BIGINT, @Inserted BIT = 0;
-SELECT @AtomId = AtomId
-FROM dbo.TensorAtoms WITH (UPDLOCK, HOLDLOCK)
-WHERE ContentHash = @P1;
-IF @AtomId IS NULL
-BEGIN
-    INSERT INTO dbo.TensorAtoms (ContentHash, Encoding, ByteLength, Payload, ReferenceCount, SpatialSignature)
-    VALUES (
-        @P1, @P2, @P3, @P4, 1,
-        CASE WHEN @P5 IS NULL THEN NULL ELSE geometry::STGeomFromText(@P5, 0) END
-    );
-    SELECT @AtomId = CAST(SCOPE_IDENTITY() AS BIGINT), @Inserted = 1;
-END
-ELSE
-    UPDATE dbo.TensorAtoms SET ReferenceCount = ReferenceCount + 1 WHERE AtomId = @AtomId;
-SELECT @AtomId AS AtomId, @Inserted AS Inserted;
-
--- name: add_tensor_atom_references
--- Batch form of the "already stored" half of upsert_tensor_atom: adds n references to each listed
--- atom. @P1 JSON array of {"hash": "<64 hex>", "n": <count>}, each hash once. Returns the number of
--- atoms updated; fewer than listed means an atom vanished (deleted by an rm in between): the
--- caller re-sends those with their payloads.
-UPDATE a
-SET a.ReferenceCount = a.ReferenceCount + r.n
-FROM dbo.TensorAtoms AS a WITH (UPDLOCK, HOLDLOCK)
-INNER JOIN OPENJSON(@P1) WITH (HashHex CHAR(64) '$.hash', n BIGINT '$.n') AS r
-    ON a.ContentHash = CONVERT(BINARY(32), r.HashHex, 2);
-SELECT @@ROWCOUNT AS Updated;
-
 -- name: create_tensor_atom_stage
--- The bulk path for new atoms (FACTS.md: tiberius's bulk load took inserts from 104K to 178K
--- rows/s with 16 KB packets). Bulk load cannot write a geometry UDT, so atoms are bulk-loaded into
--- this per-connection staging table with their signature as WKT text (as in upsert_tensor_atom),
--- then moved with apply_tensor_atom_stage. RefCount is how many coefficient rows of this ingest
--- point at the atom. Plain batch: a #temp table made inside sp_executesql is dropped on return.
--- On a connection that has the stage already, it empties it (rows left by a failed ingest).
+-- The bulk path for new atoms (tiberius's bulk-load API; FACTS.md). Bulk load cannot write a
+-- geometry UDT, so atoms are bulk-loaded into this per-connection staging table with their
+-- signature as WKT text, then moved with apply_tensor_atom_stage. Plain batch: a #temp table made
+-- inside sp_executesql is dropped on return. On a connection that has the stage already, it
+-- empties it (rows left by a failed ingest). Column order is the bulk load's row order.
 IF OBJECT_ID(N'tempdb..#TensorAtomStage', N'U') IS NULL
     CREATE TABLE #TensorAtomStage (
         ContentHash BINARY(32) NOT NULL PRIMARY KEY,
         Encoding NVARCHAR(16) NOT NULL,
         ByteLength INT NOT NULL,
         Payload VARBINARY(MAX) NOT NULL,
-        RefCount BIGINT NOT NULL,
-        SignatureWkt VARCHAR(200) NULL
+        SignatureWkt NVARCHAR(200) NULL
     );
 ELSE
     TRUNCATE TABLE #TensorAtomStage;
 
 -- name: apply_tensor_atom_stage
--- Moves #TensorAtomStage into dbo.TensorAtoms (inside the ingest transaction): existing atoms gain
--- RefCount references, new ones are inserted with ReferenceCount = RefCount. Empties the stage.
--- Returns NewAtoms, ReusedAtoms and NewBytes for the ingest summary.
-DECLARE @Reused BIGINT;
+-- Plain batch, inside the ingest transaction: moves the atoms of #TensorAtomStage that are not
+-- stored yet into dbo.TensorAtoms with ReferenceCount 0 (insert_layer counts the uses, in the same
+-- transaction), and empties the stage. The signature's WKT has three numbers, X Y Z (SQL Server's
+-- WKT has no Z keyword). Returns NewAtoms and NewBytes; the rest of the batch was stored already.
+-- UPDLOCK, HOLDLOCK lock each hash's key range until commit, so two ingests sharing an atom cannot
+-- both insert it, and an rm cannot delete it before insert_layer references it.
 DECLARE @NewRows TABLE (ByteLength INT NOT NULL);
-UPDATE a
-SET a.ReferenceCount = a.ReferenceCount + s.RefCount
-FROM dbo.TensorAtoms AS a WITH (UPDLOCK, HOLDLOCK)
-INNER JOIN #TensorAtomStage AS s ON s.ContentHash = a.ContentHash;
-SET @Reused = @@ROWCOUNT;
 INSERT INTO dbo.TensorAtoms (ContentHash, Encoding, ByteLength, Payload, ReferenceCount, SpatialSignature)
 OUTPUT inserted.ByteLength INTO @NewRows (ByteLength)
 SELECT
-    s.ContentHash, s.Encoding, s.ByteLength, s.Payload, s.RefCount,
+    s.ContentHash, s.Encoding, s.ByteLength, s.Payload, 0,
     CASE WHEN s.SignatureWkt IS NULL THEN NULL ELSE geometry::STGeomFromText(s.SignatureWkt, 0) END
 FROM #TensorAtomStage AS s
 WHERE NOT EXISTS (
@@ -242,40 +242,13 @@ WHERE NOT EXISTS (
 TRUNCATE TABLE #TensorAtomStage;
 SELECT
     (SELECT COUNT_BIG(*) FROM @NewRows) AS NewAtoms,
-    @Reused AS ReusedAtoms,
     (SELECT ISNULL(SUM(CAST(ByteLength AS BIGINT)), 0) FROM @NewRows) AS NewBytes;
-
--- name: insert_coefficient
--- Chunk @P2 of layer @P1 is @P4 times atom @P3. A retry of the same row is a no-op.
--- @P1 LayerId, @P2 Ordinal, @P3 AtomId, @P4 Coefficient (1.0 for plain storage).
-IF NOT EXISTS (
-    SELECT 1 FROM dbo.TensorAtomCoefficients WITH (UPDLOCK, HOLDLOCK)
-    WHERE LayerId = @P1 AND Ordinal = @P2
-)
-    INSERT INTO dbo.TensorAtomCoefficients (LayerId, Ordinal, AtomId, Coefficient)
-    VALUES (@P1, @P2, @P3, @P4);
-
--- name: insert_coefficients
--- A whole layer's atom list in one round trip. @P1 LayerId, @P2 JSON array of
--- {"ordinal": n, "hash": "<64 hex>", "coefficient": c}; the atoms must be stored already (after
--- apply_tensor_atom_stage). Rows already present are skipped. Returns Inserted; the caller checks
--- it against the rows it sent minus those present, and fails the ingest on a missing atom.
-INSERT INTO dbo.TensorAtomCoefficients (LayerId, Ordinal, AtomId, Coefficient)
-SELECT @P1, r.ordinal, a.AtomId, r.coefficient
-FROM OPENJSON(@P2)
-    WITH (ordinal INT '$.ordinal', HashHex CHAR(64) '$.hash', coefficient REAL '$.coefficient') AS r
-INNER JOIN dbo.TensorAtoms AS a ON a.ContentHash = CONVERT(BINARY(32), r.HashHex, 2)
-WHERE NOT EXISTS (
-    SELECT 1 FROM dbo.TensorAtomCoefficients AS c WITH (UPDLOCK, HOLDLOCK)
-    WHERE c.LayerId = @P1 AND c.Ordinal = r.ordinal
-);
-SELECT @@ROWCOUNT AS Inserted;
 
 -- name: fetch_tensor_atoms
 -- The pager's hot path: up to N atoms by hash in one round trip. @P1 JSON array of hex hashes.
 -- Returns Ordinal (position in @P1), ContentHash, Encoding, ByteLength, Payload; a hash with no row
--- is missing (the caller reports it). At 64 KiB atoms a batch of 64 hashes moves 4 MiB, so a
--- 100 MB model costs about 25 round trips plus one list_model_atoms.
+-- is missing (the caller reports it). At 64 KiB atoms a batch of 256 hashes (FETCH_BATCH_ATOMS) moves
+-- 16 MiB, so a 100 MB model costs 7 round trips plus list_layers and list_model_atoms.
 SELECT CAST(j.[key] AS INT) AS Ordinal, a.ContentHash, a.Encoding, a.ByteLength, a.Payload
 FROM OPENJSON(@P1) AS j
 INNER JOIN dbo.TensorAtoms AS a
@@ -302,6 +275,14 @@ SELECT l.LayerId, l.WeightsGeometry.AsBinaryZM() AS GeometryWkb
 FROM dbo.ModelLayers AS l
 WHERE l.LayerId = @P1;
 
+-- name: list_model_geometries
+-- The geometry of each layer of a model that has one, for verify. @P1 ModelId. Returns
+-- TensorName, ParameterCount, GeometryWkb (AsBinaryZM: the UDT itself cannot be read).
+SELECT l.TensorName, l.ParameterCount, l.WeightsGeometry.AsBinaryZM() AS GeometryWkb
+FROM dbo.ModelLayers AS l
+WHERE l.ModelId = @P1 AND l.WeightsGeometry IS NOT NULL
+ORDER BY l.Ordinal;
+
 -- name: write_layer_geometry_wkt
 -- The write path to use until the contract test has shown the WKB one keeps Z and M. @P1 LayerId,
 -- @P2 'LINESTRING (x y z m, x y z m, ...)': four numbers a point mean X Y Z M (SQL Server's WKT
@@ -325,11 +306,14 @@ WHERE LayerId = @P1;
 -- name: release_model_layers
 -- Drops a model's layers and atom lists and releases its atoms: each atom loses as many references
 -- as the model's coefficient rows held, and atoms reaching 0 are deleted (only atoms no other model
--- uses). Used by rm (then delete_model_row) and to clear the leftover of a killed ingest.
--- @P1 ModelId. Returns ReleasedAtoms (distinct atoms the model used) and FreedAtoms, FreedBytes
--- (deleted). The model row is locked first so that an rm and an ingest of the same model serialize.
+-- uses). Used by rm (then delete_model_row) and to clear a leftover 'ingesting' row. @P1 ModelId.
+-- Refuses (error 50011) when an atom's ReferenceCount is below the model's own uses of it: damage
+-- that removing would hide (verify reports it). Returns Layers (deleted), ReleasedAtoms (distinct
+-- atoms the model used), FreedAtoms and FreedBytes (deleted). The model row is locked first so
+-- that an rm and an ingest of the same model serialize.
 DECLARE @Released TABLE (AtomId BIGINT NOT NULL PRIMARY KEY, N BIGINT NOT NULL);
 DECLARE @Freed TABLE (AtomId BIGINT NOT NULL PRIMARY KEY, ByteLength INT NOT NULL);
+DECLARE @Layers BIGINT;
 IF NOT EXISTS (SELECT 1 FROM dbo.Models WITH (UPDLOCK, HOLDLOCK) WHERE ModelId = @P1)
     THROW 50010, N'no such model id', 1;
 INSERT INTO @Released (AtomId, N)
@@ -338,6 +322,13 @@ FROM dbo.TensorAtomCoefficients AS c
 INNER JOIN dbo.ModelLayers AS l ON l.LayerId = c.LayerId
 WHERE l.ModelId = @P1
 GROUP BY c.AtomId;
+IF EXISTS (
+    SELECT 1
+    FROM dbo.TensorAtoms AS a WITH (UPDLOCK, HOLDLOCK)
+    INNER JOIN @Released AS r ON r.AtomId = a.AtomId
+    WHERE a.ReferenceCount < r.N
+)
+    THROW 50011, N'atoms of this model have a ReferenceCount below its own uses of them; nothing was removed', 1;
 DELETE c
 FROM dbo.TensorAtomCoefficients AS c
 INNER JOIN dbo.ModelLayers AS l ON l.LayerId = c.LayerId
@@ -352,7 +343,9 @@ FROM dbo.TensorAtoms AS a
 INNER JOIN @Released AS r ON r.AtomId = a.AtomId
 WHERE a.ReferenceCount = 0;
 DELETE FROM dbo.ModelLayers WHERE ModelId = @P1;
+SET @Layers = @@ROWCOUNT;
 SELECT
+    @Layers AS Layers,
     (SELECT COUNT_BIG(*) FROM @Released) AS ReleasedAtoms,
     (SELECT COUNT_BIG(*) FROM @Freed) AS FreedAtoms,
     (SELECT ISNULL(SUM(CAST(ByteLength AS BIGINT)), 0) FROM @Freed) AS FreedBytes;
@@ -364,6 +357,36 @@ SELECT
 DELETE FROM dbo.AtomEmbeddings WHERE ModelId = @P1;
 DELETE FROM dbo.Models WHERE ModelId = @P1;
 SELECT @@ROWCOUNT AS Deleted;
+
+-- name: verify_tensor_atoms
+-- Every atom (of model @P1, or all when @P1 is NULL) with its payload and the number of
+-- coefficient rows naming it, streamed in one statement (one consistent snapshot under
+-- READ_COMMITTED_SNAPSHOT) for the client to re-hash: the same checks, in the same words, as the
+-- SQLite store (runtime/src/store/verify.rs). Returns ContentHash, Encoding, ByteLength,
+-- ReferenceCount, Uses, AtomId, Payload.
+SELECT
+    a.ContentHash, a.Encoding, a.ByteLength, a.ReferenceCount,
+    (SELECT COUNT_BIG(*) FROM dbo.TensorAtomCoefficients AS c WHERE c.AtomId = a.AtomId) AS Uses,
+    a.AtomId, a.Payload
+FROM dbo.TensorAtoms AS a
+WHERE @P1 IS NULL
+    OR a.AtomId IN (
+        SELECT c.AtomId
+        FROM dbo.TensorAtomCoefficients AS c
+        INNER JOIN dbo.ModelLayers AS l ON l.LayerId = c.LayerId
+        WHERE l.ModelId = @P1
+    )
+ORDER BY a.AtomId;
+
+-- name: atom_uses
+-- Where an atom is used, for reporting damage. @P1 AtomId. Returns Model ('name:version'),
+-- TensorName, Ordinal.
+SELECT m.Name + N':' + m.Version AS Model, l.TensorName, c.Ordinal
+FROM dbo.TensorAtomCoefficients AS c
+INNER JOIN dbo.ModelLayers AS l ON l.LayerId = c.LayerId
+INNER JOIN dbo.Models AS m ON m.ModelId = l.ModelId
+WHERE c.AtomId = @P1
+ORDER BY Model, l.TensorName, c.Ordinal;
 
 -- name: verify_tensor_atom_hashes
 -- Atoms whose stored bytes no longer hash to their id, recomputed on the server:
@@ -386,14 +409,6 @@ WHERE (
         )
     )
     AND (h.ActualHash <> a.ContentHash OR DATALENGTH(a.Payload) <> a.ByteLength)
-ORDER BY a.AtomId;
-
--- name: scan_tensor_atoms
--- Every atom's bytes, in pages, for a client-side re-hash. @P1 last AtomId seen (0 to start),
--- @P2 page size. Returns AtomId, ContentHash, Encoding, Payload.
-SELECT TOP (@P2) a.AtomId, a.ContentHash, a.Encoding, a.Payload
-FROM dbo.TensorAtoms AS a
-WHERE a.AtomId > @P1
 ORDER BY a.AtomId;
 
 -- name: verify_reference_counts
@@ -446,24 +461,27 @@ ELSE
 SELECT @AtomId AS AtomId, @Inserted AS Inserted;
 
 -- name: upsert_embedding
--- The embedding of atom @P1 by model @P2, written once: an embedding is a function of the two, so
--- a second write (a retry) keeps the first. @P3 Dimension (true length), @P4 JSON array text of
+-- The embedding of atom @P1 by model @P2, replacing an earlier one of the same atom and model (a
+-- retry writes the same values again). @P3 Dimension (true length), @P4 JSON array text of
 -- exactly 1998 numbers (the embedding zero-padded), @P5, @P6 the coarse key's X and Y (both NULL
--- for none). Returns EmbeddingId and Inserted.
-DECLARE @EmbeddingId BIGINT, @Inserted BIT = 0;
+-- for none). Returns EmbeddingId.
+DECLARE @EmbeddingId BIGINT;
+DECLARE @Vector VECTOR(1998) = CAST(@P4 AS VECTOR(1998));
+DECLARE @Coarse geometry = CASE WHEN @P5 IS NULL OR @P6 IS NULL THEN NULL ELSE geometry::Point(@P5, @P6, 0) END;
 SELECT @EmbeddingId = EmbeddingId
 FROM dbo.AtomEmbeddings WITH (UPDLOCK, HOLDLOCK)
 WHERE AtomId = @P1 AND ModelId = @P2;
 IF @EmbeddingId IS NULL
 BEGIN
     INSERT INTO dbo.AtomEmbeddings (AtomId, ModelId, Dimension, EmbeddingVector, SpatialCoarse)
-    VALUES (
-        @P1, @P2, @P3, CAST(@P4 AS VECTOR(1998)),
-        CASE WHEN @P5 IS NULL OR @P6 IS NULL THEN NULL ELSE geometry::Point(@P5, @P6, 0) END
-    );
-    SELECT @EmbeddingId = CAST(SCOPE_IDENTITY() AS BIGINT), @Inserted = 1;
-END;
-SELECT @EmbeddingId AS EmbeddingId, @Inserted AS Inserted;
+    VALUES (@P1, @P2, @P3, @Vector, @Coarse);
+    SET @EmbeddingId = CAST(SCOPE_IDENTITY() AS BIGINT);
+END
+ELSE
+    UPDATE dbo.AtomEmbeddings
+    SET Dimension = @P3, EmbeddingVector = @Vector, SpatialCoarse = @Coarse, CreatedAt = SYSUTCDATETIME()
+    WHERE EmbeddingId = @EmbeddingId;
+SELECT @EmbeddingId AS EmbeddingId;
 
 -- name: read_embedding
 -- An embedding as JSON array text (1998 numbers; the first Dimension are the embedding).
@@ -475,14 +493,19 @@ WHERE e.AtomId = @P1 AND e.ModelId = @P2;
 -- name: nearest_embeddings_cosine
 -- The @P3 embeddings of model @P1 nearest to the query @P2 (JSON, 1998 numbers, zero-padded) by
 -- cosine distance, exact (VECTOR_DISTANCE never uses a vector index; there is none, see
--- 001_core.sql). Returns AtomId, EmbeddingId, Distance (0 identical .. 2 opposite).
+-- 001_core.sql), ties to the lower atom id. @P4 the query's true dimension: error 50030 when the
+-- model's embeddings have another. Returns AtomId, ContentHash, Distance (0 identical .. 2
+-- opposite; cosine similarity = 1 - Distance).
 -- The metric stays a literal, one block per metric: no metric name comes from the client, and
 -- each block gets its own plan.
 DECLARE @Query VECTOR(1998) = CAST(@P2 AS VECTOR(1998));
-SELECT TOP (@P3) e.AtomId, e.EmbeddingId, VECTOR_DISTANCE('cosine', e.EmbeddingVector, @Query) AS Distance
+IF EXISTS (SELECT 1 FROM dbo.AtomEmbeddings WHERE ModelId = @P1 AND Dimension <> @P4)
+    THROW 50030, N'the query and the model''s embeddings differ in dimension', 1;
+SELECT TOP (@P3) e.AtomId, a.ContentHash, VECTOR_DISTANCE('cosine', e.EmbeddingVector, @Query) AS Distance
 FROM dbo.AtomEmbeddings AS e
+INNER JOIN dbo.Atoms AS a ON a.AtomId = e.AtomId
 WHERE e.ModelId = @P1
-ORDER BY Distance;
+ORDER BY Distance, e.AtomId;
 
 -- name: nearest_embeddings_euclidean
 -- As nearest_embeddings_cosine, by Euclidean (L2) distance.
@@ -514,9 +537,9 @@ ORDER BY Distance;
 
 -- name: insert_request
 -- Records a request once per client-chosen key: a retry returns the row of the first attempt.
--- @P1 RequestKey (UNIQUEIDENTIFIER), @P2 Tenant, @P3 Operation, @P4 ModelNames (JSON array),
--- @P5 Status. Returns RequestId and Inserted.
-DECLARE @RequestId BIGINT, @Inserted BIT = 0;
+-- @P1 RequestKey, @P2 Tenant, @P3 Operation, @P4 ModelNames (JSON array), @P5 Status.
+-- Returns RequestId and Inserted.
+DECLARE @RequestId BIGINT, @Inserted INT = 0;
 SELECT @RequestId = RequestId
 FROM dbo.InferenceRequests WITH (UPDLOCK, HOLDLOCK)
 WHERE RequestKey = @P1;
@@ -530,11 +553,39 @@ SELECT @RequestId AS RequestId, @Inserted AS Inserted;
 
 -- name: complete_request
 -- Closes a request once: a retried completion changes nothing. @P1 RequestId, @P2 Status,
--- @P3 DurationMs, @P4 ErrorMessage (NULL). Returns Changed (0 or 1).
+-- @P3 DurationMs, @P4 ErrorMessage (NULL). Returns Changed (0 or 1) and Found (0 when there is no
+-- such request: the caller's error).
+DECLARE @Changed INT;
 UPDATE dbo.InferenceRequests
 SET Status = @P2, CompletedAt = SYSUTCDATETIME(), DurationMs = @P3, ErrorMessage = @P4
 WHERE RequestId = @P1 AND CompletedAt IS NULL;
-SELECT @@ROWCOUNT AS Changed;
+SET @Changed = @@ROWCOUNT;
+SELECT
+    @Changed AS Changed,
+    CASE WHEN EXISTS (SELECT 1 FROM dbo.InferenceRequests WHERE RequestId = @P1) THEN 1 ELSE 0 END AS Found;
+
+-- name: read_request
+-- A request as recorded. @P1 RequestId. Returns RequestKey, Tenant, Operation, ModelNames,
+-- Status, DurationMs, ErrorMessage.
+SELECT RequestKey, Tenant, Operation, ModelNames, Status, DurationMs, ErrorMessage
+FROM dbo.InferenceRequests
+WHERE RequestId = @P1;
+
+-- name: steps_of_request
+-- A request's steps in order. @P1 RequestId. Returns Ordinal, Operation, ModelId, WeightsRoot,
+-- ParametersJson, Status, DurationMs, Tenant.
+SELECT Ordinal, Operation, ModelId, WeightsRoot, ParametersJson, Status, DurationMs, Tenant
+FROM dbo.InferenceSteps
+WHERE RequestId = @P1
+ORDER BY Ordinal;
+
+-- name: usage_of_request
+-- A request's usage rows in the order recorded. @P1 RequestId. Returns Tenant, Operation,
+-- ModelId, InputTokens, OutputTokens, ComputeMs.
+SELECT Tenant, Operation, ModelId, InputTokens, OutputTokens, ComputeMs
+FROM dbo.UsageLedger
+WHERE RequestId = @P1
+ORDER BY UsageId;
 
 -- name: list_requests_by_tenant
 -- A tenant's requests from @P2 to @P3 (DATETIME2, UTC), newest first, at most @P4.
@@ -600,18 +651,35 @@ GROUP BY u.Operation, u.ModelId, m.Name
 ORDER BY u.Operation, m.Name;
 
 -- name: upsert_graph_node
--- The node of (kind, id), created on first use. @P1 NodeKind ('atom' | 'model' | 'request' |
--- 'step'), @P2 RefId, @P3 ContentHash (content hash or weights root; NULL for requests and steps).
+-- The node of (kind, id), created on first use with the content hash of what it stands for (an
+-- atom's hash, a model's weights root; NULL for requests), so lineage outlives the row. @P1
+-- NodeKind ('atom' | 'model' | 'request'), @P2 RefId. Error 50021 when the row it would stand for
+-- does not exist.
+DECLARE @Exists INT = CASE
+    WHEN @P1 = N'atom' AND EXISTS (SELECT 1 FROM dbo.Atoms WHERE AtomId = @P2) THEN 1
+    WHEN @P1 = N'model' AND EXISTS (SELECT 1 FROM dbo.Models WHERE ModelId = @P2) THEN 1
+    WHEN @P1 = N'request' AND EXISTS (SELECT 1 FROM dbo.InferenceRequests WHERE RequestId = @P2) THEN 1
+    ELSE 0
+END;
+IF @Exists = 0
+    THROW 50021, N'a lineage edge names a row that does not exist', 1;
 IF NOT EXISTS (
     SELECT 1 FROM graph.AtomGraphNodes WITH (UPDLOCK, HOLDLOCK)
     WHERE NodeKind = @P1 AND RefId = @P2
 )
-    INSERT INTO graph.AtomGraphNodes (NodeKind, RefId, ContentHash) VALUES (@P1, @P2, @P3);
+    INSERT INTO graph.AtomGraphNodes (NodeKind, RefId, ContentHash)
+    VALUES (
+        @P1, @P2,
+        CASE @P1
+            WHEN N'atom' THEN (SELECT ContentHash FROM dbo.Atoms WHERE AtomId = @P2)
+            WHEN N'model' THEN (SELECT WeightsRoot FROM dbo.Models WHERE ModelId = @P2)
+        END
+    );
 
 -- name: insert_graph_edge
--- An edge between two existing nodes (upsert_graph_node first), once per (from, to, relation,
--- request). @P1 from NodeKind, @P2 from RefId, @P3 to NodeKind, @P4 to RefId, @P5 RelationType,
--- @P6 Weight, @P7 RequestId (NULL). Returns Inserted (0 or 1).
+-- An edge between two existing nodes (upsert_graph_node first), once per (from, to, relation),
+-- as in the SQLite store. @P1 from NodeKind, @P2 from RefId, @P3 to NodeKind, @P4 to RefId,
+-- @P5 RelationType, @P6 Weight, @P7 RequestId (NULL). Returns Inserted (0 or 1).
 DECLARE @From NVARCHAR(1000), @To NVARCHAR(1000);
 SELECT @From = $node_id FROM graph.AtomGraphNodes WHERE NodeKind = @P1 AND RefId = @P2;
 SELECT @To = $node_id FROM graph.AtomGraphNodes WHERE NodeKind = @P3 AND RefId = @P4;
@@ -619,18 +687,25 @@ IF @From IS NULL OR @To IS NULL
     THROW 50020, N'insert_graph_edge: an endpoint node does not exist (call upsert_graph_node first)', 1;
 IF NOT EXISTS (
     SELECT 1 FROM graph.AtomGraphEdges WITH (UPDLOCK, HOLDLOCK)
-    WHERE $from_id = @From
-        AND $to_id = @To
-        AND RelationType = @P5
-        AND (RequestId = @P7 OR (RequestId IS NULL AND @P7 IS NULL))
+    WHERE $from_id = @From AND $to_id = @To AND RelationType = @P5
 )
 BEGIN
     INSERT INTO graph.AtomGraphEdges ($from_id, $to_id, RelationType, Weight, RequestId)
     VALUES (@From, @To, @P5, @P6, @P7);
-    SELECT CAST(1 AS BIT) AS Inserted;
+    SELECT CAST(1 AS INT) AS Inserted;
 END
 ELSE
-    SELECT CAST(0 AS BIT) AS Inserted;
+    SELECT CAST(0 AS INT) AS Inserted;
+
+-- name: edges_of_request
+-- The lineage edges recorded with a request, in the order they were added. @P1 RequestId.
+-- Returns FromKind, FromRef, ToKind, ToRef, RelationType, Weight.
+SELECT f.NodeKind AS FromKind, f.RefId AS FromRef, t.NodeKind AS ToKind, t.RefId AS ToRef, e.RelationType, e.Weight
+FROM graph.AtomGraphEdges AS e
+INNER JOIN graph.AtomGraphNodes AS f ON f.$node_id = e.$from_id
+INNER JOIN graph.AtomGraphNodes AS t ON t.$node_id = e.$to_id
+WHERE e.RequestId = @P1
+ORDER BY e.EdgeId;
 
 -- name: lineage_from_node
 -- The nodes one edge away from (kind, id), with the relation: what a request consumed and

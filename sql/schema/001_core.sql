@@ -41,6 +41,21 @@ IF @lock < 0
     THROW 50000, N'could not lock the Hartonomous schema within 60 s: another installer is running', 1;
 GO
 
+-- Readers must not wait for an open writer: an ingest is one transaction that can run for
+-- minutes, and `hartonomous models`, the pager and verify read beside it (the store contract test
+-- uncommitted_writes_are_invisible). Under READ_COMMITTED_SNAPSHOT, READ COMMITTED reads see the
+-- last committed row versions instead of blocking on the writer's locks; UPDLOCK/HOLDLOCK hints
+-- in sql/queries/store.sql still lock, so writers stay serialized where they must. The daemon
+-- refuses a database with it off (database_options). NO_WAIT: the ALTER needs the database to
+-- itself, and fails at once, rather than waiting or rolling other sessions back, when anything
+-- else is connected; run the script again when nothing is. Outside the version guard on purpose:
+-- a database restored or copied with the option off gets it back by re-running the script.
+IF EXISTS (
+    SELECT 1 FROM sys.databases WHERE database_id = DB_ID() AND is_read_committed_snapshot_on = 0
+)
+    ALTER DATABASE CURRENT SET READ_COMMITTED_SNAPSHOT ON WITH NO_WAIT;
+GO
+
 -- One row per applied version. The daemon reads MAX(Version) (schema_version in
 -- sql/queries/store.sql) and refuses a database whose version differs from its own.
 IF OBJECT_ID(N'dbo.SchemaVersion', N'U') IS NULL
@@ -55,8 +70,11 @@ GO
 -- A stored model. Rows are written with Status 'ingesting' and flipped to 'ready' by the last
 -- statement of an ingest, so a model is visible (list_models, find_ready_model) only once all its
 -- layers and atoms are in. WeightsRoot is the model's fingerprint (SHA-256 over its sorted tensor
--- names and tensor roots); SourceFileHash is the SHA-256 of the file it was ingested from.
--- AtomBytes is the atom target size the model was cut with (64 KiB by default).
+-- names and tensor roots); SourceFileHash is the SHA-256 of the file it was ingested from. Both
+-- are known only once the whole file has been read, so they are NULL while the row is 'ingesting'
+-- and set by mark_model_ready with the flip to 'ready' (CK_Models_Sealed). AtomBytes is the bytes
+-- of the distinct atoms the model references (what storing it alone would cost), computed by
+-- mark_model_ready. TokenizerMaterial is JSON text (tokenizer.json, or GGUF's tokenizer.* keys).
 IF NOT EXISTS (SELECT 1 FROM dbo.SchemaVersion WHERE Version = 1)
     AND OBJECT_ID(N'dbo.Models', N'U') IS NULL
     CREATE TABLE dbo.Models (
@@ -68,17 +86,22 @@ IF NOT EXISTS (SELECT 1 FROM dbo.SchemaVersion WHERE Version = 1)
         ConfigJson NVARCHAR(MAX) NULL
             CONSTRAINT CK_Models_ConfigJson CHECK (ConfigJson IS NULL OR ISJSON(ConfigJson) = 1),
         TokenizerKind NVARCHAR(32) NOT NULL,
-        TokenizerMaterial VARBINARY(MAX) NULL,
-        WeightsRoot BINARY(32) NOT NULL,
-        SourceFileHash BINARY(32) NOT NULL,
+        TokenizerMaterial NVARCHAR(MAX) NULL,
+        WeightsRoot BINARY(32) NULL,
+        SourceFileHash BINARY(32) NULL,
         ParameterCount BIGINT NOT NULL CONSTRAINT CK_Models_ParameterCount CHECK (ParameterCount >= 0),
         TensorCount INT NOT NULL CONSTRAINT CK_Models_TensorCount CHECK (TensorCount >= 0),
-        AtomBytes INT NOT NULL CONSTRAINT CK_Models_AtomBytes CHECK (AtomBytes > 0),
+        AtomBytes BIGINT NOT NULL
+            CONSTRAINT DF_Models_AtomBytes DEFAULT (0)
+            CONSTRAINT CK_Models_AtomBytes CHECK (AtomBytes >= 0),
         Status NVARCHAR(16) NOT NULL
             CONSTRAINT DF_Models_Status DEFAULT (N'ingesting')
             CONSTRAINT CK_Models_Status CHECK (Status IN (N'ingesting', N'ready')),
         CreatedAt DATETIME2(7) NOT NULL CONSTRAINT DF_Models_CreatedAt DEFAULT (SYSUTCDATETIME()),
         CONSTRAINT UQ_Models_Name_Version UNIQUE (Name, Version),
+        CONSTRAINT CK_Models_Sealed CHECK (
+            Status <> N'ready' OR (WeightsRoot IS NOT NULL AND SourceFileHash IS NOT NULL)
+        ),
         -- "Is this model already stored under another name?" and lineage look-ups by fingerprint.
         INDEX IX_Models_WeightsRoot NONCLUSTERED (WeightsRoot)
     );
@@ -173,7 +196,7 @@ IF NOT EXISTS (SELECT 1 FROM dbo.SchemaVersion WHERE Version = 1)
         Ordinal INT NOT NULL CONSTRAINT CK_TensorAtomCoefficients_Ordinal CHECK (Ordinal >= 0),
         AtomId BIGINT NOT NULL
             CONSTRAINT FK_TensorAtomCoefficients_TensorAtoms REFERENCES dbo.TensorAtoms (AtomId),
-        Coefficient REAL NOT NULL CONSTRAINT DF_TensorAtomCoefficients_Coefficient DEFAULT (1.0),
+        Coefficient FLOAT NOT NULL CONSTRAINT DF_TensorAtomCoefficients_Coefficient DEFAULT (1.0),
         CONSTRAINT PK_TensorAtomCoefficients PRIMARY KEY CLUSTERED (LayerId, Ordinal),
         INDEX IX_TensorAtomCoefficients_Atom NONCLUSTERED (AtomId)
     );

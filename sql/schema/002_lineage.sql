@@ -30,7 +30,8 @@ IF NOT EXISTS (SELECT 1 FROM dbo.SchemaVersion WHERE Version = 1)
 GO
 
 -- One request to the daemon (an embedding, a generation, an ingest...). RequestKey is chosen by
--- the client before the first attempt: a write retried after a dropped connection or a deadlock
+-- the client before the first attempt (any string up to 200 characters: a UUID, an idempotency
+-- key header): a write retried after a dropped connection or a deadlock
 -- finds its row by that key and is never applied twice (insert_request). ModelNames is a JSON array
 -- of the model names the request named. Status values are the runtime's; CompletedAt stays NULL
 -- while the request runs.
@@ -38,7 +39,7 @@ IF NOT EXISTS (SELECT 1 FROM dbo.SchemaVersion WHERE Version = 2)
     AND OBJECT_ID(N'dbo.InferenceRequests', N'U') IS NULL
     CREATE TABLE dbo.InferenceRequests (
         RequestId BIGINT IDENTITY(1, 1) NOT NULL CONSTRAINT PK_InferenceRequests PRIMARY KEY CLUSTERED,
-        RequestKey UNIQUEIDENTIFIER NOT NULL CONSTRAINT UQ_InferenceRequests_RequestKey UNIQUE,
+        RequestKey NVARCHAR(200) NOT NULL CONSTRAINT UQ_InferenceRequests_RequestKey UNIQUE,
         Tenant NVARCHAR(128) NOT NULL,
         Operation NVARCHAR(64) NOT NULL,
         ModelNames NVARCHAR(MAX) NOT NULL
@@ -47,7 +48,7 @@ IF NOT EXISTS (SELECT 1 FROM dbo.SchemaVersion WHERE Version = 2)
         RequestedAt DATETIME2(7) NOT NULL
             CONSTRAINT DF_InferenceRequests_RequestedAt DEFAULT (SYSUTCDATETIME()),
         CompletedAt DATETIME2(7) NULL,
-        DurationMs REAL NULL,
+        DurationMs FLOAT NULL,
         ErrorMessage NVARCHAR(MAX) NULL,
         -- A tenant's requests over time (list_requests_by_tenant).
         INDEX IX_InferenceRequests_Tenant_RequestedAt NONCLUSTERED (Tenant, RequestedAt)
@@ -72,7 +73,7 @@ IF NOT EXISTS (SELECT 1 FROM dbo.SchemaVersion WHERE Version = 2)
             CONSTRAINT CK_InferenceSteps_ParametersJson CHECK (ParametersJson IS NULL OR ISJSON(ParametersJson) = 1),
         Status NVARCHAR(16) NOT NULL,
         StartedAt DATETIME2(7) NOT NULL CONSTRAINT DF_InferenceSteps_StartedAt DEFAULT (SYSUTCDATETIME()),
-        DurationMs REAL NULL,
+        DurationMs FLOAT NULL,
         Tenant NVARCHAR(128) NOT NULL,
         CONSTRAINT UQ_InferenceSteps_Request_Ordinal UNIQUE (RequestId, Ordinal),
         -- Finds the steps to detach when a model is removed (ON DELETE SET NULL).
@@ -107,8 +108,10 @@ GO
 IF NOT EXISTS (SELECT 1 FROM dbo.SchemaVersion WHERE Version = 2)
     AND OBJECT_ID(N'graph.AtomGraphEdges', N'U') IS NULL
     CREATE TABLE graph.AtomGraphEdges (
+        -- Insertion order, for reading a request's edges back in the order they were added.
+        EdgeId BIGINT IDENTITY(1, 1) NOT NULL,
         RelationType NVARCHAR(64) NOT NULL,
-        Weight REAL NOT NULL CONSTRAINT DF_AtomGraphEdges_Weight DEFAULT (1.0),
+        Weight FLOAT NOT NULL CONSTRAINT DF_AtomGraphEdges_Weight DEFAULT (1.0),
         RequestId BIGINT NULL,
         CONSTRAINT EC_AtomGraphEdges_Nodes
             CONNECTION (graph.AtomGraphNodes TO graph.AtomGraphNodes) ON DELETE NO ACTION
@@ -148,7 +151,7 @@ IF NOT EXISTS (SELECT 1 FROM dbo.SchemaVersion WHERE Version = 2)
             CONSTRAINT FK_UsageLedger_Models REFERENCES dbo.Models (ModelId) ON DELETE SET NULL,
         InputTokens BIGINT NOT NULL CONSTRAINT CK_UsageLedger_InputTokens CHECK (InputTokens >= 0),
         OutputTokens BIGINT NOT NULL CONSTRAINT CK_UsageLedger_OutputTokens CHECK (OutputTokens >= 0),
-        ComputeMs REAL NOT NULL CONSTRAINT CK_UsageLedger_ComputeMs CHECK (ComputeMs >= 0),
+        ComputeMs FLOAT NOT NULL CONSTRAINT CK_UsageLedger_ComputeMs CHECK (ComputeMs >= 0),
         RecordedAt DATETIME2(7) NOT NULL CONSTRAINT DF_UsageLedger_RecordedAt DEFAULT (SYSUTCDATETIME()),
         -- Billing: a tenant's usage over time (usage_by_tenant).
         INDEX IX_UsageLedger_Tenant_RecordedAt NONCLUSTERED (Tenant, RecordedAt),
