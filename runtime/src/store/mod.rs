@@ -4,7 +4,8 @@
 //! [`LayerRow`]) and the content-addressed TensorAtoms those layers are made of, deduplicated by
 //! SHA-256 and reference-counted; content atoms and their embeddings; and lineage (requests,
 //! steps, graph edges, usage). Two implementations sit behind it: the embedded SQLite store
-//! ([`sqlite::SqliteStore`], the default) and SQL Server 2025 (not built yet; [`open`] says so).
+//! ([`sqlite::SqliteStore`], the default) and SQL Server 2025 ([`mssql::MssqlStore`], chosen by a
+//! `mssql://` URL or an ADO.NET connection string).
 //! One contract test suite (`runtime/tests/store_contract.rs`) runs against every implementation.
 //!
 //! The trait is async and batch-oriented because the production store is across a network:
@@ -23,6 +24,7 @@
 //!   reference to, in the same transaction.
 //! - Messages name the store ([`Store::location`]) and never contain a secret.
 
+pub mod mssql;
 pub mod sqlite;
 mod url;
 mod verify;
@@ -66,6 +68,21 @@ pub enum StoreError {
         /// Advice for the causes we recognise (locked database, missing folder, not a database).
         hint: &'static str,
     },
+
+    #[error("SQL Server store {location}: {statement} failed: {source}{hint}")]
+    Mssql {
+        /// The server as `mssql://user@host:port/database`: never the password.
+        location: String,
+        /// The name of the block in `sql/queries/store.sql`, or the step that failed.
+        statement: &'static str,
+        #[source]
+        source: tiberius::error::Error,
+        /// Advice for the causes we recognise (login failed, TLS, refused, no schema).
+        hint: &'static str,
+    },
+
+    #[error("store {location} is not ready for this hartonomous: {what}")]
+    NotReady { location: String, what: String },
 
     #[error("store {location} has schema version {found}, but this hartonomous knows versions up to {supported}: upgrade hartonomous to open it")]
     SchemaTooNew { location: String, found: i64, supported: i64 },

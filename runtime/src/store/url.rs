@@ -3,11 +3,12 @@
 //! Accepted forms:
 //! - a path, or `sqlite:PATH` (also `sqlite://PATH`): the embedded SQLite store;
 //! - `mssql://user:password@host[:port]/database?...`, `sqlserver://...`, or an ADO.NET
-//!   connection string (`Server=host;Database=...;User Id=...;Password=...`): SQL Server, whose
-//!   backend is not built yet.
+//!   connection string (`Server=host;Database=...;User Id=...;Password=...`): SQL Server
+//!   ([`super::mssql`], which parses the options).
 
 use std::path::PathBuf;
 
+use super::mssql::MssqlStore;
 use super::sqlite::SqliteStore;
 use super::{Store, StoreError};
 
@@ -139,12 +140,9 @@ pub async fn open_existing(url: &str) -> Result<Box<dyn Store>, StoreError> {
 async fn open_with(url: &str, create: bool) -> Result<Box<dyn Store>, StoreError> {
     match StoreUrl::parse(url)? {
         StoreUrl::Sqlite(path) => Ok(Box::new(SqliteStore::open(path, create).await?)),
-        StoreUrl::SqlServer(_) => Err(StoreError::Unsupported {
-            url: mask_secrets(url),
-            reason: "the SQL Server backend is not built yet (it is the next part of the store issue); \
-                     use the embedded SQLite store: a file path, or sqlite:PATH"
-                .into(),
-        }),
+        // A server's database always exists (an operator created it and its schema), so
+        // `create` changes nothing here.
+        StoreUrl::SqlServer(url) => Ok(Box::new(MssqlStore::open(&url).await?)),
     }
 }
 
@@ -187,10 +185,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sql_server_is_refused_with_the_password_masked() {
-        let err = open("mssql://sa:S3cret@db:1433/h").await.err().expect("not built yet");
+    async fn a_bad_sql_server_string_is_refused_with_the_password_masked() {
+        let err = open("Server=db;User Id=sa;Password=S3cret;Colour=blue").await.err().expect("refused");
         let text = err.to_string();
-        assert!(text.contains("not built yet") && text.contains("sa:***@db"), "{text}");
+        assert!(text.contains("Colour") && text.contains("Password=***"), "{text}");
+        assert!(!text.contains("S3cret"), "{text}");
+    }
+
+    /// Nothing listens on port 1: the error names the server and the cause, not the password,
+    /// after the retries a refused connection gets (about 4 s of backoff).
+    #[tokio::test]
+    async fn an_unreachable_server_is_named_without_the_password() {
+        let err = open("mssql://sa:S3cret@127.0.0.1:1/h").await.err().expect("nothing listens on port 1");
+        let text = err.to_string();
+        assert!(text.contains("mssql://sa@127.0.0.1:1/h") && text.contains("connect"), "{text}");
+        assert!(text.contains("is SQL Server running"), "{text}");
         assert!(!text.contains("S3cret"), "{text}");
     }
 }
