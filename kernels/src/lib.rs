@@ -12,6 +12,7 @@ pub mod error;
 pub mod gpu;
 pub mod ops;
 pub mod reference;
+mod unroll;
 
 pub use error::{KernelError, Result};
 pub use gpu::{AdapterReport, DType, Gpu, Recorder, Tensor};

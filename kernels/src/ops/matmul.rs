@@ -102,12 +102,16 @@ pub fn matmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue
     };
     let storage = [Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     // CPU adapters run the register-blocked kernel (no workgroup memory or barriers, which
-    // lavapipe executes slowly); it needs whole vec4s along K and batch strides.
+    // lavapipe executes slowly); it needs whole vec4s along K and batch strides. Fewer than 16
+    // rows (a few tokens) take a 4-row block so that little work is spent on clamped rows.
     if rec.gpu().report().software && k % 4 == 0 {
-        let kernel = rec.gpu().kernel("matmul_f32_nt_regs4x4_wg8x8", "matmul_registers", &storage, || {
-            wgsl_source!("matmul_registers.wgsl").into()
+        let rows = if m >= 16 { 16 } else { 4 };
+        let cols = 16;
+        let label = format!("matmul_f32_nt_regs{rows}x{cols}_wg8x8");
+        let kernel = rec.gpu().kernel_generated(&label, "matmul_registers", &storage, || {
+            crate::unroll::expand(wgsl_source!("matmul_registers.wgsl"), &[("ROWS", rows), ("COLS", cols)])
         })?;
-        let groups = [n.div_ceil(32) as u32, m.div_ceil(32) as u32, batch as u32];
+        let groups = [n.div_ceil(8 * cols) as u32, m.div_ceil(8 * rows) as u32, batch as u32];
         return rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, groups);
     }
     let kernel = rec.gpu().kernel("matmul_f32_nt_tile64x64x16_wg16x16", "matmul", &storage, || wgsl_source!("matmul.wgsl").into())?;

@@ -101,6 +101,24 @@ pub fn qmatmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogu
     let storage = [Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     let source = |kernel: &str| quant_kernel_source(w.dtype(), kernel).expect("format checked above");
     // A few tokens (decoding): the bandwidth-bound matvec, which needs K in whole 32-element chunks.
+    if m <= MATVEC_MAX_M && k % 32 == 0 && rec.gpu().report().software {
+        // CPU adapters: whole rows per invocation, no barriers (see `qmatvec_rows.wgsl`). Fewer
+        // rows per invocation as tokens grow keep the unrolled body (rows × tokens) small enough
+        // for LLVM to compile in seconds.
+        let rows = match m {
+            1 | 2 => 16,
+            3 | 4 => 8,
+            _ => 4,
+        };
+        let label = format!("qmatvec_rows_{}_f32_rows{rows}_tokens{m}_wg8", w.dtype().name());
+        let kernel = rec.gpu().kernel_generated(&label, "qmatvec_rows", &storage, || {
+            crate::unroll::expand(
+                &source(include_str!("../wgsl/qmatvec_rows.wgsl")),
+                &[("ROWS", rows), ("TOKENS", m), ("EIGHT", 8), ("FOUR", 4)],
+            )
+        })?;
+        return rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, crate::ops::grid(n, 8 * rows));
+    }
     if m <= MATVEC_MAX_M && k % 32 == 0 {
         let label = format!("qmatvec_{}_f32_tpr8_rows32_wg256", w.dtype().name());
         let kernel = rec.gpu().kernel(&label, "qmatvec", &storage, || source(include_str!("../wgsl/qmatvec.wgsl")))?;

@@ -1,9 +1,13 @@
-// C = A · Wᵀ (+ bias) (+ residual) without workgroup memory: each invocation computes a 4×4 block
-// of C from vec4 loads of 4 rows of A and 4 rows of W straight from memory, 16 dot products per
-// 8 loads. For CPU adapters (lavapipe), where barriers and workgroup memory cost more than the
-// cache-resident reloads they save; GPUs take the tiled kernel (matmul.wgsl). K % 4 == 0.
-// Napkin math: 2·M·N·K flops; each A element is loaded N/4 times, each W element M/4 times,
-// from cache.
+// C = A · Wᵀ (+ bias) (+ residual) without workgroup memory, for CPU adapters (lavapipe): each
+// invocation computes a ROWS×COLS block of C from vec4 loads of ROWS rows of A and COLS rows of W
+// straight from memory. GPUs take the tiled kernel (matmul.wgsl). Needs K % 4 == 0.
+// Why this shape: lavapipe (Mesa 22.3) runs 8 invocations in SIMD lanes but loads memory one lane
+// at a time, so time goes to loads, not FMAs. Each step loads (ROWS + COLS) vec4s and does
+// ROWS·COLS vec4 FMAs: 16×16 feeds every loaded value into 16 FMAs, against 4 for a 4×4 block
+// (measured at 1024³: 4×4 1.07, 8×8 2.01, 16×16 3.5–4.0 GFLOP/s). Larger blocks are faster still
+// but take LLVM minutes to compile (32×32: about 90 s). The `//#unroll` sections are expanded by
+// `unroll.rs` (named accumulators, because NIR keeps large register arrays in memory).
+// Napkin math: 2·M·N·K flops; each A element is loaded N/COLS times, each W element M/ROWS times.
 
 @group(0) @binding(0) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
@@ -17,42 +21,51 @@ struct MatmulParams {
     a_stride: u32, w_stride: u32, c_stride: u32, _pad: u32,
 }
 
+// Stores one element of C, reducing the four k-lanes of its accumulator and applying the epilogue.
+fn store(c_base: u32, row: u32, col: u32, acc: vec4<f32>) {
+    if (row >= p.m || col >= p.n) { return; }
+    var v = (acc.x + acc.y) + (acc.z + acc.w);
+    if ((p.flags & 1u) != 0u) { v += bias[col]; }
+    if ((p.flags & 2u) != 0u) { v += residual[c_base + row * p.n + col]; }
+    c[c_base + row * p.n + col] = v;
+}
+
 @compute @workgroup_size(8, 8)
 fn matmul_registers(@builtin(global_invocation_id) gid: vec3<u32>) {
     let batch = gid.z;
-    let row0 = gid.y * 4u;
-    let col0 = gid.x * 4u;
+    let row0 = gid.y * {ROWS}u;
+    let col0 = gid.x * {COLS}u;
     if (row0 >= p.m || col0 >= p.n) { return; }
     let k4 = p.k / 4u;
-    // Clamp the rows read past the edge to the last row; their results are not stored.
-    var ar: array<u32, 4>;
-    var wr: array<u32, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        ar[i] = (batch * p.a_stride) / 4u + min(row0 + i, p.m - 1u) * k4;
-        wr[i] = (batch * p.w_stride) / 4u + min(col0 + i, p.n - 1u) * k4;
-    }
-    var acc: array<vec4<f32>, 4>;
+    let a_base = (batch * p.a_stride) / 4u;
+    let w_base = (batch * p.w_stride) / 4u;
+    // Rows past the edge read the last row again; their results are not stored.
+//#unroll i ROWS
+    let ar{i} = a_base + min(row0 + {i}u, p.m - 1u) * k4;
+//#end
+//#unroll j COLS
+    let wr{j} = w_base + min(col0 + {j}u, p.n - 1u) * k4;
+//#end
+//#unroll i ROWS
+//#unroll j COLS
+    var acc{i}_{j} = vec4<f32>(0.0);
+//#end
+//#end
     for (var kk = 0u; kk < k4; kk++) {
-        let w0 = w[wr[0] + kk];
-        let w1 = w[wr[1] + kk];
-        let w2 = w[wr[2] + kk];
-        let w3 = w[wr[3] + kk];
-        for (var i = 0u; i < 4u; i++) {
-            let av = a[ar[i] + kk];
-            acc[i] += vec4<f32>(dot(av, w0), dot(av, w1), dot(av, w2), dot(av, w3));
-        }
+//#unroll j COLS
+        let w{j} = w[wr{j} + kk];
+//#end
+//#unroll i ROWS
+        let a{i} = a[ar{i} + kk];
+//#unroll j COLS
+        acc{i}_{j} = fma(a{i}, w{j}, acc{i}_{j});
+//#end
+//#end
     }
     let c_base = batch * p.c_stride;
-    for (var i = 0u; i < 4u; i++) {
-        let r = row0 + i;
-        if (r >= p.m) { continue; }
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + j;
-            if (col >= p.n) { continue; }
-            var v = acc[i][j];
-            if ((p.flags & 1u) != 0u) { v += bias[col]; }
-            if ((p.flags & 2u) != 0u) { v += residual[c_base + r * p.n + col]; }
-            c[c_base + r * p.n + col] = v;
-        }
-    }
+//#unroll i ROWS
+//#unroll j COLS
+    store(c_base, row0 + {i}u, col0 + {j}u, acc{i}_{j});
+//#end
+//#end
 }
