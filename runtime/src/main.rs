@@ -23,8 +23,8 @@ struct Cli {
 /// `$XDG_DATA_HOME/hartonomous/hartonomous.db`, else `~/.local/share/hartonomous/hartonomous.db`.
 #[derive(clap::Args)]
 struct Db {
-    /// The store: a SQLite file path or sqlite:PATH (SQL Server URLs are recognised; that
-    /// backend is not built yet).
+    /// The store: a SQLite file path or sqlite:PATH, or SQL Server 2025 as
+    /// mssql://user:password@host:port/database or an ADO string (Server=...;Database=...).
     #[arg(long, value_name = "URL")]
     db: Option<String>,
 }

@@ -56,7 +56,7 @@ IF EXISTS (
     ALTER DATABASE CURRENT SET READ_COMMITTED_SNAPSHOT ON WITH NO_WAIT;
 GO
 
--- One row per applied version. The daemon reads MAX(Version) (schema_version in
+-- One row per applied version. The daemon reads MAX(Version) (database_options in
 -- sql/queries/store.sql) and refuses a database whose version differs from its own.
 IF OBJECT_ID(N'dbo.SchemaVersion', N'U') IS NULL
     CREATE TABLE dbo.SchemaVersion (
@@ -68,7 +68,7 @@ IF OBJECT_ID(N'dbo.SchemaVersion', N'U') IS NULL
 GO
 
 -- A stored model. Rows are written with Status 'ingesting' and flipped to 'ready' by the last
--- statement of an ingest, so a model is visible (list_models, find_ready_model) only once all its
+-- statement of an ingest, so a model is visible (find_models, for the daemon) only once all its
 -- layers and atoms are in. WeightsRoot is the model's fingerprint (SHA-256 over its sorted tensor
 -- names and tensor roots); SourceFileHash is the SHA-256 of the file it was ingested from. Both
 -- are known only once the whole file has been read, so they are NULL while the row is 'ingesting'

@@ -75,8 +75,9 @@ pub enum StoreError {
         location: String,
         /// The name of the block in `sql/queries/store.sql`, or the step that failed.
         statement: &'static str,
+        /// Boxed: tiberius's error is large, and every `Result` of the store carries this enum.
         #[source]
-        source: tiberius::error::Error,
+        source: Box<tiberius::error::Error>,
         /// Advice for the causes we recognise (login failed, TLS, refused, no schema).
         hint: &'static str,
     },

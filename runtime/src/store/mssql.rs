@@ -31,6 +31,7 @@ mod statements;
 mod text;
 
 use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +79,8 @@ struct Ctx {
 enum Fail {
     Db {
         statement: &'static str,
-        source: tiberius::error::Error,
+        /// Boxed to keep every `Result<_, Fail>` small.
+        source: Box<tiberius::error::Error>,
         /// Failed while connecting: nothing of the work was sent.
         connecting: bool,
     },
@@ -92,7 +94,7 @@ impl From<StoreError> for Fail {
 }
 
 fn db(statement: &'static str) -> impl FnOnce(tiberius::error::Error) -> Fail {
-    move |source| Fail::Db { statement, source, connecting: false }
+    move |source| Fail::Db { statement, source: Box::new(source), connecting: false }
 }
 
 impl Ctx {
@@ -105,12 +107,12 @@ impl Ctx {
         let location = self.location.clone();
         match fail {
             Fail::Store(e) => e,
-            Fail::Db { source: tiberius::error::Error::Server(t), statement, .. } if t.code() == 50011 => StoreError::Damaged {
+            Fail::Db { source, statement, .. } if server_code(&source) == Some(50011) => StoreError::Damaged {
                 location,
-                what: format!("{} ({statement})", t.message()),
+                what: format!("{} ({statement})", server_message(&source)),
             },
-            Fail::Db { source: tiberius::error::Error::Server(t), .. } if matches!(t.code(), 50021 | 50030) => {
-                StoreError::InvalidRecord { location, what: t.message().to_string() }
+            Fail::Db { source, .. } if matches!(server_code(&source), Some(50021 | 50030)) => {
+                StoreError::InvalidRecord { location, what: server_message(&source).to_string() }
             }
             Fail::Db { statement, source, .. } => StoreError::Mssql { hint: hint(&source), location, statement, source },
         }
@@ -129,6 +131,20 @@ impl Ctx {
     }
 }
 
+fn server_code(e: &tiberius::error::Error) -> Option<u32> {
+    match e {
+        tiberius::error::Error::Server(t) => Some(t.code()),
+        _ => None,
+    }
+}
+
+fn server_message(e: &tiberius::error::Error) -> &str {
+    match e {
+        tiberius::error::Error::Server(t) => t.message(),
+        _ => "",
+    }
+}
+
 fn backoff(tries: u32) -> Duration {
     FIRST_BACKOFF * 4u32.pow(tries.saturating_sub(1))
 }
@@ -136,7 +152,7 @@ fn backoff(tries: u32) -> Duration {
 /// Opens a connection, follows one routing redirect (Azure SQL's gateway), sets the session
 /// options every statement relies on.
 async fn connect(ctx: &Ctx) -> Result<Client, Fail> {
-    let failed = |source| Fail::Db { statement: "connect", source, connecting: true };
+    let failed = |source| Fail::Db { statement: "connect", source: Box::new(source), connecting: true };
     let timed_out = || failed(tiberius::error::Error::Io { kind: std::io::ErrorKind::TimedOut, message: "connecting took over 15 s".into() });
     let mut config = ctx.options.config();
     for _ in 0..2 {
@@ -209,7 +225,7 @@ impl Call {
         let name = self.st.name;
         self.rows(c).await?.into_iter().next().ok_or_else(|| Fail::Db {
             statement: name,
-            source: tiberius::error::Error::Protocol("the statement returned no row".into()),
+            source: Box::new(tiberius::error::Error::Protocol("the statement returned no row".into())),
             connecting: false,
         })
     }
@@ -236,7 +252,7 @@ impl<'r> Cols<'r> {
         let column = self.row.columns().get(i).map_or("?", |c| c.name());
         Fail::Db {
             statement: self.st,
-            source: tiberius::error::Error::Conversion(format!("column {i} ({column}): {what}").into()),
+            source: Box::new(tiberius::error::Error::Conversion(format!("column {i} ({column}): {what}").into())),
             connecting: false,
         }
     }
@@ -399,7 +415,7 @@ impl MssqlStore {
             let results = simple(c, DATABASE_OPTIONS).await?;
             let row = results.first().and_then(|r| r.first()).ok_or_else(|| Fail::Db {
                 statement: DATABASE_OPTIONS.name,
-                source: tiberius::error::Error::Protocol("database_options returned no row".into()),
+                source: Box::new(tiberius::error::Error::Protocol("database_options returned no row".into())),
                 connecting: false,
             })?;
             let r = cols(row, DATABASE_OPTIONS);
@@ -549,13 +565,13 @@ async fn verify_on(c: &mut Client, scope: Option<ModelId>) -> Result<VerifyRepor
     drop(rows);
     let mut uses_of: HashMap<i64, Vec<AtomUse>> = HashMap::new();
     for (atom, at) in needs_uses {
-        if !uses_of.contains_key(&atom) {
+        if let Entry::Vacant(slot) = uses_of.entry(atom) {
             let mut uses = Vec::new();
             for row in call(ATOM_USES).bind(atom).rows(c).await? {
                 let r = cols(&row, ATOM_USES);
                 uses.push(AtomUse { model: r.string(0)?, tensor: r.string(1)?, ordinal: r.uint(2)? });
             }
-            uses_of.insert(atom, uses);
+            slot.insert(uses);
         }
         if let Some(list) = report.damage[at].used_by_mut() {
             list.clone_from(&uses_of[&atom]);
@@ -1036,7 +1052,7 @@ async fn put_atoms_on(s: &mut WriterState, atoms: Vec<AtomRecord>) -> Result<Put
     for atom in new {
         let length = i32::try_from(atom.payload.len()).map_err(|_| Fail::Db {
             statement: "bulk load into #TensorAtomStage",
-            source: tiberius::error::Error::BulkInput(format!("atom {} has {} bytes, over 2 GiB", atom.hash, atom.payload.len()).into()),
+            source: Box::new(tiberius::error::Error::BulkInput(format!("atom {} has {} bytes, over 2 GiB", atom.hash, atom.payload.len()).into())),
             connecting: false,
         })?;
         let mut row = TokenRow::new();
@@ -1051,7 +1067,7 @@ async fn put_atoms_on(s: &mut WriterState, atoms: Vec<AtomRecord>) -> Result<Put
     let results = simple(&mut s.client, APPLY_TENSOR_ATOM_STAGE).await?;
     let row = results.iter().flatten().next().ok_or_else(|| Fail::Db {
         statement: APPLY_TENSOR_ATOM_STAGE.name,
-        source: tiberius::error::Error::Protocol("apply_tensor_atom_stage returned no row".into()),
+        source: Box::new(tiberius::error::Error::Protocol("apply_tensor_atom_stage returned no row".into())),
         connecting: false,
     })?;
     let r = cols(row, APPLY_TENSOR_ATOM_STAGE);

@@ -250,17 +250,18 @@ pub(crate) enum Transience {
 pub(crate) fn transient(e: &tiberius::error::Error) -> Transience {
     match e {
         tiberius::error::Error::Server(t) => server_transience(t.code()),
-        tiberius::error::Error::Io { kind, .. } => match kind {
-            ErrorKind::ConnectionReset
-            | ErrorKind::ConnectionAborted
-            | ErrorKind::ConnectionRefused
-            | ErrorKind::BrokenPipe
-            | ErrorKind::UnexpectedEof
-            | ErrorKind::TimedOut
-            | ErrorKind::NotConnected
-            | ErrorKind::Interrupted => Transience::ConnectionLost,
-            _ => Transience::Permanent,
-        },
+        tiberius::error::Error::Io {
+            kind:
+                ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::ConnectionRefused
+                | ErrorKind::BrokenPipe
+                | ErrorKind::UnexpectedEof
+                | ErrorKind::TimedOut
+                | ErrorKind::NotConnected
+                | ErrorKind::Interrupted,
+            ..
+        } => Transience::ConnectionLost,
         _ => Transience::Permanent,
     }
 }
