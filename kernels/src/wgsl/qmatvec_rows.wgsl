@@ -18,7 +18,7 @@
 
 struct QMatvecParams { m: u32, n: u32, k: u32, flags: u32 }
 
-// The four nibbles at `shift` (0 low, 4 high) of the four bytes of `q`, as floats.
+// The four nibbles at `shift` (0 low, 4 high) of the four bytes of `q`.
 fn nib4(q: u32, shift: u32) -> vec4<u32> {
     return (vec4<u32>(q) >> (vec4<u32>(0u, 8u, 16u, 24u) + shift)) & vec4<u32>(15u);
 }
@@ -42,6 +42,21 @@ fn funnel(lo: u32, hi: u32, o: u32) -> u32 {
 fn scale_byte(s0: u32, s1: u32, s2: u32, n: u32) -> u32 {
     let word = select(select(s2, s1, n < 8u), s0, n < 4u);
     return (word >> ((n & 3u) * 8u)) & 0xffu;
+}
+
+// The 6-bit scale and min of sub-block j of the Q4_K/Q5_K block at word b, from its three words
+// of scale bytes (ggml's get_scale_min_k4).
+fn k_scale_min(b: u32, j: u32) -> vec2<u32> {
+    let s0 = w[b + 1u];
+    let s1 = w[b + 2u];
+    let s2 = w[b + 3u];
+    if (j < 4u) {
+        return vec2<u32>(scale_byte(s0, s1, s2, j) & 63u, scale_byte(s0, s1, s2, j + 4u) & 63u);
+    }
+    return vec2<u32>(
+        (scale_byte(s0, s1, s2, j + 4u) & 0xfu) | ((scale_byte(s0, s1, s2, j - 4u) >> 6u) << 4u),
+        (scale_byte(s0, s1, s2, j + 4u) >> 4u) | ((scale_byte(s0, s1, s2, j) >> 6u) << 4u),
+    );
 }
 
 // Elements k0..k0+31 of row `row` of W, decoded in registers (k0 % 32 == 0).
@@ -145,20 +160,9 @@ fn chunk(row: u32, k0: u32) -> array<vec4<f32>, 8> {
             let b = bb >> 2u;
             let j = e0 / 32u;
             let dm = unpack2x16float(w[b]);
-            let s0 = w[b + 1u];
-            let s1 = w[b + 2u];
-            let s2 = w[b + 3u];
-            var sc: u32;
-            var mn: u32;
-            if (j < 4u) {
-                sc = scale_byte(s0, s1, s2, j) & 63u;
-                mn = scale_byte(s0, s1, s2, j + 4u) & 63u;
-            } else {
-                sc = (scale_byte(s0, s1, s2, j + 4u) & 0xfu) | ((scale_byte(s0, s1, s2, j - 4u) >> 6u) << 4u);
-                mn = (scale_byte(s0, s1, s2, j + 4u) >> 4u) | ((scale_byte(s0, s1, s2, j) >> 6u) << 4u);
-            }
-            let scale = dm.x * f32(sc);
-            let offset = dm.y * f32(mn);
+            let sm = k_scale_min(b, j);
+            let scale = dm.x * f32(sm.x);
+            let offset = dm.y * f32(sm.y);
             let shift = 4u * (j & 1u);
             let qb = b + 4u + 8u * (j / 2u);
 //#unroll i EIGHT
@@ -205,20 +209,9 @@ fn chunk(row: u32, k0: u32) -> array<vec4<f32>, 8> {
             let b = bb >> 2u;
             let j = e0 / 32u;
             let dm = unpack2x16float(w[b]);
-            let s0 = w[b + 1u];
-            let s1 = w[b + 2u];
-            let s2 = w[b + 3u];
-            var sc: u32;
-            var mn: u32;
-            if (j < 4u) {
-                sc = scale_byte(s0, s1, s2, j) & 63u;
-                mn = scale_byte(s0, s1, s2, j + 4u) & 63u;
-            } else {
-                sc = (scale_byte(s0, s1, s2, j + 4u) & 0xfu) | ((scale_byte(s0, s1, s2, j - 4u) >> 6u) << 4u);
-                mn = (scale_byte(s0, s1, s2, j + 4u) >> 4u) | ((scale_byte(s0, s1, s2, j) >> 6u) << 4u);
-            }
-            let scale = dm.x * f32(sc);
-            let offset = dm.y * f32(mn);
+            let sm = k_scale_min(b, j);
+            let scale = dm.x * f32(sm.x);
+            let offset = dm.y * f32(sm.y);
             let shift = 4u * (j & 1u);
             let qb = b + 12u + 8u * (j / 2u);
 //#unroll i EIGHT
