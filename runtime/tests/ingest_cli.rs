@@ -233,3 +233,16 @@ fn verify_reports_each_damage_precisely_and_fails() {
     assert_eq!(out.status.code(), Some(2), "{stdout}");
     assert_eq!(stdout.lines().filter(|l| l.starts_with("DAMAGE ")).count(), 3, "{stdout}");
 }
+
+#[test]
+fn a_missing_file_is_one_clear_error_naming_the_file_and_its_cause_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("h.db");
+    let missing = dir.path().join("no-such-model.gguf");
+    let out = hartonomous(&["ingest", s(&missing), "--db", s(&db)]);
+    assert!(!out.status.success(), "ingest of a missing file must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(s(&missing)), "the error names the file: {stderr}");
+    // The loader's error already names the OS cause; the chain must not print it a second time.
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "cause printed once: {stderr}");
+}
