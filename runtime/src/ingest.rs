@@ -483,7 +483,14 @@ async fn already_present(
     plan: Plan,
     started: Instant,
 ) -> Result<IngestReport, IngestError> {
-    let stored = row.weights_root.expect("a ready model has a weights root (CHECK constraint): this is a bug");
+    // The schema's CHECK makes a ready model carry its weights root; a store edited by hand may not.
+    let Some(stored) = row.weights_root else {
+        return Err(StoreError::Damaged {
+            location: store.location().to_string(),
+            what: format!("model {}:{} is ready but has no weights root", row.name, row.version),
+        }
+        .into());
+    };
     let source_file_hash = join(model.path(), hash_file(model.path())).await?;
     let root = if Some(source_file_hash) == row.source_file_hash {
         // The same file: atomizing it again would give the same root.

@@ -720,6 +720,12 @@ pub fn parse_model_ref(text: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// A count or byte length as the databases' signed 64-bit integer (SQLite INTEGER, SQL Server
+/// BIGINT); every one we store fits, since no file exceeds 2^63 bytes.
+pub(crate) fn db_int(v: u64) -> i64 {
+    i64::try_from(v).expect("counts and byte lengths fit in i64: this is a bug")
+}
+
 /// Cosine similarity in f64, 0 when either vector is all zeros.
 pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);

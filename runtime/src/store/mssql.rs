@@ -50,6 +50,7 @@ use self::statements::*;
 use self::text::{hashes_json, linestring_wkt, signature_wkt, vector_json};
 use super::verify::{check_atom, check_geometry, check_layer, check_model, AtomCheck};
 use super::{
+    db_int,
     AtomRecord, AtomUse, BeginModel, ContentAtom, ContentAtomId, Embedding, FetchedAtom, GraphNode, LayerAtom, LayerId,
     LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelRow, ModelSeal, ModelStatus, ModelWriter, Neighbor,
     NewModel, NewRequest, PutAtomsOutcome, RemoveOutcome, RequestCompletion, RequestId, Result, RunStatus, StepRecord,
@@ -351,9 +352,6 @@ fn model_row(row: &Row, st: Statement) -> Result<ModelRow, Fail> {
     })
 }
 
-fn int(v: u64) -> i64 {
-    i64::try_from(v).expect("counts and byte lengths fit in i64: this is a bug")
-}
 
 /// Runs a piece of work on the store's shared connection, connecting first if needed, and
 /// runs it again after a transient failure (see the module documentation). On any failure the
@@ -851,8 +849,8 @@ impl Store for MssqlStore {
                 .bind(usage.request.map(|r| r.0))
                 .bind(usage.operation.clone())
                 .bind(usage.model.map(|m| m.0))
-                .bind(int(usage.input_tokens))
-                .bind(int(usage.output_tokens))
+                .bind(db_int(usage.input_tokens))
+                .bind(db_int(usage.output_tokens))
                 .bind(usage.compute_ms)
                 .rows(c)
                 .await?;
@@ -964,8 +962,8 @@ async fn begin_on(ctx: &Arc<Ctx>, m: &NewModel) -> Result<BeginModel, Fail> {
             .bind(Some(m.config_json.clone()))
             .bind(m.tokenizer_kind.clone())
             .bind(m.tokenizer_material.clone())
-            .bind(int(m.parameter_count))
-            .bind(int(m.tensor_count))
+            .bind(db_int(m.parameter_count))
+            .bind(db_int(m.tensor_count))
             .row(c)
             .await?;
         let r = cols(&row, BEGIN_MODEL);
@@ -1101,8 +1099,8 @@ async fn put_layers_on(s: &mut WriterState, ctx: &Ctx, layers: Vec<LayerRecord>)
             .bind(name.clone())
             .bind(layer.dtype.tag())
             .bind(serde_json::to_string(&layer.shape).expect("numbers serialise"))
-            .bind(int(layer.parameter_count()))
-            .bind(int(layer.byte_length))
+            .bind(db_int(layer.parameter_count()))
+            .bind(db_int(layer.byte_length))
             .bind(layer.tensor_root.0.to_vec())
             .bind(hashes_json(&layer.atoms))
             .row(&mut s.client)

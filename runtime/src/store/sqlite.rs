@@ -32,6 +32,7 @@ use rusqlite::{params, CachedStatement, Connection, ErrorCode, OpenFlags, Option
 
 use super::verify::{check_atom, check_geometry, check_layer, check_model, AtomCheck};
 use super::{
+    db_int,
     cosine, AtomRecord, AtomUse, BeginModel, ContentAtom, ContentAtomId, Damage, Embedding, FetchedAtom, GraphNode,
     LayerAtom, LayerId, LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelRow, ModelSeal, ModelStatus, ModelWriter,
     Neighbor, NewModel, NewRequest, PutAtomsOutcome, RemoveOutcome, RequestCompletion, RequestId, Result, RunStatus,
@@ -171,10 +172,6 @@ fn u64_col(row: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
     u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(i, v))
 }
 
-/// SQLite integers are i64; every count and length we store fits (a file cannot exceed 2^63).
-fn int(v: u64) -> i64 {
-    i64::try_from(v).expect("counts and byte lengths fit in i64: this is a bug")
-}
 
 /// Reads a row of the columns `statements::model_columns!` lists.
 fn model_row(row: &Row<'_>) -> rusqlite::Result<ModelRow> {
@@ -532,8 +529,8 @@ impl Store for SqliteStore {
                     m.architecture,
                     m.format,
                     m.tokenizer_kind,
-                    int(m.parameter_count),
-                    int(m.tensor_count),
+                    db_int(m.parameter_count),
+                    db_int(m.tensor_count),
                     m.config_json,
                     m.tokenizer_material,
                 ])?;
@@ -781,8 +778,8 @@ impl Store for SqliteStore {
                 u.request.map(|r| r.0),
                 u.operation,
                 u.model.map(|m| m.0),
-                int(u.input_tokens),
-                int(u.output_tokens),
+                db_int(u.input_tokens),
+                db_int(u.output_tokens),
                 u.compute_ms,
             ])?;
             Ok(())
@@ -1016,8 +1013,8 @@ impl ModelWriter for SqliteWriter {
                     layer.tensor_name,
                     layer.dtype.tag(),
                     shape,
-                    int(layer.parameter_count()),
-                    int(layer.byte_length),
+                    db_int(layer.parameter_count()),
+                    db_int(layer.byte_length),
                     &layer.tensor_root.0[..],
                     layer.geometry,
                 ])?;
