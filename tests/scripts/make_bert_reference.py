@@ -9,8 +9,11 @@ tests/fixtures/models/minilm_embeddings.json
     and [SEP]), the attention length, and the 384-d L2-normalised sentence
     embedding.  The "short" case also has the un-normalised mean-pooled vector
     ("mean_pooled") and the final hidden state of row 0, the [CLS] position
-    ("last_hidden_cls").  A "cross_check" field says whether and how this was
-    compared with sentence-transformers.
+    ("last_hidden_cls").  Among the cases: "punctuation_only" (a sentence of
+    punctuation only) and "long_untruncated" (about 200 tokens: past the 128 of
+    tokenizer.json, under max_seq_length 256, so not truncated), next to
+    "long_truncated" (over 256).  A "cross_check" field says whether and how this
+    was compared with sentence-transformers (all cases).
 
 The reference is an independent numpy implementation in float64 (weights are
 stored F32 and widened to float64):
@@ -43,7 +46,11 @@ fixture was made with a throw-away venv (never a project requirement):
     /tmp/stvenv/bin/pip install sentence-transformers      # pulls torch
     HF_HUB_OFFLINE=1 /tmp/stvenv/bin/python tests/scripts/make_bert_reference.py
 Output is deterministic (no randomness, no timestamps), except that the
-cross_check field depends on whether sentence-transformers is installed.
+cross_check field depends on whether sentence-transformers is installed.  BLAS and
+torch are pinned to one thread (OMP/OPENBLAS/MKL_NUM_THREADS default to 1, set
+before numpy and torch are imported): with more threads the last digits of the
+float32 cross-check and of the 1e-16 batch-vs-alone difference can change with the
+core count, though the float64 embeddings (9 significant digits) do not.
 """
 
 from __future__ import annotations
@@ -56,9 +63,12 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-from safetensors import safe_open
-from tokenizers import Tokenizer
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy/torch load their thread pools
+
+import numpy as np  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
 
 GENERATED_BY = "tests/scripts/make_bert_reference.py"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -80,6 +90,25 @@ LONG_PARAGRAPH = (
     "hardly have imagined."
 )
 
+# Plain ASCII prose of about 200 WordPiece tokens (with [CLS]/[SEP]): longer than the
+# tokenizer.json's built-in 128 truncation, shorter than MAX_SEQ_LEN = 256.
+DATABASE_HISTORY = (
+    "The first databases of the nineteen sixties stored records on magnetic tape and disk "
+    "in hierarchical or network structures, so a programmer had to know exactly how the "
+    "data was laid out in order to navigate from one record to the next. In 1970 Edgar "
+    "Codd, a researcher at IBM, proposed the relational model, in which data is kept in "
+    "simple tables and queries describe what is wanted rather than how to find it. Many "
+    "engineers doubted that such a system could ever be fast enough, but projects such as "
+    "System R and Ingres showed that a query optimizer could choose good access paths "
+    "automatically. SQL became the common language of the field, and commercial products "
+    "spread through banks, airlines and governments during the following decades. Later, "
+    "the growth of the web brought new demands for scale and availability, which led to "
+    "distributed key value stores, document databases and column oriented engines for "
+    "analytics. Today most systems borrow ideas from all of these traditions, combining "
+    "transactions, replication and flexible schemas in ways that the pioneers would "
+    "recognise and perhaps admire."
+)
+
 CASES = [
     ("short", "The quick brown fox jumps over the lazy dog."),
     ("unicode_punct", "Café déjà vu — naïve Zoë said: «¿Qué tal?» … 東京 2024! (façade, Ångström)"),
@@ -87,6 +116,8 @@ CASES = [
     ("empty", ""),
     ("batch_short_partner", "Hello world."),  # padded in a batch with "paragraph"
     ("long_truncated", " ".join([LONG_PARAGRAPH] * 3)),
+    ("punctuation_only", "?!... --- ;;; ((( ))) *** ,,, !!!"),
+    ("long_untruncated", DATABASE_HISTORY),  # past 128 tokens, under MAX_SEQ_LEN: not truncated
 ]
 
 
@@ -252,6 +283,8 @@ def main() -> None:
         ids, full = tokenize(tok, text)
         hidden, pooled, emb = embed_batch(model, [ids])
         all_emb.append(emb[0])
+        if name == "long_untruncated":  # must pass the tokenizer.json's 128 but not MAX_SEQ_LEN
+            assert 128 < full <= MAX_SEQ_LEN, full
         c = {"name": name, "text": text, "token_ids": ids, "attention_length": len(ids)}
         if full != len(ids):
             c["untruncated_length"] = full
