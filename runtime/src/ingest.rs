@@ -235,12 +235,30 @@ fn describe(model: &ModelFile, name: String, version: String) -> NewModel {
         version,
         architecture: d.architecture.clone(),
         format: d.format.clone(),
-        config_json: d.config.to_string(),
+        config_json: config_with_companions(d).to_string(),
         tokenizer_kind: tokenizer_kind.into(),
         tokenizer_material,
         parameter_count: model.parameter_count(),
         tensor_count: model.tensors().len() as u64,
     }
+}
+
+/// `config.json` with the other JSON companion files of the folder (sentence-transformers'
+/// `sentence_bert_config.json`, `1_Pooling/config.json`, `modules.json`, ...) under
+/// `"companions"`, keyed by their path: a model runs from the store alone, and these say how
+/// (e.g. the 256-token limit and mean pooling of all-MiniLM-L6-v2).
+fn config_with_companions(d: &hartonomous_loader::ModelDescription) -> serde_json::Value {
+    let mut config = d.config.clone();
+    let companions: serde_json::Map<String, serde_json::Value> = d
+        .companions
+        .iter()
+        .filter(|(path, _)| !matches!(path.as_str(), "config.json" | "tokenizer.json"))
+        .filter_map(|(path, text)| serde_json::from_str(text).ok().map(|v| (path.clone(), v)))
+        .collect();
+    if let (serde_json::Value::Object(map), false) = (&mut config, companions.is_empty()) {
+        map.insert("companions".into(), serde_json::Value::Object(companions));
+    }
+    config
 }
 
 /// SHA-256 of the whole file, on the blocking pool.

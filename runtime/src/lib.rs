@@ -1,10 +1,14 @@
 //! The Hartonomous runtime: everything that composes the loader, the kernels and the store into
-//! the daemon and its CLI. Today it holds the store and the CLI's commands (`inspect`, `ingest`);
-//! the pager, models, APIs and lineage arrive with their issues (see ARCHITECTURE.md).
+//! the daemon and its CLI: the store ([`store`]), ingest and inspect, the pager that makes stored
+//! weights resident on the GPU ([`pager`]), the model architectures ([`models`]) and the daemon
+//! with its HTTPS API and lineage writer ([`serve`]). See ARCHITECTURE.md.
 //!
 //! Invariant: only this crate knows the store, the wire protocols and the models.
 
 pub mod ingest;
 pub mod inspect;
+pub mod models;
+pub mod pager;
 pub mod progress;
+pub mod serve;
 pub mod store;

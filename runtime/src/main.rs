@@ -79,6 +79,46 @@ enum Command {
         #[command(flatten)]
         db: Db,
     },
+    /// Serve the stored embedding models over HTTPS (OpenAI-compatible /v1/embeddings), with
+    /// lineage written back to the store.
+    Serve {
+        #[command(flatten)]
+        db: Db,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// PEM certificate (with --tls-key); without both, a self-signed certificate for this
+        /// host is generated into the data folder on first start and reused.
+        #[arg(long, value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Plain HTTP on a loopback address, for development only (SQL Server calls HTTPS only).
+        #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+        insecure_http: bool,
+        /// GPU memory budget for resident weights, in bytes (suffixes K, M, G accepted); by
+        /// default half the adapter's largest buffer, and on a software adapter at most a
+        /// quarter of RAM.
+        #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+        gpu_memory: Option<u64>,
+        /// Models to serve, comma-separated NAME[:VERSION]; by default every stored embedding model.
+        #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+        models: Vec<String>,
+        /// Read weights from their TensorAtoms, or from their LINESTRING ZM geometry wherever a
+        /// layer has one.
+        #[arg(long, value_enum, default_value = "atoms")]
+        weights_source: hartonomous_runtime::pager::WeightsSource,
+        /// Write lineage off the response path (async) or before responding (sync).
+        #[arg(long, value_enum, default_value = "async")]
+        lineage: hartonomous_runtime::serve::LineageMode,
+        /// Padded tokens (inputs × longest input) per forward pass.
+        #[arg(long, default_value_t = 8192)]
+        max_batch_tokens: usize,
+        /// Requests waiting for the GPU before new ones are answered 503 with Retry-After.
+        #[arg(long, default_value_t = 256)]
+        queue: usize,
+    },
     /// Re-hash every atom and check every layer, model and reference count; exits with
     /// status 2 when it finds damage.
     Verify {
@@ -117,15 +157,34 @@ fn error_chain(e: &anyhow::Error) -> String {
     text
 }
 
-/// The default store file; `create` makes its folder.
-fn default_db(create: bool) -> anyhow::Result<String> {
+/// The data folder: `$HARTONOMOUS_DATA_DIR`, else `$XDG_DATA_HOME/hartonomous`, else
+/// `~/.local/share/hartonomous`.
+fn data_dir() -> anyhow::Result<PathBuf> {
     let non_empty = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let dir = match (non_empty("HARTONOMOUS_DATA_DIR"), non_empty("XDG_DATA_HOME"), non_empty("HOME")) {
+    Ok(match (non_empty("HARTONOMOUS_DATA_DIR"), non_empty("XDG_DATA_HOME"), non_empty("HOME")) {
         (Some(dir), _, _) => dir,
         (None, Some(xdg), _) => xdg.join("hartonomous"),
         (None, None, Some(home)) => home.join(".local/share/hartonomous"),
         (None, None, None) => bail!("no store given: pass --db, or set HARTONOMOUS_DATA_DIR or HOME"),
+    })
+}
+
+/// `1024`, `64K`, `512M`, `2G` (binary multiples).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&text[..i], 10),
+        Some((i, 'm' | 'M')) => (&text[..i], 20),
+        Some((i, 'g' | 'G')) => (&text[..i], 30),
+        _ => (text, 0),
     };
+    let n: u64 = digits.trim().parse().map_err(|_| format!("{text:?} is not a byte count like 4096, 512M or 2G"))?;
+    n.checked_shl(shift).filter(|v| v >> shift == n).ok_or_else(|| format!("{text} bytes is too large"))
+}
+
+/// The default store file; `create` makes its folder.
+fn default_db(create: bool) -> anyhow::Result<String> {
+    let dir = data_dir()?;
     if create {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating the data folder {}", dir.display()))?;
     }
@@ -190,6 +249,69 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "removed {}: {} layers; freed {} atoms ({} bytes); {} atoms kept, still used by other models",
                 out.model, out.layers, out.atoms_freed, out.bytes_freed, out.atoms_kept
+            );
+        }
+        Command::Serve {
+            db,
+            listen,
+            tls_cert,
+            tls_key,
+            insecure_http,
+            gpu_memory,
+            models,
+            weights_source,
+            lineage,
+            max_batch_tokens,
+            queue,
+        } => {
+            use hartonomous_runtime::serve;
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("HARTONOMOUS_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(open_store(&db, false).await?);
+            let options = serve::ServeOptions {
+                listen,
+                tls: tls_cert.zip(tls_key),
+                insecure_http,
+                data_dir: data_dir()?,
+                gpu_memory,
+                models,
+                weights_source,
+                lineage,
+                max_batch_tokens,
+                queue_capacity: queue,
+            };
+            let daemon = serve::start(store.clone(), options).await?;
+            if let Some(tls) = &daemon.tls {
+                println!(
+                    "certificate {} ({}), SHA-256 fingerprint {}",
+                    tls.cert.display(),
+                    if tls.generated { "self-signed, generated now" } else { "reused" },
+                    tls.fingerprint
+                );
+            } else {
+                eprintln!("warning: --insecure-http: plain HTTP on loopback, for development only; SQL Server calls HTTPS only");
+            }
+            println!("adapter {}; GPU memory budget {} bytes", daemon.adapter, daemon.budget);
+            for m in &daemon.models {
+                println!("serving {} ({} dimensions, weights root {})", m.label(), m.dimension, m.weights_root);
+            }
+            let first = daemon.models.first().map(|m| m.name.clone()).unwrap_or_default();
+            let insecure = if daemon.scheme == "https" { "-k " } else { "" };
+            println!(
+                "listening on {scheme}://{addr}; try:\n  curl -s {insecure}{scheme}://{addr}/v1/embeddings -H 'content-type: application/json' -d '{{\"model\":\"{first}\",\"input\":\"hello world\"}}'",
+                scheme = daemon.scheme,
+                addr = daemon.addr,
+            );
+            let report = daemon.run(serve::shutdown_signal(), std::time::Duration::from_secs(30)).await?;
+            println!(
+                "shut down in {:.1} s; {} queued lineage records flushed to {}",
+                report.elapsed.as_secs_f64(),
+                report.lineage_flushed,
+                store.location()
             );
         }
         Command::Verify { model, db } => {

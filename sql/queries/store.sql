@@ -268,6 +268,18 @@ FROM dbo.TensorAtoms AS a
 WHERE a.SpatialSignature.STDistance(@Probe) IS NOT NULL
 ORDER BY a.SpatialSignature.STDistance(@Probe);
 
+-- name: find_request
+-- The request recorded under a key, for the lineage API. @P1 RequestKey.
+SELECT r.RequestId
+FROM dbo.InferenceRequests AS r
+WHERE r.RequestKey = @P1;
+
+-- name: read_model_material
+-- What a model needs besides its weights to run: its configuration and tokenizer. @P1 ModelId.
+SELECT m.ModelId, m.ConfigJson, m.TokenizerKind, m.TokenizerMaterial
+FROM dbo.Models AS m
+WHERE m.ModelId = @P1;
+
 -- name: read_layer_geometry
 -- A layer's LINESTRING ZM as ISO WKB (type 3002, Z and M kept; FACTS.md "Geometry"), the bytes
 -- loader/src/geometry.rs writes. NULL when the layer has none. @P1 LayerId.

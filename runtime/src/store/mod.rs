@@ -179,6 +179,17 @@ pub struct NewModel {
     pub tensor_count: u64,
 }
 
+/// What a model needs besides its weights to run: its configuration and tokenizer, as ingested.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelMaterial {
+    /// `config.json` (with the sentence-transformers companions under `companions`), or the GGUF
+    /// metadata without the tokenizer keys, as JSON text.
+    pub config_json: String,
+    /// `hugging_face`, `gguf` or `none`.
+    pub tokenizer_kind: String,
+    pub tokenizer_material: Option<String>,
+}
+
 /// A model as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelRow {
@@ -661,6 +672,9 @@ pub trait Store: Send + Sync {
     /// [`StoreError::AmbiguousModel`]). Only complete models are returned.
     async fn model(&self, name: &str, version: Option<&str>) -> Result<Option<ModelRow>>;
 
+    /// A model's configuration and tokenizer; `None` for an unknown id.
+    async fn model_material(&self, model: ModelId) -> Result<Option<ModelMaterial>>;
+
     /// A model's layers in ordinal order, each with its atom list.
     async fn layers(&self, model: ModelId) -> Result<Vec<LayerRow>>;
 
@@ -697,6 +711,9 @@ pub trait Store: Send + Sync {
 
     /// Records a request, or returns the one already recorded under its key.
     async fn record_request(&self, request: &NewRequest) -> Result<RequestId>;
+
+    /// The request recorded under `request_key`, if any.
+    async fn find_request(&self, request_key: &str) -> Result<Option<RequestId>>;
 
     async fn complete_request(&self, request: RequestId, completion: &RequestCompletion) -> Result<()>;
 

@@ -52,7 +52,7 @@ use super::verify::{check_atom, check_geometry, check_layer, check_model, AtomCh
 use super::{
     db_int,
     AtomRecord, AtomUse, BeginModel, ContentAtom, ContentAtomId, Embedding, FetchedAtom, GraphNode, LayerAtom, LayerId,
-    LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelRow, ModelSeal, ModelStatus, ModelWriter, Neighbor,
+    LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelMaterial, ModelRow, ModelSeal, ModelStatus, ModelWriter, Neighbor,
     NewModel, NewRequest, PutAtomsOutcome, RemoveOutcome, RequestCompletion, RequestId, Result, RunStatus, StepRecord,
     Store, StoreError, UsageRecord, VerifyReport, FETCH_BATCH_ATOMS, MAX_EMBEDDING_DIMENSION,
 };
@@ -672,6 +672,23 @@ impl Store for MssqlStore {
         Ok(atoms.iter().map(|h| counts.get(h).copied()).collect())
     }
 
+    async fn model_material(&self, model: ModelId) -> Result<Option<ModelMaterial>> {
+        attempt!(self, idempotent: true, |c| {
+            let rows = call(READ_MODEL_MATERIAL).bind(model.0).rows(c).await?;
+            match rows.first() {
+                Some(row) => {
+                    let r = cols(row, READ_MODEL_MATERIAL);
+                    Ok(Some(ModelMaterial {
+                        config_json: r.str(1)?.to_string(),
+                        tokenizer_kind: r.str(2)?.to_string(),
+                        tokenizer_material: r.opt_str(3)?.map(str::to_string),
+                    }))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+
     async fn layer_geometry(&self, layer: LayerId) -> Result<Option<Vec<u8>>> {
         let wkb = attempt!(self, idempotent: true, |c| {
             let rows = call(READ_LAYER_GEOMETRY).bind(layer.0).rows(c).await?;
@@ -801,6 +818,16 @@ impl Store for MssqlStore {
                 .row(c)
                 .await?;
             Ok(RequestId(cols(&row, INSERT_REQUEST).int(0)?))
+        })
+    }
+
+    async fn find_request(&self, request_key: &str) -> Result<Option<RequestId>> {
+        attempt!(self, idempotent: true, |c| {
+            let rows = call(FIND_REQUEST).bind(request_key.to_string()).rows(c).await?;
+            match rows.first() {
+                Some(row) => Ok(Some(RequestId(cols(row, FIND_REQUEST).int(0)?))),
+                None => Ok(None),
+            }
         })
     }
 

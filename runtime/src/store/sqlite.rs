@@ -34,7 +34,7 @@ use super::verify::{check_atom, check_geometry, check_layer, check_model, AtomCh
 use super::{
     db_int,
     cosine, AtomRecord, AtomUse, BeginModel, ContentAtom, ContentAtomId, Damage, Embedding, FetchedAtom, GraphNode,
-    LayerAtom, LayerId, LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelRow, ModelSeal, ModelStatus, ModelWriter,
+    LayerAtom, LayerId, LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelMaterial, ModelRow, ModelSeal, ModelStatus, ModelWriter,
     Neighbor, NewModel, NewRequest, PutAtomsOutcome, RemoveOutcome, RequestCompletion, RequestId, Result, RunStatus,
     StepRecord, Store, StoreError, UsageRecord, VerifyReport, FETCH_BATCH_ATOMS, MAX_EMBEDDING_DIMENSION,
 };
@@ -301,6 +301,13 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.ctx.path
+    }
+
+    /// How long a statement waits for another process's lock before failing with "database is
+    /// locked" (30 s by default). Callers that retry on their own, and tests that lock the file
+    /// to simulate an unavailable store, set it lower.
+    pub async fn set_busy_timeout(&self, timeout: Duration) -> Result<()> {
+        self.call(move |conn, ctx| conn.busy_timeout(timeout).map_err(|e| ctx.sqlite("busy_timeout", e))).await
     }
 
     /// Runs `f` on the shared connection on the blocking pool.
@@ -622,6 +629,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn model_material(&self, model: ModelId) -> Result<Option<ModelMaterial>> {
+        self.call(move |conn, ctx| {
+            st!(conn, ctx, SELECT_MODEL_MATERIAL)?.row(params![model.0], |r| {
+                Ok(ModelMaterial { config_json: r.get(0)?, tokenizer_kind: r.get(1)?, tokenizer_material: r.get(2)? })
+            })
+        })
+        .await
+    }
+
     async fn layer_geometry(&self, layer: LayerId) -> Result<Option<Vec<u8>>> {
         self.call(move |conn, ctx| {
             Ok(st!(conn, ctx, SELECT_LAYER_GEOMETRY)?.row(params![layer.0], |r| r.get::<_, Option<Vec<u8>>>(0))?.flatten())
@@ -737,6 +753,12 @@ impl Store for SqliteStore {
             Ok(RequestId(id.expect("inserted or already present: this is a bug")))
         })
         .await
+    }
+
+    async fn find_request(&self, request_key: &str) -> Result<Option<RequestId>> {
+        let key = request_key.to_string();
+        self.call(move |conn, ctx| Ok(st!(conn, ctx, SELECT_REQUEST_ID_BY_KEY)?.row(params![key], |row| row.get(0))?.map(RequestId)))
+            .await
     }
 
     async fn complete_request(&self, request: RequestId, completion: &RequestCompletion) -> Result<()> {

@@ -56,6 +56,8 @@ statements! {
     FIND_MODELS = "find_models" / 2;
     LIST_LAYERS = "list_layers" / 1;
     LIST_MODEL_ATOMS = "list_model_atoms" / 1;
+    READ_MODEL_MATERIAL = "read_model_material" / 1;
+    FIND_REQUEST = "find_request" / 1;
     READ_LAYER_GEOMETRY = "read_layer_geometry" / 1;
     LIST_MODEL_GEOMETRIES = "list_model_geometries" / 1;
     RELEASE_MODEL_LAYERS = "release_model_layers" / 1;

@@ -80,6 +80,8 @@ pub const SELECT_COEFFICIENTS_OF_MODEL: &str = "SELECT c.LayerId, c.Ordinal, a.C
 
 pub const SELECT_LAYER_ROOTS_OF_MODEL: &str = "SELECT TensorName, TensorRoot FROM ModelLayers WHERE ModelId = ?1";
 
+pub const SELECT_MODEL_MATERIAL: &str = "SELECT ConfigJson, TokenizerKind, TokenizerMaterial FROM Models WHERE ModelId = ?1";
+
 pub const SELECT_LAYER_GEOMETRY: &str = "SELECT WeightsGeometry FROM ModelLayers WHERE LayerId = ?1";
 
 pub const SELECT_GEOMETRIES_OF_MODEL: &str = "SELECT TensorName, ParameterCount, WeightsGeometry \

@@ -1,0 +1,484 @@
+//! The REST API: `POST /v1/embeddings` (OpenAI's contract, which SQL Server 2025's
+//! `CREATE EXTERNAL MODEL ... API_FORMAT = 'OpenAI'` speaks; FACTS.md), `GET /v1/models`,
+//! `GET /health`, `GET /metrics` and `GET /v1/lineage/{request_id}`.
+//!
+//! Errors are OpenAI's error JSON, `{"error":{"message","type","param","code"}}`. Request bodies
+//! are parsed by hand from JSON values rather than derived, so that a wrong type is answered with
+//! the field's name; unknown fields are ignored, as OpenAI does.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use super::lineage::LineageRecord;
+use super::worker::{EmbedJob, JobFailure, ModelHandle};
+use super::AppState;
+use crate::models::ModelError;
+use crate::store::{ContentAtom, GraphNode, RunStatus};
+
+/// Largest request body: a batch of long inputs fits many times over, and SQL Server sends at
+/// most 100 MB (FACTS.md).
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+
+/// Most inputs in one request (OpenAI's limit is 2048).
+pub const MAX_INPUTS: usize = 2048;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/v1/lineage/{request_id}", get(lineage))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// An OpenAI-style error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+    retry_after: Option<u32>,
+}
+
+impl ApiError {
+    fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message: message.into(),
+            param: Some(param),
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    fn server(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, kind: "server_error", message: message.into(), param: None, code: Some(code), retry_after: None }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        kind: "invalid_request_error",
+        message: "no such endpoint: the daemon serves POST /v1/embeddings, GET /v1/models, GET /v1/lineage/{request_id}, GET /health and GET /metrics".into(),
+        param: None,
+        code: Some("unknown_url"),
+        retry_after: None,
+    }
+}
+
+/// One input as the request gave it.
+enum Input {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+impl Input {
+    fn atom(&self) -> ContentAtom {
+        match self {
+            Input::Text(text) => ContentAtom::text(text.clone()),
+            Input::Tokens(ids) => ContentAtom {
+                modality: "tokens".into(),
+                subtype: Some("u32le".into()),
+                canonical_text: None,
+                payload: Some(ids.iter().flat_map(|id| id.to_le_bytes()).collect()),
+            },
+        }
+    }
+}
+
+fn parse_tokens(value: &Value, at: &str) -> Result<Vec<u32>, ApiError> {
+    let Value::Array(items) = value else { return Err(ApiError::invalid("input", format!("{at} must be an array of token ids"))) };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| ApiError::invalid("input", format!("{at}[{i}] must be a non-negative integer token id, got {v}")))
+        })
+        .collect()
+}
+
+/// `input`: a string, an array of strings, an array of token ids, or an array of those.
+fn parse_input(value: Option<&Value>) -> Result<Vec<Input>, ApiError> {
+    let value = value.ok_or_else(|| ApiError::invalid("input", "`input` is required: a string, an array of strings, or token arrays"))?;
+    let inputs = match value {
+        Value::String(text) => vec![Input::Text(text.clone())],
+        Value::Array(items) if items.is_empty() => {
+            return Err(ApiError::invalid("input", "`input` is an empty array; send at least one input"))
+        }
+        Value::Array(items) if items.iter().all(Value::is_number) => vec![Input::Tokens(parse_tokens(value, "input")?)],
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(text) => Ok(Input::Text(text.clone())),
+                Value::Array(_) => Ok(Input::Tokens(parse_tokens(item, &format!("input[{i}]"))?)),
+                other => Err(ApiError::invalid(
+                    "input",
+                    format!("input[{i}] must be a string or an array of token ids, got {}", type_name(other)),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return Err(ApiError::invalid(
+                "input",
+                format!("`input` must be a string, an array of strings, or token arrays, got {}", type_name(other)),
+            ))
+        }
+    };
+    if inputs.len() > MAX_INPUTS {
+        return Err(ApiError::invalid("input", format!("{} inputs in one request; at most {MAX_INPUTS}", inputs.len())));
+    }
+    Ok(inputs)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn find_model<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<ModelHandle>, ApiError> {
+    let (base, version) = crate::store::parse_model_ref(name);
+    state
+        .models
+        .iter()
+        .find(|m| m.label() == name || (m.name == base && version.is_none_or(|v| v == m.version)))
+        .ok_or_else(|| {
+            let served: Vec<String> = state.models.iter().map(|m| m.name.clone()).collect();
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                kind: "invalid_request_error",
+                message: format!("the model `{name}` is not served here; served: {}", served.join(", ")),
+                param: Some("model"),
+                code: Some("model_not_found"),
+                retry_after: None,
+            }
+        })
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.to_ascii_lowercase().starts_with("application/json"))
+}
+
+async fn embeddings(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let result = embeddings_inner(&state, &headers, body, started).await;
+    if let Err(e) = &result {
+        state.metrics.count_error(e.status.as_u16());
+    }
+    result
+}
+
+async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Bytes, started: Instant) -> Result<Response, ApiError> {
+    if !is_json(headers) {
+        return Err(ApiError::invalid("body", "send the request as JSON (content-type: application/json)"));
+    }
+    let request: Value = serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(fields) = &request else {
+        return Err(ApiError::invalid("body", format!("the body must be a JSON object, got {}", type_name(&request))));
+    };
+    let model_name = match fields.get("model") {
+        Some(Value::String(name)) => name.as_str(),
+        Some(other) => return Err(ApiError::invalid("model", format!("`model` must be a string, got {}", type_name(other)))),
+        None => return Err(ApiError::invalid("model", "`model` is required: the name of a served model (GET /v1/models)")),
+    };
+    let model = find_model(state, model_name)?.clone();
+    let inputs = parse_input(fields.get("input"))?;
+    let base64 = match fields.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(f)) if f == "float" => false,
+        Some(Value::String(f)) if f == "base64" => true,
+        Some(other) => {
+            return Err(ApiError::invalid("encoding_format", format!("`encoding_format` must be \"float\" or \"base64\", got {other}")))
+        }
+    };
+    match fields.get("dimensions") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) if n.as_u64() == Some(model.dimension as u64) => {}
+        Some(Value::Number(n)) => {
+            return Err(ApiError::invalid(
+                "dimensions",
+                format!("`dimensions` is {n}, but {} produces {}-dimensional embeddings and does not shorten them; omit it or send {}", model.name, model.dimension, model.dimension),
+            ))
+        }
+        Some(other) => return Err(ApiError::invalid("dimensions", format!("`dimensions` must be an integer, got {}", type_name(other)))),
+    }
+    if let Some(reason) = model.unhealthy() {
+        return Err(ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "model_unhealthy", format!("model {} is unhealthy: {reason}", model.label())));
+    }
+
+    let mut tokenized = Vec::with_capacity(inputs.len());
+    let mut truncated = Vec::new();
+    for (index, input) in inputs.iter().enumerate() {
+        let encoded = match input {
+            Input::Text(text) => model.tokenizer.encode_text(text),
+            Input::Tokens(ids) => model.tokenizer.encode_ids(ids, index),
+        }
+        .map_err(|e| match e {
+            ModelError::Input { what } => ApiError::invalid("input", what),
+            other => ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "tokenizer", other.to_string()),
+        })?;
+        if let Some(original) = encoded.truncated_from {
+            truncated.push(json!({"index": index, "tokens": original, "kept": encoded.ids.len()}));
+        }
+        tokenized.push(encoded.ids);
+    }
+    let prompt_tokens: usize = tokenized.iter().map(Vec::len).sum();
+    let request_key = uuid::Uuid::new_v4().to_string();
+    let (reply, answer) = oneshot::channel();
+    let job = EmbedJob { model: model.clone(), request_key: request_key.clone(), inputs: tokenized, reply };
+    if state.jobs.try_send(job).is_err() {
+        state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        let mut e = ApiError::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_full",
+            format!("the daemon's queue is full ({} requests waiting); retry shortly", state.queue_capacity),
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    }
+    let outcome = answer
+        .await
+        .unwrap_or_else(|_| Err(JobFailure::Internal("the GPU thread stopped before answering (shutting down?)".into())));
+
+    let mut record = LineageRecord {
+        request_key: request_key.clone(),
+        tenant: "default".into(),
+        operation: "embeddings".into(),
+        model_label: model.label(),
+        model: model.id,
+        weights_root: model.weights_root,
+        status: RunStatus::Succeeded,
+        duration_ms: 0.0,
+        error: None,
+        inputs: inputs.iter().map(Input::atom).collect(),
+        outputs: Vec::new(),
+        batches: Vec::new(),
+        prompt_tokens: prompt_tokens as u64,
+    };
+    let output = match outcome {
+        Ok(output) => output,
+        Err(failure) => {
+            let error = match failure {
+                JobFailure::Corrupt(m) => ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "weights_corrupt", m),
+                JobFailure::Unhealthy(m) => ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "model_unhealthy", m),
+                JobFailure::Input(m) => ApiError::invalid("input", m),
+                JobFailure::Internal(m) => ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "inference_failed", m),
+            };
+            record.status = RunStatus::Failed;
+            record.error = Some(error.message.clone());
+            record.duration_ms = started.elapsed().as_secs_f64() * 1e3;
+            let stored = state.lineage.submit(record);
+            if state.lineage_sync {
+                let _ = stored.await;
+            }
+            return Err(error);
+        }
+    };
+    record.duration_ms = started.elapsed().as_secs_f64() * 1e3;
+    record.batches = output.batches.clone();
+    let data: Vec<Value> = output
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(index, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "embedding": embedding, "index": index})
+        })
+        .collect();
+    record.outputs = output.vectors;
+    let stored = state.lineage.submit(record);
+    if state.lineage_sync {
+        let _ = stored.await;
+    }
+    let mut extra = json!({"request_id": request_key, "weights_root": model.weights_root.to_hex(), "model_version": model.version});
+    if !truncated.is_empty() {
+        extra["truncated"] = Value::Array(truncated);
+    }
+    let body = json!({
+        "object": "list",
+        "data": data,
+        "model": model.name,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        "hartonomous": extra,
+    });
+    let mut response = Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&request_key) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    Ok(response)
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .models
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.name,
+                "object": "model",
+                "created": unix_seconds(&m.created_at),
+                "owned_by": "hartonomous",
+                "hartonomous": {
+                    "version": m.version,
+                    "weights_root": m.weights_root.to_hex(),
+                    "dimension": m.dimension,
+                    "max_tokens": m.tokenizer.max_tokens(),
+                    "healthy": m.unhealthy().is_none(),
+                }
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// Seconds since 1970 of an ISO 8601 UTC time as the store writes it (`2026-11-24T01:02:03.456Z`).
+fn unix_seconds(iso: &str) -> i64 {
+    let num = |range: std::ops::Range<usize>| iso.get(range).and_then(|s| s.parse::<i64>().ok());
+    let (Some(y), Some(mo), Some(d)) = (num(0..4), num(5..7), num(8..10)) else { return 0 };
+    let (h, mi, s) = (num(11..13).unwrap_or(0), num(14..16).unwrap_or(0), num(17..19).unwrap_or(0));
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + h * 3600 + mi * 60 + s
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let store = match state.store.list_models().await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    let models: Vec<Value> = state
+        .models
+        .iter()
+        .map(|m| json!({"model": m.label(), "healthy": m.unhealthy().is_none(), "reason": m.unhealthy()}))
+        .collect();
+    let ready = store.is_ok() && !state.models.is_empty() && state.models.iter().all(|m| m.unhealthy().is_none());
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "store": match &store { Ok(()) => json!({"reachable": true}), Err(e) => json!({"reachable": false, "error": e}) },
+        "models": models,
+        "adapter": state.adapter,
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    match state.metrics.render(&state) {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e).into_response(),
+    }
+}
+
+async fn lineage(State(state): State<Arc<AppState>>, Path(request_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let store_error = |e: crate::store::StoreError| ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string());
+    let not_found = || ApiError {
+        status: StatusCode::NOT_FOUND,
+        kind: "invalid_request_error",
+        message: format!("no lineage recorded for request {request_id} (records are written shortly after the response; see hartonomous_lineage_backlog)"),
+        param: Some("request_id"),
+        code: Some("lineage_not_found"),
+        retry_after: None,
+    };
+    let id = state.store.find_request(&request_id).await.map_err(store_error)?.ok_or_else(not_found)?;
+    let l = state.store.lineage(id).await.map_err(store_error)?.ok_or_else(not_found)?;
+    let node = |n: GraphNode| json!({"kind": n.kind(), "id": n.ref_id()});
+    Ok(Json(json!({
+        "request_id": l.request.request_key,
+        "tenant": l.request.tenant,
+        "operation": l.request.operation,
+        "models": l.request.model_names,
+        "status": l.status,
+        "duration_ms": l.duration_ms,
+        "error": l.error_message,
+        "steps": l.steps.iter().map(|s| json!({
+            "ordinal": s.ordinal,
+            "operation": s.operation,
+            "model_id": s.model.map(|m| m.0),
+            "weights_root": s.weights_root.map(|w| w.to_hex()),
+            "parameters": serde_json::from_str::<Value>(&s.parameters_json).unwrap_or(Value::Null),
+            "status": s.status,
+            "duration_ms": s.duration_ms,
+        })).collect::<Vec<_>>(),
+        "edges": l.edges.iter().map(|e| json!({"from": node(e.from), "to": node(e.to), "relation": e.relation})).collect::<Vec<_>>(),
+        "usage": l.usage.iter().map(|u| json!({"input_tokens": u.input_tokens, "output_tokens": u.output_tokens, "compute_ms": u.compute_ms})).collect::<Vec<_>>(),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_times_become_unix_seconds() {
+        // Independent: `date -u -d 2026-11-24T01:02:03Z +%s`.
+        assert_eq!(unix_seconds("2026-11-24T01:02:03.456Z"), 1_795_482_123);
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), 0);
+        assert_eq!(unix_seconds("garbage"), 0);
+    }
+
+    #[test]
+    fn inputs_of_every_openai_shape_parse_and_wrong_types_name_the_field() {
+        assert_eq!(parse_input(Some(&json!("a"))).map(|v| v.len()).ok(), Some(1));
+        assert_eq!(parse_input(Some(&json!(["a", "b"]))).map(|v| v.len()).ok(), Some(2));
+        assert_eq!(parse_input(Some(&json!([1, 2, 3]))).map(|v| v.len()).ok(), Some(1));
+        assert_eq!(parse_input(Some(&json!([[1, 2], [3]]))).map(|v| v.len()).ok(), Some(2));
+        let err = parse_input(Some(&json!(["a", 5]))).err().map(|e| e.message).unwrap_or_default();
+        assert!(err.contains("input[1]"), "{err}");
+        let err = parse_input(Some(&json!([[1, -2]]))).err().map(|e| e.message).unwrap_or_default();
+        assert!(err.contains("input[0][1]"), "{err}");
+        assert!(parse_input(Some(&json!([]))).is_err());
+        assert!(parse_input(None).is_err());
+        assert!(parse_input(Some(&json!({"text": "a"}))).is_err());
+    }
+}

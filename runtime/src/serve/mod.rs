@@ -1,0 +1,357 @@
+//! The daemon (`hartonomous serve`): loads models from the store, makes their weights resident
+//! through the pager, and serves embeddings over HTTPS with lineage written back.
+//!
+//! Threads and tasks: axum on tokio serves HTTP and tokenizes; one dedicated OS thread owns the
+//! GPU ([`worker`]), fed by a bounded queue; one tokio task writes lineage ([`lineage`]).
+//! Shutdown (SIGTERM or Ctrl-C): stop accepting, let in-flight requests finish, close the queue
+//! (the GPU thread answers what it took), then flush lineage.
+
+pub mod api;
+pub mod lineage;
+pub mod tls;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hartonomous_kernels::Gpu;
+use tokio::sync::mpsc;
+
+use crate::models::bert::{BertConfig, BertEncoder, BertTokenizer};
+use crate::models::ModelError;
+use crate::pager::{default_budget, Pager, PagerMetrics, WeightsSource};
+use crate::store::{ModelStatus, Store, StoreError};
+use lineage::{LineageMetrics, LineageWriter};
+use worker::{EmbedJob, ModelHandle, Worker, WorkerMetrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    #[error(transparent)]
+    Model(#[from] ModelError),
+
+    #[error("GPU: {0}")]
+    Gpu(#[from] hartonomous_kernels::KernelError),
+
+    #[error("TLS: {what}")]
+    Tls { what: String },
+
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// When lineage is written relative to the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LineageMode {
+    /// Queued and written off the response path.
+    #[default]
+    Async,
+    /// The response waits until the request's lineage is stored.
+    Sync,
+}
+
+/// Everything `hartonomous serve` is told.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// `(certificate, key)` PEM files; `None` generates a self-signed pair under `data_dir`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Plain HTTP, loopback only.
+    pub insecure_http: bool,
+    pub data_dir: PathBuf,
+    /// GPU memory budget for resident weights; `None` = [`default_budget`].
+    pub gpu_memory: Option<u64>,
+    /// Models to serve (`NAME[:VERSION]`); empty = every ready BERT-family model in the store.
+    pub models: Vec<String>,
+    pub weights_source: WeightsSource,
+    pub lineage: LineageMode,
+    /// Padded tokens per forward pass.
+    pub max_batch_tokens: usize,
+    /// Requests waiting for the GPU before new ones get 503.
+    pub queue_capacity: usize,
+}
+
+/// Request counters, exported at `/metrics`.
+#[derive(Debug, Default)]
+pub struct ServeMetrics {
+    pub requests: AtomicU64,
+    pub rejected: AtomicU64,
+    pub client_errors: AtomicU64,
+    pub server_errors: AtomicU64,
+}
+
+impl ServeMetrics {
+    pub fn count_error(&self, status: u16) {
+        if status >= 500 {
+            self.server_errors.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.client_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Prometheus text exposition of every counter the daemon keeps.
+    pub fn render(&self, state: &AppState) -> Result<String, String> {
+        use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, v: u64| -> Result<(), String> {
+            let c = IntCounter::with_opts(Opts::new(name, help)).map_err(|e| e.to_string())?;
+            c.inc_by(v);
+            registry.register(Box::new(c)).map_err(|e| e.to_string())
+        };
+        let gauge = |name: &str, help: &str, v: i64| -> Result<(), String> {
+            let g = IntGauge::with_opts(Opts::new(name, help)).map_err(|e| e.to_string())?;
+            g.set(v);
+            registry.register(Box::new(g)).map_err(|e| e.to_string())
+        };
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter("hartonomous_requests_total", "Embedding requests received.", ld(&self.requests))?;
+        counter("hartonomous_requests_rejected_total", "Requests answered 503 because the queue was full.", ld(&self.rejected))?;
+        counter("hartonomous_requests_client_errors_total", "Requests answered with a 4xx status.", ld(&self.client_errors))?;
+        counter("hartonomous_requests_server_errors_total", "Requests answered with a 5xx status.", ld(&self.server_errors))?;
+        let queued = state.queue_capacity.saturating_sub(state.jobs.capacity());
+        gauge("hartonomous_queue_depth", "Requests waiting for the GPU thread.", queued as i64)?;
+        let p = state.pager_metrics.counts();
+        counter("hartonomous_pager_hits_total", "Tensor acquisitions served from GPU-resident buffers.", p.hits)?;
+        counter("hartonomous_pager_misses_total", "Tensor acquisitions that paged the tensor in from the store.", p.misses)?;
+        counter("hartonomous_pager_paged_bytes_total", "Bytes paged from the store into GPU buffers.", p.bytes_paged)?;
+        counter("hartonomous_pager_evictions_total", "Resident tensors evicted to stay within the budget.", p.evictions)?;
+        gauge("hartonomous_pager_resident_bytes", "Bytes of weights resident in GPU buffers.", p.resident_bytes as i64)?;
+        gauge("hartonomous_pager_resident_tensors", "Tensors resident in GPU buffers.", p.resident_tensors as i64)?;
+        gauge("hartonomous_pager_budget_bytes", "GPU memory budget for resident weights.", ld(&state.pager_metrics.budget_bytes) as i64)?;
+        let page_in = Gauge::with_opts(Opts::new("hartonomous_pager_page_in_seconds_total", "Time spent paging tensors in (read, verify, upload)."))
+            .map_err(|e| e.to_string())?;
+        page_in.set(ld(&state.pager_metrics.page_in_nanos) as f64 / 1e9);
+        registry.register(Box::new(page_in)).map_err(|e| e.to_string())?;
+        let w = &state.worker_metrics;
+        counter("hartonomous_batches_total", "Forward passes run.", ld(&w.batches))?;
+        counter("hartonomous_batch_inputs_total", "Inputs encoded, over all forward passes.", ld(&w.batch_inputs))?;
+        counter("hartonomous_batch_padded_tokens_total", "Padded tokens computed, over all forward passes.", ld(&w.batch_padded_tokens))?;
+        let l = &state.lineage_metrics;
+        gauge("hartonomous_lineage_backlog", "Lineage records accepted and not yet stored.", ld(&l.backlog) as i64)?;
+        counter("hartonomous_lineage_written_total", "Lineage records stored.", ld(&l.written))?;
+        counter("hartonomous_lineage_retries_total", "Failed lineage writes, each retried with backoff.", ld(&l.retries))?;
+        let healthy = state.models.iter().filter(|m| m.unhealthy().is_none()).count();
+        gauge("hartonomous_models_healthy", "Served models that are healthy.", healthy as i64)?;
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&registry.gather(), &mut out).map_err(|e| e.to_string())?;
+        String::from_utf8(out).map_err(|e| e.to_string())
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub models: Vec<Arc<ModelHandle>>,
+    pub jobs: mpsc::Sender<EmbedJob>,
+    pub queue_capacity: usize,
+    pub lineage: LineageWriter,
+    pub lineage_sync: bool,
+    pub metrics: ServeMetrics,
+    pub pager_metrics: Arc<PagerMetrics>,
+    pub worker_metrics: Arc<WorkerMetrics>,
+    pub lineage_metrics: Arc<LineageMetrics>,
+    pub adapter: String,
+}
+
+/// A model loaded from the store: its handle for the HTTP side and its encoder for the GPU.
+async fn load_model(store: &dyn Store, reference: &str) -> Result<(Arc<ModelHandle>, BertEncoder), ServeError> {
+    let (name, version) = crate::store::parse_model_ref(reference);
+    let row = store.model(name, version).await?.ok_or_else(|| StoreError::ModelNotFound {
+        location: store.location().to_string(),
+        name: name.to_string(),
+        version: version.map(str::to_string),
+    })?;
+    let label = row.label();
+    let weights_root = row.weights_root.ok_or_else(|| StoreError::Damaged {
+        location: store.location().to_string(),
+        what: format!("model {label} is ready but has no weights root"),
+    })?;
+    let material = store.model_material(row.id).await?.ok_or_else(|| StoreError::ModelNotFound {
+        location: store.location().to_string(),
+        name: row.name.clone(),
+        version: Some(row.version.clone()),
+    })?;
+    let config = BertConfig::from_json(&label, &material.config_json)?;
+    let tokenizer = Arc::new(BertTokenizer::new(&label, &material, &config)?);
+    let layers = store.layers(row.id).await?;
+    let dimension = config.hidden;
+    let encoder = BertEncoder::new(&label, config, layers)?;
+    let handle = ModelHandle::new(row.name, row.version, row.id, weights_root, dimension, row.created_at, tokenizer);
+    Ok((Arc::new(handle), encoder))
+}
+
+/// The models to serve: those named, or every ready BERT-family model.
+async fn model_references(store: &dyn Store, named: &[String]) -> Result<Vec<String>, ServeError> {
+    if !named.is_empty() {
+        return Ok(named.to_vec());
+    }
+    let rows = store.list_models().await?;
+    let encoders: Vec<String> = rows
+        .iter()
+        .filter(|r| r.status == ModelStatus::Ready && matches!(r.architecture.as_str(), "bert" | "roberta" | "xlm-roberta"))
+        .map(|r| r.label())
+        .collect();
+    if encoders.is_empty() {
+        return Err(ServeError::Invalid(format!(
+            "the store {} holds no embedding model to serve: ingest one (e.g. `hartonomous ingest model.safetensors`)",
+            store.location()
+        )));
+    }
+    Ok(encoders)
+}
+
+/// A daemon that is loaded and listening. [`Daemon::run`] serves until shutdown.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub scheme: &'static str,
+    pub tls: Option<tls::TlsFiles>,
+    pub models: Vec<Arc<ModelHandle>>,
+    pub adapter: String,
+    pub budget: u64,
+    state: Arc<AppState>,
+    handle: axum_server::Handle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    gpu_thread: std::thread::JoinHandle<()>,
+    lineage_task: tokio::task::JoinHandle<()>,
+}
+
+/// Loads the models, starts the GPU thread and the lineage writer, and binds the listener.
+pub async fn start(store: Arc<dyn Store>, options: ServeOptions) -> Result<Daemon, ServeError> {
+    if options.insecure_http && !options.listen.ip().is_loopback() {
+        return Err(ServeError::Invalid(format!(
+            "--insecure-http serves plain HTTP, which is for loopback development only; {} is not a loopback address (drop --insecure-http: SQL Server calls HTTPS only)",
+            options.listen
+        )));
+    }
+    let references = model_references(store.as_ref(), &options.models).await?;
+    let mut loaded = Vec::new();
+    for reference in &references {
+        loaded.push(load_model(store.as_ref(), reference).await?);
+    }
+    let gpu = Arc::new(tokio::task::spawn_blocking(Gpu::new).await.map_err(|e| ServeError::Invalid(format!("GPU start failed: {e}")))??);
+    let adapter = gpu.report().to_string();
+    let budget = options.gpu_memory.unwrap_or_else(|| default_budget(&gpu));
+    let pager = Pager::new(gpu, store.clone(), tokio::runtime::Handle::current(), budget, options.weights_source);
+    let pager_metrics = pager.metrics();
+    let worker_metrics = Arc::new(WorkerMetrics::default());
+    let models: Vec<Arc<ModelHandle>> = loaded.iter().map(|(h, _)| h.clone()).collect();
+    let (jobs, queue) = mpsc::channel(options.queue_capacity.max(1));
+    let worker = Worker::new(pager, loaded, options.max_batch_tokens, worker_metrics.clone());
+    let gpu_thread = std::thread::Builder::new()
+        .name("hartonomous-gpu".into())
+        .spawn(move || worker.run(queue))
+        .map_err(|e| ServeError::Invalid(format!("cannot start the GPU thread: {e}")))?;
+    let (lineage, lineage_task) = LineageWriter::start(store.clone());
+    let state = Arc::new(AppState {
+        store,
+        models: models.clone(),
+        jobs,
+        queue_capacity: options.queue_capacity.max(1),
+        lineage_metrics: lineage.metrics(),
+        lineage,
+        lineage_sync: options.lineage == LineageMode::Sync,
+        metrics: ServeMetrics::default(),
+        pager_metrics,
+        worker_metrics,
+        adapter: adapter.clone(),
+    });
+
+    let listener = std::net::TcpListener::bind(options.listen).map_err(|source| ServeError::Listen { addr: options.listen, source })?;
+    listener.set_nonblocking(true).map_err(|source| ServeError::Listen { addr: options.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: options.listen, source })?;
+    let handle = axum_server::Handle::new();
+    let app = api::router(state.clone()).into_make_service();
+    let (scheme, tls, server) = if options.insecure_http {
+        let server = axum_server::from_tcp(listener).handle(handle.clone());
+        ("http", None, tokio::spawn(server.serve(app)))
+    } else {
+        // One process-wide provider: ring (see Cargo.toml for why not aws-lc-rs). Installing
+        // twice (a second daemon in one process, as tests do) is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let files = tls::certificate(options.tls.clone(), &options.data_dir)?;
+        let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+            .await
+            .map_err(|e| ServeError::Tls { what: format!("loading {} and {}: {e}", files.cert.display(), files.key.display()) })?;
+        let server = axum_server::from_tcp_rustls(listener, config).handle(handle.clone());
+        ("https", Some(files), tokio::spawn(server.serve(app)))
+    };
+    Ok(Daemon { addr, scheme, tls, models, adapter, budget, state, handle, server, gpu_thread, lineage_task })
+}
+
+impl Daemon {
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully: no new connections,
+    /// in-flight requests finish (up to `grace`), the GPU thread drains, lineage is flushed.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>, grace: Duration) -> Result<ShutdownReport, ServeError> {
+        let Daemon { handle, mut server, gpu_thread, lineage_task, state, .. } = self;
+        tokio::select! {
+            result = &mut server => {
+                return Err(ServeError::Invalid(format!("the server stopped on its own: {}", match result {
+                    Ok(Ok(())) => "no error".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                })));
+            }
+            () = shutdown => {}
+        }
+        let started = Instant::now();
+        handle.graceful_shutdown(Some(grace));
+        // Returns once every connection has closed (or the grace period ended); the router, and
+        // with it its share of the state, is dropped then.
+        let _ = server.await;
+        let backlog = state.lineage_metrics.backlog.load(Ordering::Relaxed);
+        let lineage = state.lineage.clone();
+        // Dropping the last sender closes the queue; the GPU thread answers what it holds and ends.
+        drop(state);
+        let _ = tokio::task::spawn_blocking(move || gpu_thread.join()).await;
+        lineage.flush().await;
+        drop(lineage);
+        let _ = lineage_task.await;
+        Ok(ShutdownReport { lineage_flushed: backlog, elapsed: started.elapsed() })
+    }
+}
+
+/// What a graceful shutdown did.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownReport {
+    /// Lineage records that were still queued when shutdown began, all now stored.
+    pub lineage_flushed: u64,
+    pub elapsed: Duration,
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
