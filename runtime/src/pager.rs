@@ -390,6 +390,10 @@ impl Pager {
         }
         let values: Vec<f32> = decoded.values.iter().map(|&v| v as f32).collect();
         if layer_dtype(model, layer)? == DType::F32 && !layer.atoms.is_empty() {
+            // An f32 layer's points hold f32 values exactly; anything else was altered.
+            if let Some(i) = decoded.values.iter().zip(&values).position(|(&v, &f)| f64::from(f).to_bits() != v.to_bits()) {
+                return Err(corrupt(format!("geometry point {i} holds {}, which is not an f32 value", decoded.values[i])));
+            }
             let bytes: &[u8] = bytemuck::cast_slice(&values);
             let mut offset = 0usize;
             for a in &layer.atoms {

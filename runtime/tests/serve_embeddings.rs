@@ -260,8 +260,9 @@ async fn https_end_to_end_answers_the_openai_contract_and_records_lineage() {
         assert_eq!(d["index"], i);
         assert_eq!(d["embedding"].as_array().expect("floats").len(), 384);
     }
-    // "hello world" is [CLS] hello world [SEP]; "bonjour le monde" is [CLS] bonjour le monde [SEP].
-    assert_eq!(body["usage"], json!({"prompt_tokens": 9, "total_tokens": 9}));
+    // Counted with the `tokenizers` package: [CLS] hello world [SEP] is 4 tokens,
+    // [CLS] bon ##jou ##r le monde [SEP] is 7.
+    assert_eq!(body["usage"], json!({"prompt_tokens": 11, "total_tokens": 11}));
     let request_id = body["hartonomous"]["request_id"].as_str().expect("request id").to_string();
     assert_eq!(headers["x-request-id"], request_id.as_str());
     let weights_root = body["hartonomous"]["weights_root"].as_str().expect("weights root").to_string();
@@ -362,7 +363,7 @@ async fn https_end_to_end_answers_the_openai_contract_and_records_lineage() {
     let lineage: Value = serde_json::from_str(&lineage).expect("JSON");
     assert_eq!(lineage["status"], "succeeded");
     assert_eq!(lineage["steps"][0]["weights_root"], weights_root.as_str());
-    assert_eq!(lineage["usage"][0]["input_tokens"], 9);
+    assert_eq!(lineage["usage"][0]["input_tokens"], 11);
     let (status, _) = daemon.get("/v1/lineage/no-such-request").await;
     assert_eq!(status, 404);
     daemon.stop().await;
@@ -370,8 +371,18 @@ async fn https_end_to_end_answers_the_openai_contract_and_records_lineage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_sharing_tensors_share_gpu_buffers_and_a_small_budget_still_embeds_correctly() {
+    // A copy of the model folder (configuration and tokenizer included) with one tensor changed.
     let dir = tempfile::tempdir().expect("temp dir");
-    let changed = dir.path().join("minilm-changed.safetensors");
+    let source_folder = minilm_path().parent().expect("model folder").to_path_buf();
+    for entry in std::fs::read_dir(&source_folder).expect("model folder") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "json" || e == "txt") {
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    std::fs::create_dir_all(dir.path().join("1_Pooling")).expect("mkdir");
+    std::fs::copy(source_folder.join("1_Pooling/config.json"), dir.path().join("1_Pooling/config.json")).expect("copy");
+    let changed = dir.path().join("model.safetensors");
     write_with_tensor_changed(&minilm_path(), &changed, "encoder.layer.5.output.dense.weight", 4);
     let stored = stored_minilm(&[(&changed, "minilm-finetuned")], None);
     let daemon = start(open_store(&stored.db).await, options(&stored)).await;
@@ -530,9 +541,10 @@ async fn geometry_paged_and_atom_paged_layers_give_identical_embeddings() {
         .query_row("SELECT WeightsGeometry FROM ModelLayers WHERE TensorName = 'encoder.layer.0.output.LayerNorm.bias'", [], |r| r.get(0))
         .expect("geometry");
     let mut damaged = wkb.clone();
-    // Point 0's Y (the value): header 9 bytes + count 4, then X (8 bytes), then Y.
-    let y = 9 + 4 + 8;
-    damaged[y + 7] ^= 0x01;
+    // Point 0's Y (the value): byte order (1) + type (4) + count (4), then X (8 bytes), then Y;
+    // flip a mantissa bit that survives the conversion to f32 (bit 40 of the f64).
+    let y = 1 + 4 + 4 + 8;
+    damaged[y + 5] ^= 0x01;
     conn.execute(
         "UPDATE ModelLayers SET WeightsGeometry = ?1 WHERE TensorName = 'encoder.layer.0.output.LayerNorm.bias'",
         [damaged],

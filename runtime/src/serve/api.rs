@@ -243,9 +243,6 @@ async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Byte
         }
         Some(other) => return Err(ApiError::invalid("dimensions", format!("`dimensions` must be an integer, got {}", type_name(other)))),
     }
-    if let Some(reason) = model.unhealthy() {
-        return Err(ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "model_unhealthy", format!("model {} is unhealthy: {reason}", model.label())));
-    }
 
     let mut tokenized = Vec::with_capacity(inputs.len());
     let mut truncated = Vec::new();
