@@ -133,6 +133,12 @@ pub async fn model_round_trip(store: &dyn Store) {
     assert_eq!(store.model(&name, Some("1")).await.expect("model"), Some(row.clone()));
     assert_eq!(store.model(&name, Some("2")).await.expect("model"), None);
     assert!(store.list_models().await.expect("list").contains(&row));
+    let material = store.model_material(row.id).await.expect("material").expect("present");
+    assert_eq!(
+        (material.config_json.as_str(), material.tokenizer_kind.as_str(), material.tokenizer_material.as_deref()),
+        (m.model.config_json.as_str(), m.model.tokenizer_kind.as_str(), m.model.tokenizer_material.as_deref())
+    );
+    assert_eq!(store.model_material(ModelId(i64::MAX)).await.expect("material"), None);
 
     let layers = store.layers(row.id).await.expect("layers");
     assert_eq!(layers.len(), 2);
@@ -340,8 +346,10 @@ pub async fn lineage_is_idempotent(store: &dyn Store) {
         operation: "embed".into(),
         model_names: vec![model.label()],
     };
+    assert_eq!(store.find_request(&request.request_key).await.expect("find"), None);
     let id = store.record_request(&request).await.expect("record");
     assert_eq!(store.record_request(&request).await.expect("retry"), id, "same key, same request");
+    assert_eq!(store.find_request(&request.request_key).await.expect("find"), Some(id));
     let step = StepRecord {
         request: id,
         ordinal: 0,
