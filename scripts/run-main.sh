@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: installs what is missing (a Vulkan driver, the test
 # models), builds `hartonomous`, ingests both test models into the embedded SQLite store, lists
-# the stored models and verifies the store. Re-running it finds both models already stored and
-# writes nothing. The store is `$HARTONOMOUS_DATA_DIR/hartonomous.db` (default
-# ~/.local/share/hartonomous/hartonomous.db); serve joins when its issue lands.
+# the stored models, verifies the store, then serves the embedding model over HTTPS until Ctrl-C
+# (it prints a curl line to try). Re-running it finds both models already stored and writes
+# nothing. The store is `$HARTONOMOUS_DATA_DIR/hartonomous.db` (default
+# ~/.local/share/hartonomous/hartonomous.db); the self-signed certificate sits beside it under
+# tls/. Extra arguments go to `hartonomous serve` (e.g. --listen 0.0.0.0:8443).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup)"
@@ -21,3 +23,5 @@ log "hartonomous models"
 "$bin" models
 log "hartonomous verify"
 "$bin" verify
+log "hartonomous serve (Ctrl-C stops it; SIGTERM too, gracefully)"
+exec "$bin" serve "$@"
