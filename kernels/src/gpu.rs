@@ -294,7 +294,7 @@ impl Gpu {
             software: info.device_type == wgpu::DeviceType::Cpu,
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
-            max_storage_buffer_binding_size: u64::from(limits.max_storage_buffer_binding_size),
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
@@ -326,7 +326,7 @@ impl Gpu {
 
     /// Fails if a tensor is larger than one storage binding may be on this adapter.
     pub(crate) fn check_binding(&self, op: &'static str, what: &'static str, t: &Tensor) -> Result<()> {
-        let limit = u64::from(self.limits.max_storage_buffer_binding_size);
+        let limit = self.limits.max_storage_buffer_binding_size;
         if t.byte_len() > limit {
             return Err(KernelError::BindingTooLarge {
                 op,

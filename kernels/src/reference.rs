@@ -68,6 +68,7 @@ pub fn softmax(x: &[f32], cols: usize, mask: Option<&[u32]>, scale: f32) -> Vec<
 
 /// Batched A·Wᵀ (+ bias) (+ residual): `a` [batch, m, k], `w` [n, k] shared or [batch, n, k].
 /// Also returns, per output, Σ|a·w| over k: the scale that f32 rounding error is relative to.
+#[allow(clippy::too_many_arguments)] // the operands and shape of one kernel call, each named
 pub fn matmul(
     a: &[f32],
     w: &[f32],

@@ -52,8 +52,9 @@ pub enum PagerError {
     Store {
         model: String,
         layer: String,
+        /// Boxed: the store's error is large and this enum travels in every pager `Result`.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
 
     #[error("uploading {model} layer {layer}: {source}")]
@@ -61,7 +62,7 @@ pub enum PagerError {
         model: String,
         layer: String,
         #[source]
-        source: hartonomous_kernels::KernelError,
+        source: Box<hartonomous_kernels::KernelError>,
     },
 }
 
@@ -335,7 +336,7 @@ impl Pager {
             let fetched = self.runtime.block_on(self.store.fetch_atoms(batch)).map_err(|source| PagerError::Store {
                 model: model.into(),
                 layer: layer.tensor_name.clone(),
-                source,
+                source: Box::new(source),
             })?;
             for atom in fetched {
                 // Verified on arrival: the id is the hash of the encoding tag and the payload.
@@ -378,7 +379,7 @@ impl Pager {
         let wkb = self
             .runtime
             .block_on(self.store.layer_geometry(layer.id))
-            .map_err(|source| PagerError::Store { model: model.into(), layer: layer.tensor_name.clone(), source })?
+            .map_err(|source| PagerError::Store { model: model.into(), layer: layer.tensor_name.clone(), source: Box::new(source) })?
             .ok_or_else(|| corrupt("the layer is recorded with geometry, but none is stored".into()))?;
         let decoded = decode_layer(&wkb).map_err(|e| corrupt(format!("its LINESTRING ZM does not decode: {e}")))?;
         if decoded.values.len() as u64 != layer.parameter_count {
@@ -415,7 +416,7 @@ impl Pager {
         let shape: Vec<usize> = layer.shape.iter().map(|&d| d as usize).collect();
         self.gpu
             .upload::<u8>(bytes, &shape, dtype)
-            .map_err(|source| PagerError::Gpu { model: model.into(), layer: layer.tensor_name.clone(), source })
+            .map_err(|source| PagerError::Gpu { model: model.into(), layer: layer.tensor_name.clone(), source: Box::new(source) })
     }
 }
 

@@ -39,6 +39,7 @@ struct AttentionParams {
 /// out = softmax(scale · q·kᵀ + mask) · v. `q` and `out` are [B, T, heads, D]; `k` and `v` are
 /// caches [B, capacity, kv_heads, D] whose first `kv_len` positions are used; heads must be a
 /// multiple of kv_heads.
+#[allow(clippy::too_many_arguments)] // the operands and shape of one kernel call, each named
 pub fn attention(
     rec: &mut Recorder<'_>,
     q: &Tensor,

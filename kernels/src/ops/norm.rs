@@ -22,7 +22,7 @@ fn check(name: &'static str, x: &Tensor, params: &[(&'static str, &Tensor)], out
         expect_dtype(name, what, t, DType::F32)?;
         expect_shape(name, what, t, &[cols])?;
     }
-    let rows = if cols == 0 { 0 } else { x.len() / cols };
+    let rows = x.len().checked_div(cols).unwrap_or(0);
     Ok(NormParams {
         rows: as_u32(name, "rows", rows)?,
         cols: as_u32(name, "cols", cols)?,

@@ -23,7 +23,7 @@ pub fn softmax(rec: &mut Recorder<'_>, x: &Tensor, mask: Option<&Tensor>, scale:
     expect_dtype(NAME, "out", out, DType::F32)?;
     expect_shape(NAME, "out", out, x.shape())?;
     let cols = x.shape().last().copied().unwrap_or(1);
-    let rows = if cols == 0 { 0 } else { x.len() / cols };
+    let rows = x.len().checked_div(cols).unwrap_or(0);
     let rows_per_mask = match mask {
         None => 0,
         Some(m) => {

@@ -21,8 +21,9 @@ pub enum ModelError {
     #[error("{what}")]
     Input { what: String },
 
+    /// Boxed: keeps every model `Result` small.
     #[error(transparent)]
-    Pager(#[from] PagerError),
+    Pager(Box<PagerError>),
 
     #[error("model {model}: GPU: {source}")]
     Kernel {
@@ -30,6 +31,12 @@ pub enum ModelError {
         #[source]
         source: hartonomous_kernels::KernelError,
     },
+}
+
+impl From<PagerError> for ModelError {
+    fn from(e: PagerError) -> Self {
+        ModelError::Pager(Box::new(e))
+    }
 }
 
 /// A model's layers by tensor name, with an optional prefix some checkpoints add (`bert.`).

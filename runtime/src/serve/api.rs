@@ -264,7 +264,10 @@ async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Byte
     let request_key = uuid::Uuid::new_v4().to_string();
     let (reply, answer) = oneshot::channel();
     let job = EmbedJob { model: model.clone(), request_key: request_key.clone(), inputs: tokenized, reply };
-    if state.jobs.try_send(job).is_err() {
+    if let Err(e) = state.jobs.try_send(job) {
+        if matches!(e, tokio::sync::mpsc::error::TrySendError::Closed(_)) {
+            return Err(ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "gpu_stopped", "the GPU thread has stopped (the daemon is shutting down, or it failed: see its log)"));
+        }
         state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
         let mut e = ApiError::server(
             StatusCode::SERVICE_UNAVAILABLE,

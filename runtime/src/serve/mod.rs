@@ -29,11 +29,12 @@ use worker::{EmbedJob, ModelHandle, Worker, WorkerMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// Boxed, as the others: a daemon error is rare and should not make every `Result` large.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
 
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(Box<ModelError>),
 
     #[error("GPU: {0}")]
     Gpu(#[from] hartonomous_kernels::KernelError),
@@ -50,6 +51,18 @@ pub enum ServeError {
 
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<StoreError> for ServeError {
+    fn from(e: StoreError) -> Self {
+        ServeError::Store(Box::new(e))
+    }
+}
+
+impl From<ModelError> for ServeError {
+    fn from(e: ModelError) -> Self {
+        ServeError::Model(Box::new(e))
+    }
 }
 
 /// When lineage is written relative to the response.
