@@ -304,6 +304,23 @@ async fn https_end_to_end_answers_the_openai_contract_and_records_lineage() {
         .await
         .expect("sent");
     assert_eq!(raw_response.status().as_u16(), 400);
+    // On its own client: the server closes a connection whose body it refused unread, and a
+    // pooled connection closed that way would fail the next request sent on it.
+    let pem = std::fs::read(stored.data.join("tls/hartonomous-cert.pem")).expect("certificate");
+    let separate = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"))
+        .build()
+        .expect("client");
+    let too_large = separate
+        .post(format!("{}/v1/embeddings", daemon.base))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 17 << 20])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(too_large.status().as_u16(), 413);
+    let refused: Value = too_large.json().await.expect("OpenAI error JSON for an oversized body");
+    assert_eq!(refused["error"]["param"], "body", "{refused}");
 
     let (status, models) = daemon.get("/v1/models").await;
     assert_eq!(status, 200);
@@ -570,17 +587,17 @@ async fn a_full_queue_answers_503_with_retry_after_and_never_loses_an_accepted_r
     let daemon = start(open_store(&stored.db).await, opts).await;
     daemon.embed(json!("warm up")).await;
     let long = "a fairly long sentence that keeps the encoder busy for a while ".repeat(6);
-    let futures: Vec<_> = (0..24).map(|_| daemon.post(json!({"model": MODEL, "input": long}))).collect();
+    let futures: Vec<_> = (0..48).map(|_| daemon.post(json!({"model": MODEL, "input": long}))).collect();
     let results = futures_util::future::join_all(futures).await;
     let ok = results.iter().filter(|(s, _, _)| *s == 200).count();
     let busy: Vec<_> = results.iter().filter(|(s, _, _)| *s == 503).collect();
     assert!(ok >= 1, "some requests are served");
-    assert!(!busy.is_empty(), "a queue of one must turn some of 24 concurrent requests away");
+    assert!(!busy.is_empty(), "a queue of one must turn some of 48 concurrent requests away");
     for (_, headers, body) in &busy {
         assert_eq!(headers.get("retry-after").map(|v| v.to_str().unwrap_or("")), Some("1"), "{body}");
         assert_eq!(body["error"]["code"], "queue_full");
     }
-    assert_eq!(ok + busy.len(), 24, "every request is answered 200 or 503");
+    assert_eq!(ok + busy.len(), 48, "every request is answered 200 or 503");
     daemon.stop().await;
     let conn = raw(&stored.db);
     // Served requests (and the warm-up) all have lineage after shutdown flushed it.

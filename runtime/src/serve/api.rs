@@ -199,10 +199,25 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_none_or(|ct| ct.to_ascii_lowercase().starts_with("application/json"))
 }
 
-async fn embeddings(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let result = embeddings_inner(&state, &headers, body, started).await;
+    let result = match body {
+        Ok(body) => embeddings_inner(&state, &headers, body, started).await,
+        // Too large (413) or unreadable: still OpenAI's error shape, not axum's plain text.
+        Err(rejection) => Err(ApiError {
+            status: rejection.status(),
+            kind: "invalid_request_error",
+            message: format!("{} (the body limit is {MAX_BODY_BYTES} bytes)", rejection.body_text()),
+            param: Some("body"),
+            code: Some("body_rejected"),
+            retry_after: None,
+        }),
+    };
     if let Err(e) = &result {
         state.metrics.count_error(e.status.as_u16());
     }

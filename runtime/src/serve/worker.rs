@@ -221,7 +221,6 @@ impl Worker {
             let elapsed = started.elapsed();
             let longest = slices.iter().map(|s| s.len()).max().unwrap_or(0);
             let mut requests: Vec<String> = chunk.iter().map(|&(j, _)| jobs[j].request_key.clone()).collect();
-            requests.dedup();
             requests.sort();
             requests.dedup();
             let info = BatchInfo {
