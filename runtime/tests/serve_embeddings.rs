@@ -200,7 +200,16 @@ async fn embeddings_match_the_float64_reference_alone_batched_and_concurrently()
 
     let mut alone = Vec::new();
     for case in &cases {
-        let v = daemon.embed(json!(case.text)).await.remove(0);
+        let (status, _, body) = daemon.post(json!({"model": MODEL, "input": case.text})).await;
+        assert_eq!(status, 200, "{body}");
+        let truncated = &body["hartonomous"]["truncated"];
+        if case.name == "long_truncated" {
+            // The fixture's script counted 365 tokens and kept 256, as sentence-transformers.
+            assert_eq!(truncated, &json!([{"index": 0, "tokens": 365, "kept": 256}]), "{}", case.name);
+        } else {
+            assert!(truncated.is_null(), "{}: not truncated, yet the response says {truncated}", case.name);
+        }
+        let v = vectors(&body).remove(0);
         let cos = cosine(&v, &case.embedding);
         assert!(cos >= MIN_COSINE, "{}: cosine {cos} with the float64 reference is below {MIN_COSINE}", case.name);
         alone.push(v);
@@ -321,6 +330,12 @@ async fn https_end_to_end_answers_the_openai_contract_and_records_lineage() {
     assert_eq!(too_large.status().as_u16(), 413);
     let refused: Value = too_large.json().await.expect("OpenAI error JSON for an oversized body");
     assert_eq!(refused["error"]["param"], "body", "{refused}");
+
+    // A request past 16 KiB of text is tokenized on the blocking pool: same contract.
+    let many: Vec<String> = (0..40).map(|i| format!("paragraph {i}: {}", "several plain words in a row ".repeat(20))).collect();
+    let (status, _, big) = daemon.post(json!({"model": MODEL, "input": many})).await;
+    assert_eq!(status, 200, "{big}");
+    assert_eq!(vectors(&big).len(), 40);
 
     let (status, models) = daemon.get("/v1/models").await;
     assert_eq!(status, 200);

@@ -102,6 +102,13 @@ enum Input {
 }
 
 impl Input {
+    fn len_bytes(&self) -> usize {
+        match self {
+            Input::Text(text) => text.len(),
+            Input::Tokens(ids) => ids.len() * 4,
+        }
+    }
+
     fn atom(&self) -> ContentAtom {
         match self {
             Input::Text(text) => ContentAtom::text(text.clone()),
@@ -113,6 +120,30 @@ impl Input {
             },
         }
     }
+}
+
+/// Input bytes below which a request is tokenized on its own task.
+const TOKENIZE_INLINE_BYTES: usize = 16 << 10;
+
+/// Every input's ids ([CLS] … [SEP], truncated) and the truncation notes for the response.
+fn tokenize_all(model: &ModelHandle, inputs: &[Input]) -> Result<(Vec<Vec<u32>>, Vec<Value>), ApiError> {
+    let mut tokenized = Vec::with_capacity(inputs.len());
+    let mut truncated = Vec::new();
+    for (index, input) in inputs.iter().enumerate() {
+        let encoded = match input {
+            Input::Text(text) => model.tokenizer.encode_text(text),
+            Input::Tokens(ids) => model.tokenizer.encode_ids(ids, index),
+        }
+        .map_err(|e| match e {
+            ModelError::Input { what } => ApiError::invalid("input", what),
+            other => ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "tokenizer", other.to_string()),
+        })?;
+        if let Some(original) = encoded.truncated_from {
+            truncated.push(json!({"index": index, "tokens": original, "kept": encoded.ids.len()}));
+        }
+        tokenized.push(encoded.ids);
+    }
+    Ok((tokenized, truncated))
 }
 
 fn parse_tokens(value: &Value, at: &str) -> Result<Vec<u32>, ApiError> {
@@ -259,22 +290,18 @@ async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Byte
         Some(other) => return Err(ApiError::invalid("dimensions", format!("`dimensions` must be an integer, got {}", type_name(other)))),
     }
 
-    let mut tokenized = Vec::with_capacity(inputs.len());
-    let mut truncated = Vec::new();
-    for (index, input) in inputs.iter().enumerate() {
-        let encoded = match input {
-            Input::Text(text) => model.tokenizer.encode_text(text),
-            Input::Tokens(ids) => model.tokenizer.encode_ids(ids, index),
-        }
-        .map_err(|e| match e {
-            ModelError::Input { what } => ApiError::invalid("input", what),
-            other => ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "tokenizer", other.to_string()),
-        })?;
-        if let Some(original) = encoded.truncated_from {
-            truncated.push(json!({"index": index, "tokens": original, "kept": encoded.ids.len()}));
-        }
-        tokenized.push(encoded.ids);
-    }
+    // Tokenizing is CPU work: a large request goes to the blocking pool so that it does not
+    // hold up the async workers serving everyone else.
+    let atoms: Vec<ContentAtom> = inputs.iter().map(Input::atom).collect();
+    let input_bytes: usize = inputs.iter().map(Input::len_bytes).sum();
+    let (tokenized, truncated) = if input_bytes <= TOKENIZE_INLINE_BYTES {
+        tokenize_all(&model, &inputs)?
+    } else {
+        let model = model.clone();
+        tokio::task::spawn_blocking(move || tokenize_all(&model, &inputs))
+            .await
+            .map_err(|e| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "tokenizer", format!("tokenizing failed: {e}")))??
+    };
     let prompt_tokens: usize = tokenized.iter().map(Vec::len).sum();
     let request_key = uuid::Uuid::new_v4().to_string();
     let (reply, answer) = oneshot::channel();
@@ -306,7 +333,7 @@ async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Byte
         status: RunStatus::Succeeded,
         duration_ms: 0.0,
         error: None,
-        inputs: inputs.iter().map(Input::atom).collect(),
+        inputs: atoms,
         outputs: Vec::new(),
         batches: Vec::new(),
         prompt_tokens: prompt_tokens as u64,
