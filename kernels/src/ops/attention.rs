@@ -100,12 +100,7 @@ pub fn attention(
     }
     expect_distinct(NAME, out, &[q, k, v])?;
     expect_bindable(rec.gpu(), NAME, &[("q", q), ("k", k), ("v", v), ("out", out)])?;
-    let kernel = rec.gpu().kernel(
-        "attention_f32_gqa_online_softmax_chunk256_wg256",
-        "attention",
-        &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
-        || wgsl_source!("reduce.wgsl", "attention.wgsl").into(),
-    )?;
+    let storage = [Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     let params = AttentionParams {
         batch: as_u32(NAME, "B", b)?,
         q_len: as_u32(NAME, "T", t)?,
@@ -121,5 +116,19 @@ pub fn attention(
         _pad: 0,
     };
     let key_mask = mask.key_mask.unwrap_or(q);
+    // CPU adapters: one row per lane, no barriers (see attention_rows.wgsl for why).
+    if rec.gpu().report().software && d % 4 == 0 {
+        let label = format!("attention_rows_f32_gqa_online_softmax_d{d}_wg8");
+        let kernel = rec.gpu().kernel_generated(&label, "attention_rows", &storage, || {
+            crate::unroll::expand(wgsl_source!("attention_rows.wgsl"), &[("D4", d / 4)])
+        })?;
+        return rec.dispatch(&kernel, &[q, k, v, key_mask, out], &params, grid(b * t * heads, 8));
+    }
+    let kernel = rec.gpu().kernel(
+        "attention_f32_gqa_online_softmax_chunk256_wg256",
+        "attention",
+        &storage,
+        || wgsl_source!("reduce.wgsl", "attention.wgsl").into(),
+    )?;
     rec.dispatch(&kernel, &[q, k, v, key_mask, out], &params, grid(b * t * heads, 1))
 }
