@@ -1,0 +1,299 @@
+//! Llama-family decoder (SmolLM2, Llama 3.x, TinyLlama) on GGUF weights as stored: RMSNorm,
+//! RoPE in the GGUF convention (adjacent pairs: GGUF permutes Q and K for llama.cpp's rope type
+//! NORM), grouped-query attention over a per-sequence KV cache on the GPU, SwiGLU MLP, and the
+//! output layer tied to `token_embd` when `output.weight` is absent. Quantized matrices are read
+//! by the kernels in their stored blocks: no dequantized copy of a weight exists anywhere.
+//!
+//! Reference: Meta's Llama paper (https://arxiv.org/abs/2302.13971) and llama.cpp's
+//! `llm_build_llama`; the float64 numpy re-implementation in
+//! `tests/scripts/make_llama_reference.py` is what the tests compare against.
+
+use hartonomous_kernels::ops::attention::{attention, AttentionMask};
+use hartonomous_kernels::ops::ceiling::copy;
+use hartonomous_kernels::ops::elementwise::{binary, BinaryOp};
+use hartonomous_kernels::ops::gather::embedding;
+use hartonomous_kernels::ops::matmul::Epilogue;
+use hartonomous_kernels::ops::norm::rms_norm;
+use hartonomous_kernels::ops::qmatmul::qmatmul;
+use hartonomous_kernels::ops::rope::{rope, RopeLayout, RopeTable};
+use hartonomous_kernels::{DType, Gpu, Tensor};
+use serde_json::Value;
+
+use super::{ModelError, NamedLayers};
+use crate::pager::Pager;
+use crate::store::LayerRow;
+
+/// Hyper-parameters from the GGUF metadata stored with the model (`{arch}.*` keys).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub layers: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_dims: usize,
+    pub rope_base: f64,
+    pub rms_eps: f32,
+    pub context: usize,
+    pub vocab: usize,
+}
+
+impl LlamaConfig {
+    pub fn from_json(model: &str, config_json: &str) -> Result<Self, ModelError> {
+        let bad = |what: String| ModelError::Config { model: model.into(), what };
+        let config: Value = serde_json::from_str(config_json).map_err(|e| bad(format!("config is not JSON: {e}")))?;
+        let arch = config.get("general.architecture").and_then(Value::as_str).unwrap_or("");
+        if arch != "llama" {
+            return Err(bad(format!("general.architecture {arch:?} is not llama")));
+        }
+        let size = |key: &str| -> Result<usize, ModelError> {
+            config
+                .get(format!("{arch}.{key}"))
+                .and_then(Value::as_u64)
+                .filter(|&v| v > 0)
+                .map(|v| v as usize)
+                .ok_or_else(|| bad(format!("GGUF metadata has no positive integer `{arch}.{key}`")))
+        };
+        let (hidden, heads) = (size("embedding_length")?, size("attention.head_count")?);
+        let kv_heads = size("attention.head_count_kv").unwrap_or(heads);
+        if hidden % heads != 0 || heads % kv_heads != 0 {
+            return Err(bad(format!("{heads} heads over {kv_heads} KV heads do not divide embedding length {hidden}")));
+        }
+        let head_dim = hidden / heads;
+        let rope_dims = size("rope.dimension_count").unwrap_or(head_dim);
+        let float = |key: &str| config.get(format!("{arch}.{key}")).and_then(Value::as_f64);
+        Ok(LlamaConfig {
+            layers: size("block_count")?,
+            hidden,
+            ffn: size("feed_forward_length")?,
+            heads,
+            kv_heads,
+            head_dim,
+            rope_dims,
+            rope_base: float("rope.freq_base").unwrap_or(10_000.0),
+            rms_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32,
+            context: size("context_length")?,
+            vocab: size("vocab_size").unwrap_or(0),
+        })
+    }
+}
+
+/// One block's weights, in the order [`LlamaModel::forward`] binds them.
+const BLOCK_TENSORS: [&str; 9] = [
+    "attn_norm.weight",
+    "attn_q.weight",
+    "attn_k.weight",
+    "attn_v.weight",
+    "attn_output.weight",
+    "ffn_norm.weight",
+    "ffn_gate.weight",
+    "ffn_up.weight",
+    "ffn_down.weight",
+];
+
+/// A sequence's keys and values, one cache per layer, [1, capacity, kv_heads, head_dim]:
+/// a step appends its rows at `len` and never moves the others.
+pub struct KvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    capacity: usize,
+    len: usize,
+}
+
+impl KvCache {
+    /// Tokens cached so far (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes of GPU memory the cache holds.
+    pub fn bytes(&self) -> u64 {
+        self.k.iter().chain(&self.v).map(Tensor::byte_len).sum()
+    }
+}
+
+pub struct LlamaModel {
+    model: String,
+    config: LlamaConfig,
+    layers: NamedLayers,
+    /// `output.weight`, or `token_embd.weight` when the output layer is tied.
+    output_name: &'static str,
+    rope: RopeTable,
+}
+
+impl LlamaModel {
+    /// Checks every tensor the forward pass reads against the configuration and builds the RoPE
+    /// table (cos/sin in f64, for every position of the context).
+    pub fn new(model: &str, mut config: LlamaConfig, layers: Vec<LayerRow>, gpu: &Gpu) -> Result<Self, ModelError> {
+        let layers = NamedLayers::new(model, layers, "");
+        let embd = layers.get("token_embd.weight")?;
+        let vocab = embd.shape.first().copied().unwrap_or(0) as usize;
+        if config.vocab == 0 {
+            config.vocab = vocab;
+        }
+        let (h, f, v) = (config.hidden as u64, config.ffn as u64, config.vocab as u64);
+        let kv = (config.kv_heads * config.head_dim) as u64;
+        layers.expect_shape("token_embd.weight", &[v, h])?;
+        layers.expect_shape("output_norm.weight", &[h])?;
+        let output_name = if layers.get("output.weight").is_ok() {
+            layers.expect_shape("output.weight", &[v, h])?;
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        };
+        for b in 0..config.layers {
+            for (name, shape) in BLOCK_TENSORS.iter().zip([
+                vec![h],
+                vec![h, h],
+                vec![kv, h],
+                vec![kv, h],
+                vec![h, h],
+                vec![h],
+                vec![f, h],
+                vec![f, h],
+                vec![h, f],
+            ]) {
+                layers.expect_shape(&format!("blk.{b}.{name}"), &shape)?;
+            }
+        }
+        let rope = RopeTable::new(gpu, config.rope_base, config.rope_dims, config.context)
+            .map_err(|source| ModelError::Kernel { model: model.into(), source })?;
+        Ok(LlamaModel { model: model.into(), config, layers, output_name, rope })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// An empty KV cache for a sequence of at most `capacity` tokens (prompt and completion).
+    pub fn new_cache(&self, gpu: &Gpu, capacity: usize) -> Result<KvCache, ModelError> {
+        if capacity == 0 || capacity > self.config.context {
+            return Err(ModelError::Input {
+                what: format!("a sequence of {capacity} tokens does not fit the context of {} tokens", self.config.context),
+            });
+        }
+        let shape = [1, capacity, self.config.kv_heads, self.config.head_dim];
+        let ke = |source| ModelError::Kernel { model: self.model.clone(), source };
+        let mut k = Vec::with_capacity(self.config.layers);
+        let mut v = Vec::with_capacity(self.config.layers);
+        for _ in 0..self.config.layers {
+            k.push(gpu.empty(&shape, DType::F32).map_err(ke)?);
+            v.push(gpu.empty(&shape, DType::F32).map_err(ke)?);
+        }
+        Ok(KvCache { k, v, capacity, len: 0 })
+    }
+
+    /// Runs `ids` at positions `cache.len()..`, appending their keys and values to `cache`, and
+    /// returns the logits ([T, vocab] row-major when `all_logits`, else the last row only).
+    pub fn forward(&self, pager: &mut Pager, cache: &mut KvCache, ids: &[u32], all_logits: bool) -> Result<Vec<f32>, ModelError> {
+        let cfg = &self.config;
+        let t = ids.len();
+        if t == 0 {
+            return Err(ModelError::Input { what: "no tokens to run".into() });
+        }
+        if cache.len + t > cache.capacity {
+            return Err(ModelError::Input {
+                what: format!("{} cached and {t} new tokens exceed the sequence's capacity of {}", cache.len, cache.capacity),
+            });
+        }
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab) {
+            return Err(ModelError::Input { what: format!("token id {bad} is outside the vocabulary of {}", cfg.vocab) });
+        }
+        let gpu = pager.gpu().clone();
+        let ke = |source| ModelError::Kernel { model: self.model.clone(), source };
+        let (h, d) = (cfg.hidden, cfg.head_dim);
+        let kv = cfg.kv_heads * d;
+        let pos0 = cache.len;
+        let positions: Vec<u32> = (pos0..pos0 + t).map(|p| p as u32).collect();
+        let ids_t = gpu.upload_u32(ids, &[t]).map_err(ke)?;
+        let positions = gpu.upload_u32(&positions, &[t]).map_err(ke)?;
+
+        let embd = self.layers.get("token_embd.weight")?;
+        let (w, pins) = pager.acquire(&self.model, &[embd])?;
+        let mut x = gpu.empty(&[t, h], DType::F32).map_err(ke)?;
+        let recorded = gpu.run(|rec| embedding(rec, &w[0], &ids_t, &x));
+        pager.release(pins);
+        recorded.map_err(ke)?;
+
+        for b in 0..cfg.layers {
+            let names: Vec<&LayerRow> =
+                BLOCK_TENSORS.iter().map(|n| self.layers.get(&format!("blk.{b}.{n}"))).collect::<Result<_, _>>()?;
+            let (w, pins) = pager.acquire(&self.model, &names)?;
+            let recorded = (|| -> hartonomous_kernels::Result<Tensor> {
+                let mut rec = gpu.recorder();
+                let none = Epilogue::default();
+                let xn = gpu.empty(&[t, h], DType::F32)?;
+                rms_norm(&mut rec, &x, &w[0], cfg.rms_eps, &xn)?;
+                let (q, k, v) = (gpu.empty(&[t, h], DType::F32)?, gpu.empty(&[t, kv], DType::F32)?, gpu.empty(&[t, kv], DType::F32)?);
+                qmatmul(&mut rec, &xn, &w[1], none, &q)?;
+                qmatmul(&mut rec, &xn, &w[2], none, &k)?;
+                qmatmul(&mut rec, &xn, &w[3], none, &v)?;
+                let (q_r, k_r) = (gpu.empty(&[t, cfg.heads, d], DType::F32)?, gpu.empty(&[t, cfg.kv_heads, d], DType::F32)?);
+                rope(&mut rec, &q.reshape(&[t, cfg.heads, d])?, &positions, &self.rope, RopeLayout::Interleaved, &q_r)?;
+                rope(&mut rec, &k.reshape(&[t, cfg.kv_heads, d])?, &positions, &self.rope, RopeLayout::Interleaved, &k_r)?;
+                copy(&mut rec, &k_r, &cache.k[b], pos0 * kv)?;
+                copy(&mut rec, &v, &cache.v[b], pos0 * kv)?;
+                let context = gpu.empty(&[1, t, cfg.heads, d], DType::F32)?;
+                let mask = AttentionMask { causal: true, q_pos0: pos0, key_mask: None };
+                attention(
+                    &mut rec,
+                    &q_r.reshape(&[1, t, cfg.heads, d])?,
+                    &cache.k[b],
+                    &cache.v[b],
+                    pos0 + t,
+                    mask,
+                    1.0 / (d as f32).sqrt(),
+                    &context,
+                )?;
+                let attended = gpu.empty(&[t, h], DType::F32)?;
+                qmatmul(&mut rec, &context.reshape(&[t, h])?, &w[4], Epilogue { bias: None, residual: Some(&x) }, &attended)?;
+                let hn = gpu.empty(&[t, h], DType::F32)?;
+                rms_norm(&mut rec, &attended, &w[5], cfg.rms_eps, &hn)?;
+                let (gate, up) = (gpu.empty(&[t, cfg.ffn], DType::F32)?, gpu.empty(&[t, cfg.ffn], DType::F32)?);
+                qmatmul(&mut rec, &hn, &w[6], none, &gate)?;
+                qmatmul(&mut rec, &hn, &w[7], none, &up)?;
+                let act = gpu.empty(&[t, cfg.ffn], DType::F32)?;
+                binary(&mut rec, BinaryOp::SwiGlu, &gate, &up, &act)?;
+                let out = gpu.empty(&[t, h], DType::F32)?;
+                qmatmul(&mut rec, &act, &w[8], Epilogue { bias: None, residual: Some(&attended) }, &out)?;
+                rec.submit()?;
+                Ok(out)
+            })();
+            pager.release(pins);
+            x = recorded.map_err(ke)?;
+        }
+        cache.len += t;
+
+        // Final norm and logits, for every row or only the last.
+        let rows = if all_logits { t } else { 1 };
+        let last = if all_logits || t == 1 {
+            x
+        } else {
+            // Tensors have no offset views: the last row (a few KB) goes through the host.
+            let all = gpu.download_f32(&x).map_err(ke)?;
+            gpu.upload_f32(&all[(t - 1) * h..], &[1, h]).map_err(ke)?
+        };
+        let names = [self.layers.get("output_norm.weight")?, self.layers.get(self.output_name)?];
+        let (w, pins) = pager.acquire(&self.model, &names)?;
+        let logits = gpu.empty(&[rows, cfg.vocab], DType::F32).map_err(ke)?;
+        let recorded = (|| -> hartonomous_kernels::Result<()> {
+            let mut rec = gpu.recorder();
+            let normed = gpu.empty(&[rows, h], DType::F32)?;
+            rms_norm(&mut rec, &last, &w[0], cfg.rms_eps, &normed)?;
+            qmatmul(&mut rec, &normed, &w[1], Epilogue::default(), &logits)?;
+            rec.submit()
+        })();
+        pager.release(pins);
+        recorded.map_err(ke)?;
+        gpu.download_f32(&logits).map_err(ke)
+    }
+}
