@@ -99,6 +99,13 @@ fn teacher_forced_logits_match_the_float64_reference_and_greedy_decoding_matches
     }
     eprintln!("worst teacher-forced logit difference: {worst:.3e} (tolerance {LOGIT_TOLERANCE:e})");
 
+    // No dequantized copy: what is resident is exactly the GGUF's tensor bytes, every one of
+    // them used (the independent manifest was made with gguf-py's reader).
+    let counts = l.pager.metrics().counts();
+    let manifest = tensor_manifest(SMOLLM2_MANIFEST);
+    assert_eq!(counts.resident_bytes, manifest.tensor_bytes(), "{counts:?}");
+    assert_eq!(counts.resident_tensors as usize, manifest.tensors.len());
+
     // Greedy: prefill the prompt in one pass, then one token per step through the KV cache.
     for case in reference["greedy"].as_array().expect("greedy") {
         let prompt = ids(&case["prompt_ids"]);
