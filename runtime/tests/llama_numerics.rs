@@ -130,3 +130,38 @@ fn teacher_forced_logits_match_the_float64_reference_and_greedy_decoding_matches
         }
     }
 }
+
+#[test]
+fn the_tokenizer_built_from_the_stored_gguf_metadata_gives_the_reference_ids_and_round_trips() {
+    use hartonomous_runtime::models::gguf_tokenizer::GgufTokenizer;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("store.db");
+    run_ok(&["ingest", "--db", s(&db), s(&smollm2_path()), "--name", MODEL]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let material = runtime.block_on(async {
+        let store = SqliteStore::open(&db, false).await.expect("store");
+        let row = store.model(MODEL, None).await.expect("query").expect("model");
+        store.model_material(row.id).await.expect("query").expect("material")
+    });
+    assert_eq!(material.tokenizer_kind, "gguf");
+    let tokenizer = GgufTokenizer::from_metadata(MODEL, material.tokenizer_material.as_deref().expect("metadata")).expect("tokenizer");
+    assert_eq!((tokenizer.bos, tokenizer.eos, tokenizer.add_bos), (Some(1), Some(2), false));
+    assert!(tokenizer.chat_template.as_deref().is_some_and(|t| t.contains("<|im_start|>")));
+    let reference = reference();
+    let mut cases: Vec<(String, Vec<u32>)> = Vec::new();
+    for seq in reference["teacher_forced"].as_array().expect("sequences") {
+        cases.push((seq["text"].as_str().expect("text").into(), ids(&seq["token_ids"])));
+    }
+    for case in reference["greedy"].as_array().expect("greedy") {
+        cases.push((case["prompt_text"].as_str().expect("text").into(), ids(&case["prompt_ids"])));
+    }
+    // The fixture's ids were checked there against llama.cpp's own tokenizer.
+    for (text, want) in &cases {
+        assert_eq!(&tokenizer.encode(text).expect("encodes"), want, "{text:?}");
+        assert_eq!(&tokenizer.decode(want).expect("decodes"), text, "round trip of {text:?}");
+    }
+    for text in ["naïve café 東京 🎉 — 12345", "fn main() {\n\tprintln!(\"hi\");\n}\n", "   spaces   and\n\n\nnewlines  "] {
+        let ids = tokenizer.encode(text).expect("encodes");
+        assert_eq!(tokenizer.decode(&ids).expect("decodes"), text, "byte-level BPE round-trips {text:?}");
+    }
+}

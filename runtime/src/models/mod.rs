@@ -3,6 +3,7 @@
 //! [`Pager`](crate::pager::Pager) by dotted tensor name, never from disk.
 
 pub mod bert;
+pub mod gguf_tokenizer;
 pub mod llama;
 
 use std::collections::HashMap;
