@@ -326,12 +326,9 @@ impl Pager {
             )));
         }
         let mut payloads: HashMap<Hash256, Vec<u8>> = HashMap::new();
-        let mut distinct: Vec<Hash256> = Vec::new();
-        for h in &hashes {
-            if !payloads.contains_key(h) && !distinct.contains(h) {
-                distinct.push(*h);
-            }
-        }
+        // Each distinct atom once, in order of first use (an atom may repeat within a layer).
+        let mut seen = std::collections::HashSet::new();
+        let distinct: Vec<Hash256> = hashes.iter().copied().filter(|h| seen.insert(*h)).collect();
         for batch in distinct.chunks(FETCH_BATCH_ATOMS) {
             let fetched = self.runtime.block_on(self.store.fetch_atoms(batch)).map_err(|source| PagerError::Store {
                 model: model.into(),

@@ -280,7 +280,8 @@ impl BertEncoder {
         let mut x = gpu.empty(&[b * t, h], DType::F32).map_err(&ke)?;
         let recorded = (|| {
             let mut rec = gpu.recorder();
-            let (word, pos, typ, sum) = (self.scratch(&gpu, &[b * t, h])?, self.scratch(&gpu, &[b * t, h])?, self.scratch(&gpu, &[b * t, h])?, self.scratch(&gpu, &[b * t, h])?);
+            let scratch = || gpu.empty(&[b * t, h], DType::F32);
+            let (word, pos, typ, sum) = (scratch()?, scratch()?, scratch()?, scratch()?);
             embedding(&mut rec, &w[0], &ids, &word)?;
             embedding(&mut rec, &w[1], &positions, &pos)?;
             embedding(&mut rec, &w[2], &token_types, &typ)?;
@@ -308,10 +309,6 @@ impl BertEncoder {
         gpu.run(|rec| mean_pool(rec, &x.reshape(&[b, t, h])?, &mask, true, &pooled)).map_err(&ke)?;
         let flat = gpu.download_f32(&pooled).map_err(&ke)?;
         Ok(flat.chunks(h).map(<[f32]>::to_vec).collect())
-    }
-
-    fn scratch(&self, gpu: &Gpu, shape: &[usize]) -> hartonomous_kernels::Result<Tensor> {
-        gpu.empty(shape, DType::F32)
     }
 
     /// One post-LN encoder layer: x ← LN(x + Attn(x)); x ← LN(x + FFN(x)). Recorded into one
