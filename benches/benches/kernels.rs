@@ -144,7 +144,7 @@ fn benches(c: &mut Criterion) {
     let q = gpu.upload_f32(&vec![0.1; heads * d], &[1, 1, heads, d]).expect("upload");
     let kv = gpu.upload_f32(&vec![0.1; cap * kv_heads * d], &[1, cap, kv_heads, d]).expect("upload");
     let out = gpu.empty(&[1, 1, heads, d], DType::F32).expect("alloc");
-    let mask = AttentionMask { causal: true, q_pos0: cap - 1, key_mask: None };
+    let mask = AttentionMask { causal: true, q_pos0: cap - 1, key_mask: None, rows: None };
     let secs = time_op(&gpu, |rec| attention(rec, &q, &kv, &kv, cap, mask, 0.125, &out));
     report("attention_decode smollm2 kv1024", secs, 4.0 * (heads * cap * d) as f64, 2.0 * 4.0 * (cap * kv_heads * d) as f64, &ceil);
 

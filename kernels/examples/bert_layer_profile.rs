@@ -51,7 +51,7 @@ fn main() -> Result<()> {
     total += time("matmul up h→4h", 2.0 * (rows * h * inter) as f64, &|r| matmul(r, &x, &w_ih, ei, &out_i))?;
     let ed = Epilogue { bias: Some(&bias_h), residual: Some(&x) };
     total += time("matmul down 4h→h", 2.0 * (rows * h * inter) as f64, &|r| matmul(r, &out_i, &w_hi, ed, &out_h))?;
-    let m = AttentionMask { causal: false, q_pos0: 0, key_mask: Some(&mask) };
+    let m = AttentionMask { causal: false, q_pos0: 0, key_mask: Some(&mask), rows: None };
     total += time("attention", 4.0 * (b * heads * t * t * d) as f64, &|r| attention(r, &q, &q, &q, t, m, 0.17, &ctx))?;
     total += 2.0 * time("layer_norm (×2)", 0.0, &|r| layer_norm(r, &x, &bias_h, &bias_h, 1e-12, &out_h))?;
     total += time("gelu", 0.0, &|r| unary(r, UnaryOp::Gelu, &out_i, &out_i2))?;

@@ -5,6 +5,9 @@
 // valid: decoding appends rows at kv_len and never moves the others. Query t sits at position
 // q_pos0 + t; with `causal` it sees keys 0..=q_pos0 + t. `key_mask` [B, capacity] (0 = padding)
 // masks keys (BERT). A query that sees no key outputs zeros.
+// Slotted caches (continuous batching): with `use_rows`, the cache holds many sequences
+// [slots, capacity, kv_heads, D] and `rows` [B, 2] gives batch row b its slot and the position
+// of its first query, so one dispatch serves sequences of different lengths.
 // Napkin math per (query, head): 2·kv_len·D reads of K and V, 4·kv_len·D flops; decode is
 // bandwidth-bound on the cache.
 
@@ -12,13 +15,14 @@
 @group(0) @binding(1) var<storage, read> k: array<f32>;        // [B, capacity, kv_heads, D]
 @group(0) @binding(2) var<storage, read> v: array<f32>;        // [B, capacity, kv_heads, D]
 @group(0) @binding(3) var<storage, read> key_mask: array<u32>; // [B, capacity]
-@group(0) @binding(4) var<storage, read_write> o: array<f32>;  // [B, T, heads, D]
-@group(0) @binding(5) var<uniform> p: AttentionParams;
+@group(0) @binding(4) var<storage, read> rows: array<u32>;     // [B, 2] (slot, q_pos0)
+@group(0) @binding(5) var<storage, read_write> o: array<f32>;  // [B, T, heads, D]
+@group(0) @binding(6) var<uniform> p: AttentionParams;
 
 struct AttentionParams {
     batch: u32, q_len: u32, heads: u32, kv_heads: u32,
     head_dim: u32, kv_len: u32, capacity: u32, q_pos0: u32,
-    causal: u32, use_mask: u32, scale: f32, _pad: u32,
+    causal: u32, use_mask: u32, scale: f32, use_rows: u32,
 }
 
 const WG: u32 = 256u;
@@ -33,6 +37,12 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng:
     let h = idx % p.heads;
     let t = (idx / p.heads) % p.q_len;
     let b = idx / (p.heads * p.q_len);
+    var slot = b;
+    var q_pos = p.q_pos0 + t;
+    if (p.use_rows != 0u) {
+        slot = rows[2u * b];
+        q_pos = rows[2u * b + 1u] + t;
+    }
     let kvh = h / (p.heads / p.kv_heads);
     let d = p.head_dim;
     let q_base = ((b * p.q_len + t) * p.heads + h) * d;
@@ -40,15 +50,15 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng:
     workgroupBarrier();
 
     var limit = p.kv_len;
-    if (p.causal != 0u) { limit = min(limit, p.q_pos0 + t + 1u); }
+    if (p.causal != 0u) { limit = min(limit, q_pos + 1u); }
     var m_run = NEG_INF;
     var l_run = 0.0;
     var acc = 0.0;
     for (var s0 = 0u; s0 < limit; s0 += WG) {
         let s = s0 + lid;
         var score = NEG_INF;
-        if (s < limit && (p.use_mask == 0u || key_mask[b * p.capacity + s] != 0u)) {
-            let k_base = ((b * p.capacity + s) * p.kv_heads + kvh) * d;
+        if (s < limit && (p.use_mask == 0u || key_mask[slot * p.capacity + s] != 0u)) {
+            let k_base = ((slot * p.capacity + s) * p.kv_heads + kvh) * d;
             var dot = 0.0;
             for (var j = 0u; j < d; j++) { dot = fma(q_row[j], k[k_base + j], dot); }
             score = dot * p.scale;
@@ -65,7 +75,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng:
             var part = 0.0;
             let n = min(WG, limit - s0);
             for (var j = 0u; j < n; j++) {
-                part = fma(probs[j], v[((b * p.capacity + s0 + j) * p.kv_heads + kvh) * d + lid], part);
+                part = fma(probs[j], v[((slot * p.capacity + s0 + j) * p.kv_heads + kvh) * d + lid], part);
             }
             acc = acc * correction + part;
         }

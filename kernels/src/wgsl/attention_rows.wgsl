@@ -3,7 +3,7 @@
 // the output accumulator held in D4 named vec4 registers (`//#unroll`, expanded by unroll.rs).
 // Same contract as attention.wgsl (grouped-query heads, KV cache [B, capacity, kv_heads, D] of
 // which kv_len positions are valid, causal and key-padding masks; a query that sees no key
-// outputs zeros). GPUs take attention.wgsl.
+// outputs zeros; slotted caches through `rows`). GPUs take attention.wgsl.
 // Why a second kernel: attention.wgsl gives each (query, head) a workgroup of 256 that meets at
 // barriers; lavapipe runs a barrier as a coroutine switch and the 256 lanes as 32 SIMD passes,
 // mostly idle for short sequences: at BERT's shapes (8 × 32 tokens, 12 heads of 32) it ran at
@@ -17,13 +17,14 @@
 @group(0) @binding(1) var<storage, read> k: array<vec4<f32>>;  // [B, capacity, kv_heads, D]
 @group(0) @binding(2) var<storage, read> v: array<vec4<f32>>;  // [B, capacity, kv_heads, D]
 @group(0) @binding(3) var<storage, read> key_mask: array<u32>; // [B, capacity]
-@group(0) @binding(4) var<storage, read_write> o: array<vec4<f32>>; // [B, T, heads, D]
-@group(0) @binding(5) var<uniform> p: AttentionParams;
+@group(0) @binding(4) var<storage, read> rows: array<u32>;     // [B, 2] (slot, q_pos0)
+@group(0) @binding(5) var<storage, read_write> o: array<vec4<f32>>; // [B, T, heads, D]
+@group(0) @binding(6) var<uniform> p: AttentionParams;
 
 struct AttentionParams {
     batch: u32, q_len: u32, heads: u32, kv_heads: u32,
     head_dim: u32, kv_len: u32, capacity: u32, q_pos0: u32,
-    causal: u32, use_mask: u32, scale: f32, _pad: u32,
+    causal: u32, use_mask: u32, scale: f32, use_rows: u32,
 }
 
 @compute @workgroup_size(8)
@@ -33,6 +34,12 @@ fn attention_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let h = idx % p.heads;
     let t = (idx / p.heads) % p.q_len;
     let b = idx / (p.heads * p.q_len);
+    var slot = b;
+    var q_pos = p.q_pos0 + t;
+    if (p.use_rows != 0u) {
+        slot = rows[2u * b];
+        q_pos = rows[2u * b + 1u] + t;
+    }
     let kvh = h / (p.heads / p.kv_heads);
     let q_base = ((b * p.q_len + t) * p.heads + h) * {D4}u;
     //#unroll J D4
@@ -41,12 +48,12 @@ fn attention_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     //#end
 
     var limit = p.kv_len;
-    if (p.causal != 0u) { limit = min(limit, p.q_pos0 + t + 1u); }
+    if (p.causal != 0u) { limit = min(limit, q_pos + 1u); }
     var m_run = NEG_INF;
     var l_run = 0.0;
     for (var s = 0u; s < limit; s++) {
-        if (p.use_mask != 0u && key_mask[b * p.capacity + s] == 0u) { continue; }
-        let kv_base = ((b * p.capacity + s) * p.kv_heads + kvh) * {D4}u;
+        if (p.use_mask != 0u && key_mask[slot * p.capacity + s] == 0u) { continue; }
+        let kv_base = ((slot * p.capacity + s) * p.kv_heads + kvh) * {D4}u;
         var dot4 = vec4<f32>(0.0);
         //#unroll J D4
         dot4 = fma(q{J}, k[kv_base + {J}u], dot4);

@@ -324,7 +324,7 @@ impl BertEncoder {
         matmul(&mut rec, x, &w[2], Epilogue { bias: Some(&w[3]), residual: None }, &k)?;
         matmul(&mut rec, x, &w[4], Epilogue { bias: Some(&w[5]), residual: None }, &v)?;
         let context = gpu.empty(&[b, t, heads, d], DType::F32)?;
-        let key_mask = AttentionMask { causal: false, q_pos0: 0, key_mask: Some(mask) };
+        let key_mask = AttentionMask { causal: false, q_pos0: 0, key_mask: Some(mask), rows: None };
         attention(
             &mut rec,
             &q.reshape(&[b, t, heads, d])?,
