@@ -2,15 +2,15 @@
 //! reference in `tests/fixtures/models/smollm2_reference.json` (made by
 //! `tests/scripts/make_llama_reference.py` from the GGUF weights dequantized by the `gguf`
 //! package, and checked there against llama.cpp run on an unquantized copy): teacher-forced
-//! logits, and greedy decoding through the KV cache (issue 6, acceptance 1; the daemon's
-//! generation endpoints are not built yet).
+//! logits, and greedy decoding through the KV cache (issue 6, acceptance 1; and continuous batching: the same greedy
+//! decoding with sequences joining a shared KV pool step by step gives identical bits).
 
 mod support;
 
 use std::sync::Arc;
 
 use hartonomous_kernels::Gpu;
-use hartonomous_runtime::models::llama::{LlamaConfig, LlamaModel};
+use hartonomous_runtime::models::llama::{LlamaConfig, LlamaModel, SequenceStep};
 use hartonomous_runtime::pager::{Pager, WeightsSource};
 use hartonomous_runtime::store::sqlite::SqliteStore;
 use hartonomous_runtime::store::Store;
@@ -107,6 +107,7 @@ fn teacher_forced_logits_match_the_float64_reference_and_greedy_decoding_matches
     assert_eq!(counts.resident_tensors as usize, manifest.tensors.len());
 
     // Greedy: prefill the prompt in one pass, then one token per step through the KV cache.
+    let mut alone: Vec<(Vec<u32>, Vec<f32>)> = Vec::new();
     for case in reference["greedy"].as_array().expect("greedy") {
         let prompt = ids(&case["prompt_ids"]);
         let expected = ids(&case["generated_ids"]);
@@ -128,7 +129,49 @@ fn teacher_forced_logits_match_the_float64_reference_and_greedy_decoding_matches
                 logits = l.model.forward(&mut l.pager, &mut cache, &[got], false).expect("decode step");
             }
         }
+        alone.push((expected, logits));
     }
+
+    // Continuous batching: the same prompts in one pool, sequence i joining after i decode steps
+    // of the others (each prefilled alone), then every live sequence's next token in one step.
+    // Each must produce its tokens and, at its last step, bit-identical logits to its run alone.
+    let prompts: Vec<Vec<u32>> = reference["greedy"].as_array().expect("greedy").iter().map(|c| ids(&c["prompt_ids"])).collect();
+    let capacity = prompts.iter().zip(&alone).map(|(p, (e, _))| p.len() + e.len()).max().expect("prompts");
+    let pool = l.model.new_pool(&l.gpu, prompts.len(), capacity).expect("pool");
+    let vocab = l.model.config().vocab;
+    // Per sequence: generated tokens, its position, and the last logits row.
+    let mut live: Vec<(Vec<u32>, usize, Vec<f32>)> = Vec::new();
+    let mut steps_with = vec![0usize; prompts.len() + 1];
+    while live.len() < prompts.len() || live.iter().zip(&alone).any(|((g, ..), (e, _))| g.len() < e.len()) {
+        if live.len() < prompts.len() {
+            let i = live.len();
+            let step = SequenceStep { slot: i, position: 0, ids: &prompts[i] };
+            let logits = l.model.step(&mut l.pager, &pool, &[step], false).expect("prefill");
+            live.push((vec![argmax(&logits).0], prompts[i].len(), logits));
+        }
+        let running: Vec<usize> = (0..live.len()).filter(|&i| live[i].0.len() < alone[i].0.len()).collect();
+        if running.is_empty() {
+            continue;
+        }
+        let last: Vec<u32> = running.iter().map(|&i| *live[i].0.last().expect("a token")).collect();
+        let steps: Vec<SequenceStep> =
+            running.iter().zip(&last).map(|(&i, id)| SequenceStep { slot: i, position: live[i].1, ids: std::slice::from_ref(id) }).collect();
+        let logits = l.model.step(&mut l.pager, &pool, &steps, false).expect("batched decode step");
+        steps_with[running.len()] += 1;
+        for (row, &i) in running.iter().enumerate() {
+            let row_logits = logits[row * vocab..(row + 1) * vocab].to_vec();
+            live[i].1 += 1;
+            live[i].0.push(argmax(&row_logits).0);
+            live[i].2 = row_logits;
+        }
+    }
+    for (i, ((generated, _, last_logits), (expected_alone, logits_alone))) in live.iter().zip(&alone).enumerate() {
+        // `alone` holds the reference's tokens, which the run alone matched above.
+        assert_eq!(generated, expected_alone, "sequence {i}: batched tokens differ from alone");
+        assert!(last_logits.iter().zip(logits_alone).all(|(a, b)| a.to_bits() == b.to_bits()), "sequence {i}: last logits differ in bits from alone");
+    }
+    eprintln!("batched decode steps by batch size: {steps_with:?}");
+    assert!(steps_with[prompts.len()] > 0, "every sequence decoded together at some step");
 }
 
 #[test]

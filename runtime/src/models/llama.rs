@@ -8,8 +8,7 @@
 //! `llm_build_llama`; the float64 numpy re-implementation in
 //! `tests/scripts/make_llama_reference.py` is what the tests compare against.
 
-use hartonomous_kernels::ops::attention::{attention, AttentionMask};
-use hartonomous_kernels::ops::ceiling::copy;
+use hartonomous_kernels::ops::attention::{attention, kv_write, AttentionMask};
 use hartonomous_kernels::ops::elementwise::{binary, BinaryOp};
 use hartonomous_kernels::ops::gather::embedding;
 use hartonomous_kernels::ops::matmul::Epilogue;
@@ -92,12 +91,45 @@ const BLOCK_TENSORS: [&str; 9] = [
     "ffn_down.weight",
 ];
 
-/// A sequence's keys and values, one cache per layer, [1, capacity, kv_heads, head_dim]:
-/// a step appends its rows at `len` and never moves the others.
-pub struct KvCache {
+/// Keys and values of up to `slots` sequences, one pool per layer, each
+/// [slots, capacity, kv_heads, head_dim]: a sequence owns a slot while it runs, a step appends
+/// its rows at the sequence's length and never moves the others, and concurrent sequences of
+/// different lengths decode in one batch (the kernels read each row's slot and position).
+pub struct KvPool {
     k: Vec<Tensor>,
     v: Vec<Tensor>,
+    slots: usize,
     capacity: usize,
+}
+
+impl KvPool {
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Tokens (prompt and completion) one slot holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes of GPU memory the pool holds.
+    pub fn bytes(&self) -> u64 {
+        self.k.iter().chain(&self.v).map(Tensor::byte_len).sum()
+    }
+}
+
+/// One sequence's share of a [`LlamaModel::step`]: `ids` run at positions `position..` of the
+/// sequence cached in `slot`.
+#[derive(Debug, Clone, Copy)]
+pub struct SequenceStep<'a> {
+    pub slot: usize,
+    pub position: usize,
+    pub ids: &'a [u32],
+}
+
+/// A single sequence's cache: a pool of one slot and the number of tokens cached so far.
+pub struct KvCache {
+    pool: KvPool,
     len: usize,
 }
 
@@ -112,12 +144,12 @@ impl KvCache {
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.pool.capacity
     }
 
     /// Bytes of GPU memory the cache holds.
     pub fn bytes(&self) -> u64 {
-        self.k.iter().chain(&self.v).map(Tensor::byte_len).sum()
+        self.pool.bytes()
     }
 }
 
@@ -174,14 +206,17 @@ impl LlamaModel {
         &self.config
     }
 
-    /// An empty KV cache for a sequence of at most `capacity` tokens (prompt and completion).
-    pub fn new_cache(&self, gpu: &Gpu, capacity: usize) -> Result<KvCache, ModelError> {
+    /// An empty pool of `slots` sequence caches of `capacity` tokens (prompt and completion).
+    pub fn new_pool(&self, gpu: &Gpu, slots: usize, capacity: usize) -> Result<KvPool, ModelError> {
         if capacity == 0 || capacity > self.config.context {
             return Err(ModelError::Input {
                 what: format!("a sequence of {capacity} tokens does not fit the context of {} tokens", self.config.context),
             });
         }
-        let shape = [1, capacity, self.config.kv_heads, self.config.head_dim];
+        if slots == 0 {
+            return Err(ModelError::Input { what: "a KV pool needs at least one slot".into() });
+        }
+        let shape = [slots, capacity, self.config.kv_heads, self.config.head_dim];
         let ke = |source| ModelError::Kernel { model: self.model.clone(), source };
         let mut k = Vec::with_capacity(self.config.layers);
         let mut v = Vec::with_capacity(self.config.layers);
@@ -189,81 +224,106 @@ impl LlamaModel {
             k.push(gpu.empty(&shape, DType::F32).map_err(ke)?);
             v.push(gpu.empty(&shape, DType::F32).map_err(ke)?);
         }
-        Ok(KvCache { k, v, capacity, len: 0 })
+        Ok(KvPool { k, v, slots, capacity })
     }
 
-    /// Runs `ids` at positions `cache.len()..`, appending their keys and values to `cache`, and
-    /// returns the logits ([T, vocab] row-major when `all_logits`, else the last row only).
+    /// An empty KV cache for one sequence of at most `capacity` tokens.
+    pub fn new_cache(&self, gpu: &Gpu, capacity: usize) -> Result<KvCache, ModelError> {
+        Ok(KvCache { pool: self.new_pool(gpu, 1, capacity)?, len: 0 })
+    }
+
+    /// Runs `ids` at positions `cache.len()..` of a single sequence, appending their keys and
+    /// values, and returns the logits ([T, vocab] row-major when `all_logits`, else the last row).
     pub fn forward(&self, pager: &mut Pager, cache: &mut KvCache, ids: &[u32], all_logits: bool) -> Result<Vec<f32>, ModelError> {
+        let step = SequenceStep { slot: 0, position: cache.len, ids };
+        let logits = self.step(pager, &cache.pool, &[step], all_logits)?;
+        cache.len += ids.len();
+        Ok(logits)
+    }
+
+    /// Runs one step of several sequences at once, each `ids` at its positions in its own slot
+    /// of `pool` (every sequence the same number of tokens: a prefill of one prompt, or one
+    /// decode token of each of B sequences), appending their keys and values. Returns logits
+    /// [B, vocab] for each sequence's last token, or [B·T, vocab] for every token when
+    /// `all_logits`. Each row's arithmetic is independent of the other rows in the step.
+    pub fn step(&self, pager: &mut Pager, pool: &KvPool, seqs: &[SequenceStep<'_>], all_logits: bool) -> Result<Vec<f32>, ModelError> {
         let cfg = &self.config;
-        let t = ids.len();
+        let b = seqs.len();
+        let t = seqs.first().map_or(0, |s| s.ids.len());
         if t == 0 {
             return Err(ModelError::Input { what: "no tokens to run".into() });
         }
-        if cache.len + t > cache.capacity {
-            return Err(ModelError::Input {
-                what: format!("{} cached and {t} new tokens exceed the sequence's capacity of {}", cache.len, cache.capacity),
-            });
-        }
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab) {
-            return Err(ModelError::Input { what: format!("token id {bad} is outside the vocabulary of {}", cfg.vocab) });
+        let mut used = vec![false; pool.slots];
+        for seq in seqs {
+            if seq.ids.len() != t {
+                return Err(ModelError::Input {
+                    what: format!("a step runs the same number of tokens for every sequence ({} and {t} given)", seq.ids.len()),
+                });
+            }
+            if seq.slot >= pool.slots || std::mem::replace(&mut used[seq.slot], true) {
+                return Err(ModelError::Input { what: format!("slot {} is outside the pool's {} or used twice in one step", seq.slot, pool.slots) });
+            }
+            if seq.position + t > pool.capacity {
+                return Err(ModelError::Input {
+                    what: format!("{} cached and {t} new tokens exceed the sequence's capacity of {}", seq.position, pool.capacity),
+                });
+            }
+            if let Some(bad) = seq.ids.iter().find(|&&id| id as usize >= cfg.vocab) {
+                return Err(ModelError::Input { what: format!("token id {bad} is outside the vocabulary of {}", cfg.vocab) });
+            }
         }
         let gpu = pager.gpu().clone();
         let ke = |source| ModelError::Kernel { model: self.model.clone(), source };
         let (h, d) = (cfg.hidden, cfg.head_dim);
         let kv = cfg.kv_heads * d;
-        let pos0 = cache.len;
-        let positions: Vec<u32> = (pos0..pos0 + t).map(|p| p as u32).collect();
-        let ids_t = gpu.upload_u32(ids, &[t]).map_err(ke)?;
-        let positions = gpu.upload_u32(&positions, &[t]).map_err(ke)?;
+        let n = b * t;
+        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.ids.iter().copied()).collect();
+        let positions: Vec<u32> = seqs.iter().flat_map(|s| (s.position..s.position + t).map(|p| p as u32)).collect();
+        let rows: Vec<u32> = seqs.iter().flat_map(|s| [s.slot as u32, s.position as u32]).collect();
+        let ids_t = gpu.upload_u32(&ids, &[n]).map_err(ke)?;
+        let positions = gpu.upload_u32(&positions, &[n]).map_err(ke)?;
+        let rows = gpu.upload_u32(&rows, &[b, 2]).map_err(ke)?;
 
         let embd = self.layers.get("token_embd.weight")?;
         let (w, pins) = pager.acquire(&self.model, &[embd])?;
-        let mut x = gpu.empty(&[t, h], DType::F32).map_err(ke)?;
+        let mut x = gpu.empty(&[n, h], DType::F32).map_err(ke)?;
         let recorded = gpu.run(|rec| embedding(rec, &w[0], &ids_t, &x));
         pager.release(pins);
         recorded.map_err(ke)?;
 
-        for b in 0..cfg.layers {
+        for layer in 0..cfg.layers {
             let names: Vec<&LayerRow> =
-                BLOCK_TENSORS.iter().map(|n| self.layers.get(&format!("blk.{b}.{n}"))).collect::<Result<_, _>>()?;
+                BLOCK_TENSORS.iter().map(|name| self.layers.get(&format!("blk.{layer}.{name}"))).collect::<Result<_, _>>()?;
             let (w, pins) = pager.acquire(&self.model, &names)?;
             let recorded = (|| -> hartonomous_kernels::Result<Tensor> {
                 let mut rec = gpu.recorder();
                 let none = Epilogue::default();
-                let xn = gpu.empty(&[t, h], DType::F32)?;
+                let xn = gpu.empty(&[n, h], DType::F32)?;
                 rms_norm(&mut rec, &x, &w[0], cfg.rms_eps, &xn)?;
-                let (q, k, v) = (gpu.empty(&[t, h], DType::F32)?, gpu.empty(&[t, kv], DType::F32)?, gpu.empty(&[t, kv], DType::F32)?);
+                let (q, k, v) = (gpu.empty(&[n, h], DType::F32)?, gpu.empty(&[n, kv], DType::F32)?, gpu.empty(&[n, kv], DType::F32)?);
                 qmatmul(&mut rec, &xn, &w[1], none, &q)?;
                 qmatmul(&mut rec, &xn, &w[2], none, &k)?;
                 qmatmul(&mut rec, &xn, &w[3], none, &v)?;
-                let (q_r, k_r) = (gpu.empty(&[t, cfg.heads, d], DType::F32)?, gpu.empty(&[t, cfg.kv_heads, d], DType::F32)?);
-                rope(&mut rec, &q.reshape(&[t, cfg.heads, d])?, &positions, &self.rope, RopeLayout::Interleaved, &q_r)?;
-                rope(&mut rec, &k.reshape(&[t, cfg.kv_heads, d])?, &positions, &self.rope, RopeLayout::Interleaved, &k_r)?;
-                copy(&mut rec, &k_r, &cache.k[b], pos0 * kv)?;
-                copy(&mut rec, &v, &cache.v[b], pos0 * kv)?;
-                let context = gpu.empty(&[1, t, cfg.heads, d], DType::F32)?;
-                let mask = AttentionMask { causal: true, q_pos0: pos0, key_mask: None };
-                attention(
-                    &mut rec,
-                    &q_r.reshape(&[1, t, cfg.heads, d])?,
-                    &cache.k[b],
-                    &cache.v[b],
-                    pos0 + t,
-                    mask,
-                    1.0 / (d as f32).sqrt(),
-                    &context,
-                )?;
-                let attended = gpu.empty(&[t, h], DType::F32)?;
-                qmatmul(&mut rec, &context.reshape(&[t, h])?, &w[4], Epilogue { bias: None, residual: Some(&x) }, &attended)?;
-                let hn = gpu.empty(&[t, h], DType::F32)?;
+                let (q_r, k_r) = (gpu.empty(&[n, cfg.heads, d], DType::F32)?, gpu.empty(&[n, cfg.kv_heads, d], DType::F32)?);
+                rope(&mut rec, &q.reshape(&[n, cfg.heads, d])?, &positions, &self.rope, RopeLayout::Interleaved, &q_r)?;
+                rope(&mut rec, &k.reshape(&[n, cfg.kv_heads, d])?, &positions, &self.rope, RopeLayout::Interleaved, &k_r)?;
+                kv_write(&mut rec, &k_r.reshape(&[b, t, kv])?, &rows, &pool.k[layer])?;
+                kv_write(&mut rec, &v.reshape(&[b, t, kv])?, &rows, &pool.v[layer])?;
+                let context = gpu.empty(&[b, t, cfg.heads, d], DType::F32)?;
+                let mask = AttentionMask { causal: true, q_pos0: 0, key_mask: None, rows: Some(&rows) };
+                let scale = 1.0 / (d as f32).sqrt();
+                let q_r = q_r.reshape(&[b, t, cfg.heads, d])?;
+                attention(&mut rec, &q_r, &pool.k[layer], &pool.v[layer], pool.capacity, mask, scale, &context)?;
+                let attended = gpu.empty(&[n, h], DType::F32)?;
+                qmatmul(&mut rec, &context.reshape(&[n, h])?, &w[4], Epilogue { bias: None, residual: Some(&x) }, &attended)?;
+                let hn = gpu.empty(&[n, h], DType::F32)?;
                 rms_norm(&mut rec, &attended, &w[5], cfg.rms_eps, &hn)?;
-                let (gate, up) = (gpu.empty(&[t, cfg.ffn], DType::F32)?, gpu.empty(&[t, cfg.ffn], DType::F32)?);
+                let (gate, up) = (gpu.empty(&[n, cfg.ffn], DType::F32)?, gpu.empty(&[n, cfg.ffn], DType::F32)?);
                 qmatmul(&mut rec, &hn, &w[6], none, &gate)?;
                 qmatmul(&mut rec, &hn, &w[7], none, &up)?;
-                let act = gpu.empty(&[t, cfg.ffn], DType::F32)?;
+                let act = gpu.empty(&[n, cfg.ffn], DType::F32)?;
                 binary(&mut rec, BinaryOp::SwiGlu, &gate, &up, &act)?;
-                let out = gpu.empty(&[t, h], DType::F32)?;
+                let out = gpu.empty(&[n, h], DType::F32)?;
                 qmatmul(&mut rec, &act, &w[8], Epilogue { bias: None, residual: Some(&attended) }, &out)?;
                 rec.submit()?;
                 Ok(out)
@@ -271,23 +331,24 @@ impl LlamaModel {
             pager.release(pins);
             x = recorded.map_err(ke)?;
         }
-        cache.len += t;
 
-        // Final norm and logits, for every row or only the last.
-        let rows = if all_logits { t } else { 1 };
+        // Final norm and logits, for every row or only each sequence's last.
+        let logit_rows = if all_logits { n } else { b };
         let last = if all_logits || t == 1 {
             x
         } else {
-            // Tensors have no offset views: the last row (a few KB) goes through the host.
-            let all = gpu.download_f32(&x).map_err(ke)?;
-            gpu.upload_f32(&all[(t - 1) * h..], &[1, h]).map_err(ke)?
+            let last_rows: Vec<u32> = (0..b).map(|i| (i * t + t - 1) as u32).collect();
+            let last_rows = gpu.upload_u32(&last_rows, &[b]).map_err(ke)?;
+            let last = gpu.empty(&[b, h], DType::F32).map_err(ke)?;
+            gpu.run(|rec| embedding(rec, &x, &last_rows, &last)).map_err(ke)?;
+            last
         };
         let names = [self.layers.get("output_norm.weight")?, self.layers.get(self.output_name)?];
         let (w, pins) = pager.acquire(&self.model, &names)?;
-        let logits = gpu.empty(&[rows, cfg.vocab], DType::F32).map_err(ke)?;
+        let logits = gpu.empty(&[logit_rows, cfg.vocab], DType::F32).map_err(ke)?;
         let recorded = (|| -> hartonomous_kernels::Result<()> {
             let mut rec = gpu.recorder();
-            let normed = gpu.empty(&[rows, h], DType::F32)?;
+            let normed = gpu.empty(&[logit_rows, h], DType::F32)?;
             rms_norm(&mut rec, &last, &w[0], cfg.rms_eps, &normed)?;
             qmatmul(&mut rec, &normed, &w[1], Epilogue::default(), &logits)?;
             rec.submit()
