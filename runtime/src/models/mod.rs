@@ -5,6 +5,7 @@
 pub mod bert;
 pub mod gguf_tokenizer;
 pub mod llama;
+pub mod sampling;
 
 use std::collections::HashMap;
 
