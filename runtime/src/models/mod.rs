@@ -3,6 +3,7 @@
 //! [`Pager`](crate::pager::Pager) by dotted tensor name, never from disk.
 
 pub mod bert;
+pub mod chat_template;
 pub mod gguf_tokenizer;
 pub mod llama;
 pub mod sampling;
@@ -19,6 +20,11 @@ pub enum ModelError {
 
     #[error("model {model}: tokenizer: {what}")]
     Tokenizer { model: String, what: String },
+
+    /// The chat template does not compile, or refused to render a conversation
+    /// (`raise_exception`, an unknown role, a missing field).
+    #[error("model {model}: chat template: {what}")]
+    ChatTemplate { model: String, what: String },
 
     /// The request's input, not the model, is at fault.
     #[error("{what}")]
