@@ -10,6 +10,7 @@ mod support;
 use std::sync::Arc;
 
 use hartonomous_kernels::Gpu;
+use hartonomous_runtime::models::gguf_tokenizer::GgufTokenizer;
 use hartonomous_runtime::models::llama::{LlamaConfig, LlamaModel, SequenceStep};
 use hartonomous_runtime::pager::{Pager, WeightsSource};
 use hartonomous_runtime::store::sqlite::SqliteStore;
@@ -174,9 +175,8 @@ fn teacher_forced_logits_match_the_float64_reference_and_greedy_decoding_matches
     assert!(steps_with[prompts.len()] > 0, "every sequence decoded together at some step");
 }
 
-#[test]
-fn the_tokenizer_built_from_the_stored_gguf_metadata_gives_the_reference_ids_and_round_trips() {
-    use hartonomous_runtime::models::gguf_tokenizer::GgufTokenizer;
+/// The tokenizer built from the `tokenizer.*` metadata that `hartonomous ingest` stored.
+fn stored_tokenizer() -> GgufTokenizer {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("store.db");
     run_ok(&["ingest", "--db", s(&db), s(&smollm2_path()), "--name", MODEL]);
@@ -187,9 +187,20 @@ fn the_tokenizer_built_from_the_stored_gguf_metadata_gives_the_reference_ids_and
         store.model_material(row.id).await.expect("query").expect("material")
     });
     assert_eq!(material.tokenizer_kind, "gguf");
-    let tokenizer = GgufTokenizer::from_metadata(MODEL, material.tokenizer_material.as_deref().expect("metadata")).expect("tokenizer");
+    GgufTokenizer::from_metadata(MODEL, material.tokenizer_material.as_deref().expect("metadata")).expect("tokenizer")
+}
+
+#[test]
+fn the_tokenizer_built_from_the_stored_gguf_metadata_gives_the_reference_ids_and_round_trips() {
+    let tokenizer = stored_tokenizer();
     assert_eq!((tokenizer.bos, tokenizer.eos, tokenizer.add_bos), (Some(1), Some(2), false));
-    assert!(tokenizer.chat_template.as_deref().is_some_and(|t| t.contains("<|im_start|>")));
+    // The template the chat fixture was rendered from (runtime/src/models/chat_template.rs tests
+    // render it against transformers) is the one the store kept, and so are its token texts.
+    let chat: Value = serde_json::from_str(&std::fs::read_to_string(fixture("models/smollm2_chat_template.json")).expect("chat fixture")).expect("JSON");
+    let smollm2 = &chat["templates"][0];
+    assert_eq!(tokenizer.chat_template.as_deref(), smollm2["source"].as_str(), "the stored chat template");
+    assert_eq!(tokenizer.decode(&[1]).expect("decodes"), smollm2["bos_token"].as_str().expect("bos"));
+    assert_eq!(tokenizer.decode(&[2]).expect("decodes"), smollm2["eos_token"].as_str().expect("eos"));
     let reference = reference();
     let mut cases: Vec<(String, Vec<u32>)> = Vec::new();
     for seq in reference["teacher_forced"].as_array().expect("sequences") {
@@ -207,4 +218,33 @@ fn the_tokenizer_built_from_the_stored_gguf_metadata_gives_the_reference_ids_and
         let ids = tokenizer.encode(text).expect("encodes");
         assert_eq!(tokenizer.decode(&ids).expect("decodes"), text, "byte-level BPE round-trips {text:?}");
     }
+}
+
+/// llama.cpp's own tokenizer on 49 texts (`tests/fixtures/models/smollm2_tokenizer_llamacpp.json`,
+/// made by `tests/scripts/make_tokenizer_reference.py`): non-Latin scripts, emoji sequences,
+/// code, whitespace runs, digits, contractions, ChatML markup, Unicode corners. Every case must
+/// give llama.cpp's ids and decode back to its text; all failing cases are listed at once.
+#[test]
+fn the_stored_tokenizer_gives_llama_cpps_ids_on_the_wide_fixture_and_round_trips() {
+    let tokenizer = stored_tokenizer();
+    let path = fixture("models/smollm2_tokenizer_llamacpp.json");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("tokenizer fixture")).expect("JSON");
+    let cases = reference["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 40, "the fixture should hold the wide case set, has {}", cases.len());
+    let mut failures = Vec::new();
+    for case in cases {
+        let (name, text, want) = (case["name"].as_str().expect("name"), case["text"].as_str().expect("text"), ids(&case["ids"]));
+        assert_eq!(case["detokenized"].as_str(), Some(text), "{name}: llama.cpp's own round trip, as recorded");
+        match tokenizer.encode(text) {
+            Ok(got) if got == want => {}
+            Ok(got) => failures.push(format!("{name} {text:?}: ids {got:?}, llama.cpp {want:?}")),
+            Err(e) => failures.push(format!("{name} {text:?}: encode failed: {e}")),
+        }
+        match tokenizer.decode(&want) {
+            Ok(back) if back == text => {}
+            Ok(back) => failures.push(format!("{name} {text:?}: decodes to {back:?}")),
+            Err(e) => failures.push(format!("{name} {text:?}: decode failed: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases differ from llama.cpp:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
