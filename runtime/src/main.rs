@@ -102,7 +102,8 @@ enum Command {
         /// quarter of RAM.
         #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
         gpu_memory: Option<u64>,
-        /// Models to serve, comma-separated NAME[:VERSION]; by default every stored embedding model.
+        /// Models to serve, comma-separated NAME[:VERSION]; by default every stored embedding
+        /// (BERT-family) and generation (Llama-family) model.
         #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
         models: Vec<String>,
         /// Read weights from their TensorAtoms, or from their LINESTRING ZM geometry wherever a
@@ -118,6 +119,13 @@ enum Command {
         /// Requests waiting for the GPU before new ones are answered 503 with Retry-After.
         #[arg(long, default_value_t = 256)]
         queue: usize,
+        /// Sequences a generation model decodes at once; each holds a KV cache of `--context`
+        /// tokens, so GPU memory for caches is sequences × context × (2 · layers · kv_dim · 4) bytes.
+        #[arg(long, default_value_t = 8)]
+        max_sequences: usize,
+        /// Tokens per generated sequence, prompt and completion (clipped to the model's context).
+        #[arg(long, default_value_t = 2048)]
+        context: usize,
     },
     /// Re-hash every atom and check every layer, model and reference count; exits with
     /// status 2 when it finds damage.
@@ -263,6 +271,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             lineage,
             max_batch_tokens,
             queue,
+            max_sequences,
+            context,
         } => {
             use hartonomous_runtime::serve;
             tracing_subscriber::fmt()
@@ -283,6 +293,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 lineage,
                 max_batch_tokens,
                 queue_capacity: queue,
+                max_sequences,
+                context,
             };
             let daemon = serve::start(store.clone(), options).await?;
             if let Some(tls) = &daemon.tls {
@@ -299,13 +311,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for m in &daemon.models {
                 println!("serving {} ({} dimensions, weights root {})", m.label(), m.dimension, m.weights_root);
             }
-            let first = daemon.models.first().map(|m| m.name.clone()).unwrap_or_default();
+            for (label, context, sequences) in &daemon.generators {
+                println!("serving {label} (generation: {sequences} sequences of {context} tokens)");
+            }
             let insecure = if daemon.scheme == "https" { "-k " } else { "" };
-            println!(
-                "listening on {scheme}://{addr}; try:\n  curl -s {insecure}{scheme}://{addr}/v1/embeddings -H 'content-type: application/json' -d '{{\"model\":\"{first}\",\"input\":\"hello world\"}}'",
-                scheme = daemon.scheme,
-                addr = daemon.addr,
-            );
+            println!("listening on {scheme}://{addr}; try:", scheme = daemon.scheme, addr = daemon.addr);
+            if let Some(first) = daemon.models.first() {
+                println!(
+                    "  curl -s {insecure}{scheme}://{addr}/v1/embeddings -H 'content-type: application/json' -d '{{\"model\":\"{name}\",\"input\":\"hello world\"}}'",
+                    scheme = daemon.scheme,
+                    addr = daemon.addr,
+                    name = first.name,
+                );
+            }
+            if let Some((label, ..)) = daemon.generators.first() {
+                let name = label.split(':').next().unwrap_or(label);
+                println!(
+                    "  curl -s {insecure}{scheme}://{addr}/v1/chat/completions -H 'content-type: application/json' -d '{{\"model\":\"{name}\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}],\"max_tokens\":32}}'",
+                    scheme = daemon.scheme,
+                    addr = daemon.addr,
+                );
+            }
             let report = daemon.run(serve::shutdown_signal(), std::time::Duration::from_secs(30)).await?;
             println!(
                 "shut down in {:.1} s; {} queued lineage records flushed to {}",

@@ -104,6 +104,8 @@ fn options(stored: &Stored) -> ServeOptions {
         lineage: LineageMode::Sync,
         max_batch_tokens: 8192,
         queue_capacity: 64,
+        max_sequences: 8,
+        context: 512,
     }
 }
 

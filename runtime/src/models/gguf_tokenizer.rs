@@ -30,6 +30,9 @@ pub struct GgufTokenizer {
     pub add_bos: bool,
     /// The Jinja chat template, when the GGUF has one.
     pub chat_template: Option<String>,
+    /// CONTROL tokens' ids, sorted: generating one ends a sequence (`<|im_end|>`, ...).
+    control_ids: Vec<u32>,
+    vocab_size: usize,
 }
 
 impl GgufTokenizer {
@@ -84,6 +87,13 @@ impl GgufTokenizer {
             .map(|t| AddedToken::from(t.clone(), true).normalized(false))
             .collect();
         tokenizer.add_special_tokens(&control);
+        let control_ids: Vec<u32> = types
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, t)| t.as_i64() == Some(TOKEN_TYPE_CONTROL))
+            .map(|(i, _)| i as u32)
+            .collect();
         let id = |key: &str| meta.get(key).and_then(Value::as_u64).map(|v| v as u32);
         Ok(GgufTokenizer {
             model: model.into(),
@@ -92,7 +102,19 @@ impl GgufTokenizer {
             eos: id("tokenizer.ggml.eos_token_id"),
             add_bos: meta.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false),
             chat_template: meta.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string),
+            control_ids,
+            vocab_size: tokens.len(),
         })
+    }
+
+    /// Tokens in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Whether `id` is a CONTROL token (end of turn, end of text, ...), never part of a text.
+    pub fn is_control(&self, id: u32) -> bool {
+        self.control_ids.binary_search(&id).is_ok()
     }
 
     /// Token ids of `text`, control tokens in it matched whole; BOS first when the model asks.

@@ -389,6 +389,11 @@ impl StopScanner {
         StopStep { emit: std::mem::replace(&mut self.pending, kept), stopped: false }
     }
 
+    /// Whether a stop sequence has been seen (the text ended before it).
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
     /// The text still held back, at the end of generation (empty after a stop).
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.pending)

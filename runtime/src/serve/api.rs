@@ -1,5 +1,6 @@
 //! The REST API: `POST /v1/embeddings` (OpenAI's contract, which SQL Server 2025's
-//! `CREATE EXTERNAL MODEL ... API_FORMAT = 'OpenAI'` speaks; FACTS.md), `GET /v1/models`,
+//! `CREATE EXTERNAL MODEL ... API_FORMAT = 'OpenAI'` speaks; FACTS.md), the generation endpoints
+//! (in [`super::completions`]), `GET /v1/models`,
 //! `GET /health`, `GET /metrics` and `GET /v1/lineage/{request_id}`.
 //!
 //! Errors are OpenAI's error JSON, `{"error":{"message","type","param","code"}}`. Request bodies
@@ -36,6 +37,8 @@ pub const MAX_INPUTS: usize = 2048;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/completions", post(super::completions::completions))
+        .route("/v1/chat/completions", post(super::completions::chat_completions))
         .route("/v1/models", get(models))
         .route("/v1/lineage/{request_id}", get(lineage))
         .route("/health", get(health))
@@ -48,16 +51,16 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// An OpenAI-style error response.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-    param: Option<&'static str>,
-    code: Option<&'static str>,
-    retry_after: Option<u32>,
+    pub(super) status: StatusCode,
+    pub(super) kind: &'static str,
+    pub(super) message: String,
+    pub(super) param: Option<&'static str>,
+    pub(super) code: Option<&'static str>,
+    pub(super) retry_after: Option<u32>,
 }
 
 impl ApiError {
-    fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn invalid(param: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             kind: "invalid_request_error",
@@ -68,8 +71,30 @@ impl ApiError {
         }
     }
 
-    fn server(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn server(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, kind: "server_error", message: message.into(), param: None, code: Some(code), retry_after: None }
+    }
+
+    /// 503 with `Retry-After`: the GPU queue in front of a model is full.
+    pub(super) fn queue_full(capacity: usize) -> Self {
+        let mut e = ApiError::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_full",
+            format!("the daemon's queue is full ({capacity} requests waiting); retry shortly"),
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// The answer to a job the GPU side could not run; `input_param` names the request field an
+    /// input failure is about.
+    pub(super) fn from_failure(failure: JobFailure, input_param: &'static str) -> Self {
+        match failure {
+            JobFailure::Corrupt(m) => ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "weights_corrupt", m),
+            JobFailure::Unhealthy(m) => ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "model_unhealthy", m),
+            JobFailure::Input(m) => ApiError::invalid(input_param, m),
+            JobFailure::Internal(m) => ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "inference_failed", m),
+        }
     }
 }
 
@@ -88,7 +113,7 @@ async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         kind: "invalid_request_error",
-        message: "no such endpoint: the daemon serves POST /v1/embeddings, GET /v1/models, GET /v1/lineage/{request_id}, GET /health and GET /metrics".into(),
+        message: "no such endpoint: the daemon serves POST /v1/embeddings, POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v1/lineage/{request_id}, GET /health and GET /metrics".into(),
         param: None,
         code: Some("unknown_url"),
         retry_after: None,
@@ -193,7 +218,7 @@ fn parse_input(value: Option<&Value>) -> Result<Vec<Input>, ApiError> {
     Ok(inputs)
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(super) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -223,7 +248,7 @@ fn find_model<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<ModelHandle
         })
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
+pub(super) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -311,12 +336,7 @@ async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Byte
             return Err(ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "gpu_stopped", "the GPU thread has stopped (the daemon is shutting down, or it failed: see its log)"));
         }
         state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-        let mut e = ApiError::server(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue_full",
-            format!("the daemon's queue is full ({} requests waiting); retry shortly", state.queue_capacity),
-        );
-        e.retry_after = Some(1);
+        let e = ApiError::queue_full(state.queue_capacity);
         return Err(e);
     }
     let outcome = answer
@@ -337,16 +357,12 @@ async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Byte
         outputs: Vec::new(),
         batches: Vec::new(),
         prompt_tokens: prompt_tokens as u64,
+        completion: None,
     };
     let output = match outcome {
         Ok(output) => output,
         Err(failure) => {
-            let error = match failure {
-                JobFailure::Corrupt(m) => ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "weights_corrupt", m),
-                JobFailure::Unhealthy(m) => ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "model_unhealthy", m),
-                JobFailure::Input(m) => ApiError::invalid("input", m),
-                JobFailure::Internal(m) => ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "inference_failed", m),
-            };
+            let error = ApiError::from_failure(failure, "input");
             record.status = RunStatus::Failed;
             record.error = Some(error.message.clone());
             record.duration_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -397,7 +413,7 @@ async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Byte
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let data: Vec<Value> = state
+    let mut data: Vec<Value> = state
         .models
         .iter()
         .map(|m| {
@@ -407,6 +423,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "created": unix_seconds(&m.created_at),
                 "owned_by": "hartonomous",
                 "hartonomous": {
+                    "kind": "embeddings",
                     "version": m.version,
                     "weights_root": m.weights_root.to_hex(),
                     "dimension": m.dimension,
@@ -416,6 +433,23 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
             })
         })
         .collect();
+    data.extend(state.generators.iter().map(|g| {
+        json!({
+            "id": g.name,
+            "object": "model",
+            "created": unix_seconds(&g.created_at),
+            "owned_by": "hartonomous",
+            "hartonomous": {
+                "kind": "generation",
+                "version": g.version,
+                "weights_root": g.weights_root.to_hex(),
+                "context": g.context,
+                "max_sequences": g.max_sequences,
+                "chat_template": g.chat_template.is_some(),
+                "healthy": g.unhealthy().is_none(),
+            }
+        })
+    }));
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -439,12 +473,15 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         Ok(_) => Ok(()),
         Err(e) => Err(e.to_string()),
     };
-    let models: Vec<Value> = state
+    let health: Vec<(String, Option<String>)> = state
         .models
         .iter()
-        .map(|m| json!({"model": m.label(), "healthy": m.unhealthy().is_none(), "reason": m.unhealthy()}))
+        .map(|m| (m.label(), m.unhealthy()))
+        .chain(state.generators.iter().map(|g| (g.label(), g.unhealthy())))
         .collect();
-    let ready = store.is_ok() && !state.models.is_empty() && state.models.iter().all(|m| m.unhealthy().is_none());
+    let models: Vec<Value> =
+        health.iter().map(|(label, reason)| json!({"model": label, "healthy": reason.is_none(), "reason": reason})).collect();
+    let ready = store.is_ok() && !health.is_empty() && health.iter().all(|(_, reason)| reason.is_none());
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
         "store": match &store { Ok(()) => json!({"reachable": true}), Err(e) => json!({"reachable": false, "error": e}) },

@@ -1,5 +1,6 @@
 //! The lineage writer: every request's record (the request, its inputs as content atoms, its
-//! output embeddings, one step per executed batch, usage and the graph edges) is written to the
+//! output embeddings or completion, one step per executed batch or generation, usage and the
+//! graph edges) is written to the
 //! store off the response path, in order, by one task. A store that fails is retried with
 //! backoff until it answers: records are never dropped, the backlog shows in `/metrics`, and
 //! shutdown waits for it ([`LineageWriter::flush`]).
@@ -40,6 +41,18 @@ pub struct LineageRecord {
     pub outputs: Vec<Vec<f32>>,
     pub batches: Vec<BatchInfo>,
     pub prompt_tokens: u64,
+    /// A text generation's output (the input is the prompt in `inputs`).
+    pub completion: Option<CompletionLineage>,
+}
+
+/// What a completion produced and how: the text, its token count, and the sampling parameters
+/// (seed included) with which the same weights reproduce it.
+#[derive(Debug, Clone)]
+pub struct CompletionLineage {
+    pub text: String,
+    pub completion_tokens: u64,
+    pub parameters: serde_json::Value,
+    pub compute_ms: f64,
 }
 
 /// Counters exported at `/metrics`.
@@ -181,6 +194,27 @@ async fn write(store: &dyn Store, r: &LineageRecord) -> Result<(), StoreError> {
             edges.push(edge(model_node, GraphNode::Atom(output), "produced"));
         }
     }
+    if let Some(c) = &r.completion {
+        let output = store.put_content_atoms(&[ContentAtom::text(c.text.clone())]).await?;
+        for &out in &output {
+            edges.push(edge(req_node, GraphNode::Atom(out), "output"));
+            edges.extend(inputs.iter().map(|&prompt| edge(GraphNode::Atom(prompt), GraphNode::Atom(out), "completed_as")));
+            edges.push(edge(model_node, GraphNode::Atom(out), "produced"));
+        }
+        store
+            .record_step(&StepRecord {
+                request,
+                ordinal: 0,
+                operation: "generate".into(),
+                model: Some(r.model),
+                weights_root: Some(r.weights_root),
+                parameters_json: c.parameters.to_string(),
+                status: r.status,
+                duration_ms: Some(c.compute_ms),
+                tenant: r.tenant.clone(),
+            })
+            .await?;
+    }
     for (ordinal, batch) in r.batches.iter().enumerate() {
         let parameters = serde_json::json!({
             "batch": batch.batch,
@@ -213,8 +247,8 @@ async fn write(store: &dyn Store, r: &LineageRecord) -> Result<(), StoreError> {
             operation: r.operation.clone(),
             model: Some(r.model),
             input_tokens: r.prompt_tokens,
-            output_tokens: 0,
-            compute_ms: r.batches.iter().map(|b| b.duration_ms).sum(),
+            output_tokens: r.completion.as_ref().map_or(0, |c| c.completion_tokens),
+            compute_ms: r.batches.iter().map(|b| b.duration_ms).sum::<f64>() + r.completion.as_ref().map_or(0.0, |c| c.compute_ms),
         })
         .await?;
     store

@@ -1,12 +1,16 @@
 //! The daemon (`hartonomous serve`): loads models from the store, makes their weights resident
-//! through the pager, and serves embeddings over HTTPS with lineage written back.
+//! through the pager, and serves embeddings and text generation over HTTPS with lineage written
+//! back.
 //!
-//! Threads and tasks: axum on tokio serves HTTP and tokenizes; one dedicated OS thread owns the
-//! GPU ([`worker`]), fed by a bounded queue; one tokio task writes lineage ([`lineage`]).
-//! Shutdown (SIGTERM or Ctrl-C): stop accepting, let in-flight requests finish, close the queue
-//! (the GPU thread answers what it took), then flush lineage.
+//! Threads and tasks: axum on tokio serves HTTP and tokenizes; one OS thread runs the embedding
+//! models ([`worker`]) and one per generation model runs its continuous batching ([`generate`]),
+//! each fed by a bounded queue and all sharing one pager (one budget); one tokio task writes
+//! lineage ([`lineage`]). Shutdown (SIGTERM or Ctrl-C): stop accepting, let in-flight requests
+//! finish, close the queues (the threads answer what they took), then flush lineage.
 
 pub mod api;
+pub mod completions;
+pub mod generate;
 pub mod lineage;
 pub mod tls;
 pub mod worker;
@@ -14,16 +18,20 @@ pub mod worker;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hartonomous_kernels::Gpu;
 use tokio::sync::mpsc;
 
 use crate::models::bert::{BertConfig, BertEncoder, BertTokenizer};
+use crate::models::chat_template::ChatTemplate;
+use crate::models::gguf_tokenizer::GgufTokenizer;
+use crate::models::llama::{LlamaConfig, LlamaModel};
 use crate::models::ModelError;
 use crate::pager::{default_budget, Pager, PagerMetrics, WeightsSource};
 use crate::store::{ModelStatus, Store, StoreError};
+use generate::{Generator, GeneratorHandle};
 use lineage::{LineageMetrics, LineageWriter};
 use worker::{EmbedJob, ModelHandle, Worker, WorkerMetrics};
 
@@ -86,7 +94,8 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     /// GPU memory budget for resident weights; `None` = [`default_budget`].
     pub gpu_memory: Option<u64>,
-    /// Models to serve (`NAME[:VERSION]`); empty = every ready BERT-family model in the store.
+    /// Models to serve (`NAME[:VERSION]`); empty = every ready BERT-family and Llama-family
+    /// model in the store.
     pub models: Vec<String>,
     pub weights_source: WeightsSource,
     pub lineage: LineageMode,
@@ -94,6 +103,10 @@ pub struct ServeOptions {
     pub max_batch_tokens: usize,
     /// Requests waiting for the GPU before new ones get 503.
     pub queue_capacity: usize,
+    /// Sequences a generation model decodes at once (its KV pool's slots).
+    pub max_sequences: usize,
+    /// Tokens per generated sequence, prompt and completion (clipped to the model's context).
+    pub context: usize,
 }
 
 /// Request counters, exported at `/metrics`.
@@ -129,7 +142,7 @@ impl ServeMetrics {
             registry.register(Box::new(g)).map_err(|e| e.to_string())
         };
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter("hartonomous_requests_total", "Embedding requests received.", ld(&self.requests))?;
+        counter("hartonomous_requests_total", "Requests received (embeddings and generation).", ld(&self.requests))?;
         counter("hartonomous_requests_rejected_total", "Requests answered 503 because the queue was full.", ld(&self.rejected))?;
         counter("hartonomous_requests_client_errors_total", "Requests answered with a 4xx status.", ld(&self.client_errors))?;
         counter("hartonomous_requests_server_errors_total", "Requests answered with a 5xx status.", ld(&self.server_errors))?;
@@ -155,7 +168,16 @@ impl ServeMetrics {
         gauge("hartonomous_lineage_backlog", "Lineage records accepted and not yet stored.", ld(&l.backlog) as i64)?;
         counter("hartonomous_lineage_written_total", "Lineage records stored.", ld(&l.written))?;
         counter("hartonomous_lineage_retries_total", "Failed lineage writes, each retried with backoff.", ld(&l.retries))?;
-        let healthy = state.models.iter().filter(|m| m.unhealthy().is_none()).count();
+        let generated = |field: fn(&generate::GenerateMetrics) -> &AtomicU64| -> u64 {
+            state.generators.iter().map(|g| ld(field(&g.metrics))).sum()
+        };
+        counter("hartonomous_generate_sequences_total", "Generation sequences started.", generated(|m| &m.sequences_started))?;
+        gauge("hartonomous_generate_live_sequences", "Generation sequences holding a KV slot.", generated(|m| &m.live_sequences) as i64)?;
+        counter("hartonomous_generate_prefill_tokens_total", "Prompt tokens prefilled.", generated(|m| &m.prefill_tokens))?;
+        counter("hartonomous_generate_decode_steps_total", "Batched decode steps run.", generated(|m| &m.decode_steps))?;
+        counter("hartonomous_generate_decode_tokens_total", "Tokens decoded, over all decode steps.", generated(|m| &m.decode_tokens))?;
+        let healthy = state.models.iter().filter(|m| m.unhealthy().is_none()).count()
+            + state.generators.iter().filter(|g| g.unhealthy().is_none()).count();
         gauge("hartonomous_models_healthy", "Served models that are healthy.", healthy as i64)?;
         let mut out = Vec::new();
         TextEncoder::new().encode(&registry.gather(), &mut out).map_err(|e| e.to_string())?;
@@ -167,6 +189,7 @@ impl ServeMetrics {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub models: Vec<Arc<ModelHandle>>,
+    pub generators: Vec<Arc<GeneratorHandle>>,
     pub jobs: mpsc::Sender<EmbedJob>,
     pub queue_capacity: usize,
     pub lineage: LineageWriter,
@@ -178,8 +201,27 @@ pub struct AppState {
     pub adapter: String,
 }
 
-/// A model loaded from the store: its handle for the HTTP side and its encoder for the GPU.
-async fn load_model(store: &dyn Store, reference: &str) -> Result<(Arc<ModelHandle>, BertEncoder), ServeError> {
+/// A model loaded from the store, by kind.
+enum Loaded {
+    /// Its handle for the HTTP side and its encoder for the embedding thread.
+    Encoder(Arc<ModelHandle>, BertEncoder),
+    /// Everything a generation thread is built from.
+    Decoder(Box<DecoderParts>),
+}
+
+struct DecoderParts {
+    identity: (String, String, crate::store::ModelId, hartonomous_loader::Hash256, String),
+    config: LlamaConfig,
+    tokenizer: Arc<GgufTokenizer>,
+    chat_template: Option<ChatTemplate>,
+    layers: Vec<crate::store::LayerRow>,
+}
+
+/// Architectures served as embedding models and as generation models.
+const ENCODER_ARCHITECTURES: [&str; 3] = ["bert", "roberta", "xlm-roberta"];
+const DECODER_ARCHITECTURES: [&str; 1] = ["llama"];
+
+async fn load_model(store: &dyn Store, reference: &str) -> Result<Loaded, ServeError> {
     let (name, version) = crate::store::parse_model_ref(reference);
     let row = store.model(name, version).await?.ok_or_else(|| StoreError::ModelNotFound {
         location: store.location().to_string(),
@@ -196,33 +238,60 @@ async fn load_model(store: &dyn Store, reference: &str) -> Result<(Arc<ModelHand
         name: row.name.clone(),
         version: Some(row.version.clone()),
     })?;
+    let layers = store.layers(row.id).await?;
+    if DECODER_ARCHITECTURES.contains(&row.architecture.as_str()) {
+        let config = LlamaConfig::from_json(&label, &material.config_json)?;
+        let metadata = material.tokenizer_material.as_deref().ok_or_else(|| ModelError::Tokenizer {
+            model: label.clone(),
+            what: "the store holds no tokenizer metadata for this model (re-ingest its GGUF)".into(),
+        })?;
+        let tokenizer = GgufTokenizer::from_metadata(&label, metadata)?;
+        let chat_template = tokenizer.chat_template.as_deref().map(|source| ChatTemplate::new(&label, source)).transpose()?;
+        return Ok(Loaded::Decoder(Box::new(DecoderParts {
+            identity: (row.name, row.version, row.id, weights_root, row.created_at),
+            config,
+            tokenizer: Arc::new(tokenizer),
+            chat_template,
+            layers,
+        })));
+    }
+    if !ENCODER_ARCHITECTURES.contains(&row.architecture.as_str()) {
+        return Err(ServeError::Invalid(format!(
+            "model {label} has architecture {:?}; the daemon serves {} (embeddings) and {} (generation)",
+            row.architecture,
+            ENCODER_ARCHITECTURES.join(", "),
+            DECODER_ARCHITECTURES.join(", ")
+        )));
+    }
     let config = BertConfig::from_json(&label, &material.config_json)?;
     let tokenizer = Arc::new(BertTokenizer::new(&label, &material, &config)?);
-    let layers = store.layers(row.id).await?;
     let dimension = config.hidden;
     let encoder = BertEncoder::new(&label, config, layers)?;
     let handle = ModelHandle::new(row.name, row.version, row.id, weights_root, dimension, row.created_at, tokenizer);
-    Ok((Arc::new(handle), encoder))
+    Ok(Loaded::Encoder(Arc::new(handle), encoder))
 }
 
-/// The models to serve: those named, or every ready BERT-family model.
+/// The models to serve: those named, or every ready model of an architecture the daemon runs.
 async fn model_references(store: &dyn Store, named: &[String]) -> Result<Vec<String>, ServeError> {
     if !named.is_empty() {
         return Ok(named.to_vec());
     }
     let rows = store.list_models().await?;
-    let encoders: Vec<String> = rows
+    let servable: Vec<String> = rows
         .iter()
-        .filter(|r| r.status == ModelStatus::Ready && matches!(r.architecture.as_str(), "bert" | "roberta" | "xlm-roberta"))
+        .filter(|r| {
+            let arch = r.architecture.as_str();
+            r.status == ModelStatus::Ready && (ENCODER_ARCHITECTURES.contains(&arch) || DECODER_ARCHITECTURES.contains(&arch))
+        })
         .map(|r| r.label())
         .collect();
-    if encoders.is_empty() {
+    if servable.is_empty() {
         return Err(ServeError::Invalid(format!(
-            "the store {} holds no embedding model to serve: ingest one (e.g. `hartonomous ingest model.safetensors`)",
+            "the store {} holds no model to serve: ingest one (e.g. `hartonomous ingest model.safetensors` or a GGUF)",
             store.location()
         )));
     }
-    Ok(encoders)
+    Ok(servable)
 }
 
 /// A daemon that is loaded and listening. [`Daemon::run`] serves until shutdown.
@@ -231,12 +300,15 @@ pub struct Daemon {
     pub scheme: &'static str,
     pub tls: Option<tls::TlsFiles>,
     pub models: Vec<Arc<ModelHandle>>,
+    /// Generation models served: label, context and sequences (no handle: those hold queues).
+    pub generators: Vec<(String, usize, usize)>,
     pub adapter: String,
     pub budget: u64,
     state: Arc<AppState>,
     handle: axum_server::Handle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     gpu_thread: std::thread::JoinHandle<()>,
+    generator_threads: Vec<std::thread::JoinHandle<()>>,
     lineage_task: tokio::task::JoinHandle<()>,
 }
 
@@ -249,27 +321,49 @@ pub async fn start(store: Arc<dyn Store>, options: ServeOptions) -> Result<Daemo
         )));
     }
     let references = model_references(store.as_ref(), &options.models).await?;
-    let mut loaded = Vec::new();
+    let mut encoders = Vec::new();
+    let mut decoders = Vec::new();
     for reference in &references {
-        loaded.push(load_model(store.as_ref(), reference).await?);
+        match load_model(store.as_ref(), reference).await? {
+            Loaded::Encoder(handle, encoder) => encoders.push((handle, encoder)),
+            Loaded::Decoder(parts) => decoders.push(*parts),
+        }
     }
     let gpu = Arc::new(tokio::task::spawn_blocking(Gpu::new).await.map_err(|e| ServeError::Invalid(format!("GPU start failed: {e}")))??);
     let adapter = gpu.report().to_string();
     let budget = options.gpu_memory.unwrap_or_else(|| default_budget(&gpu));
-    let pager = Pager::new(gpu, store.clone(), tokio::runtime::Handle::current(), budget, options.weights_source);
+    let pager = Pager::new(gpu.clone(), store.clone(), tokio::runtime::Handle::current(), budget, options.weights_source);
     let pager_metrics = pager.metrics();
+    let pager = Arc::new(Mutex::new(pager));
     let worker_metrics = Arc::new(WorkerMetrics::default());
-    let models: Vec<Arc<ModelHandle>> = loaded.iter().map(|(h, _)| h.clone()).collect();
+    let models: Vec<Arc<ModelHandle>> = encoders.iter().map(|(h, _)| h.clone()).collect();
     let (jobs, queue) = mpsc::channel(options.queue_capacity.max(1));
-    let worker = Worker::new(pager, loaded, options.max_batch_tokens, worker_metrics.clone());
+    let worker = Worker::new(pager.clone(), encoders, options.max_batch_tokens, worker_metrics.clone());
     let gpu_thread = std::thread::Builder::new()
         .name("hartonomous-gpu".into())
         .spawn(move || worker.run(queue))
         .map_err(|e| ServeError::Invalid(format!("cannot start the GPU thread: {e}")))?;
     let (lineage, lineage_task) = LineageWriter::start(store.clone());
+    let mut generators = Vec::new();
+    let mut generator_threads = Vec::new();
+    for parts in decoders {
+        let label = format!("{}:{}", parts.identity.0, parts.identity.1);
+        let model = LlamaModel::new(&label, parts.config, parts.layers, &gpu)?;
+        let limits = (options.context, options.max_sequences, options.queue_capacity);
+        let (generator, queue) =
+            Generator::new(parts.identity, parts.tokenizer, parts.chat_template, model, pager.clone(), lineage.clone(), limits)?;
+        generators.push(generator.handle.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("hartonomous-generate-{}", generators.len()))
+            .spawn(move || generator.run(queue))
+            .map_err(|e| ServeError::Invalid(format!("cannot start a generation thread: {e}")))?;
+        generator_threads.push(thread);
+    }
+    let generator_info = generators.iter().map(|g| (g.label(), g.context, g.max_sequences)).collect();
     let state = Arc::new(AppState {
         store,
         models: models.clone(),
+        generators,
         jobs,
         queue_capacity: options.queue_capacity.max(1),
         lineage_metrics: lineage.metrics(),
@@ -300,7 +394,7 @@ pub async fn start(store: Arc<dyn Store>, options: ServeOptions) -> Result<Daemo
         let server = axum_server::from_tcp_rustls(listener, config).handle(handle.clone());
         ("https", Some(files), tokio::spawn(server.serve(app)))
     };
-    Ok(Daemon { addr, scheme, tls, models, adapter, budget, state, handle, server, gpu_thread, lineage_task })
+    Ok(Daemon { addr, scheme, tls, models, generators: generator_info, adapter, budget, state, handle, server, gpu_thread, generator_threads, lineage_task })
 }
 
 impl Daemon {
@@ -311,7 +405,7 @@ impl Daemon {
     /// Serves until `shutdown` completes, then shuts down gracefully: no new connections,
     /// in-flight requests finish (up to `grace`), the GPU thread drains, lineage is flushed.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>, grace: Duration) -> Result<ShutdownReport, ServeError> {
-        let Daemon { handle, mut server, gpu_thread, lineage_task, state, .. } = self;
+        let Daemon { handle, mut server, gpu_thread, generator_threads, lineage_task, state, .. } = self;
         tokio::select! {
             result = &mut server => {
                 return Err(ServeError::Invalid(format!("the server stopped on its own: {}", match result {
@@ -331,7 +425,13 @@ impl Daemon {
         let lineage = state.lineage.clone();
         // Dropping the last sender closes the queue; the GPU thread answers what it holds and ends.
         drop(state);
-        let _ = tokio::task::spawn_blocking(move || gpu_thread.join()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = gpu_thread.join();
+            for thread in generator_threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
         lineage.flush().await;
         drop(lineage);
         let _ = lineage_task.await;

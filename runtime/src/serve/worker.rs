@@ -1,4 +1,5 @@
-//! The GPU thread: one dedicated thread owns the GPU, the pager and the encoders. Requests reach
+//! The embedding thread: one dedicated thread owns the encoders and shares the pager with the
+//! generation threads ([`super::generate`]). Requests reach
 //! it through a bounded queue (a full queue is the HTTP side's 503), and it batches whatever is
 //! waiting by a token budget, so concurrent requests share forward passes.
 //!
@@ -117,7 +118,8 @@ pub struct WorkerMetrics {
 }
 
 pub struct Worker {
-    pub pager: Pager,
+    /// Shared with the generation threads: one budget, one residency, one set of metrics.
+    pub pager: Arc<Mutex<Pager>>,
     pub encoders: Vec<(Arc<ModelHandle>, BertEncoder)>,
     /// Most padded tokens (inputs × longest) in one forward pass.
     pub max_batch_tokens: usize,
@@ -126,7 +128,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(pager: Pager, encoders: Vec<(Arc<ModelHandle>, BertEncoder)>, max_batch_tokens: usize, metrics: Arc<WorkerMetrics>) -> Self {
+    pub fn new(pager: Arc<Mutex<Pager>>, encoders: Vec<(Arc<ModelHandle>, BertEncoder)>, max_batch_tokens: usize, metrics: Arc<WorkerMetrics>) -> Self {
         Worker { pager, encoders, max_batch_tokens: max_batch_tokens.max(1), metrics, next_batch: 0 }
     }
 
@@ -217,7 +219,10 @@ impl Worker {
             let slices: Vec<&[u32]> = chunk.iter().map(|&(j, i)| jobs[j].inputs[i].as_slice()).collect();
             let started = Instant::now();
             let (_, encoder) = &self.encoders[encoder_index];
-            let vectors = encoder.embed(&mut self.pager, &slices)?;
+            let vectors = {
+                let mut pager = self.pager.lock().unwrap_or_else(|p| p.into_inner());
+                encoder.embed(&mut pager, &slices)?
+            };
             let elapsed = started.elapsed();
             let longest = slices.iter().map(|s| s.len()).max().unwrap_or(0);
             let mut requests: Vec<String> = chunk.iter().map(|&(j, _)| jobs[j].request_key.clone()).collect();
