@@ -434,6 +434,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
         })
         .collect();
     data.extend(state.generators.iter().map(|g| {
+        let g = &g.handle;
         json!({
             "id": g.name,
             "object": "model",
@@ -477,7 +478,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         .models
         .iter()
         .map(|m| (m.label(), m.unhealthy()))
-        .chain(state.generators.iter().map(|g| (g.label(), g.unhealthy())))
+        .chain(state.generators.iter().map(|g| (g.handle.label(), g.handle.unhealthy())))
         .collect();
     let models: Vec<Value> =
         health.iter().map(|(label, reason)| json!({"model": label, "healthy": reason.is_none(), "reason": reason})).collect();

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use super::api::{is_json, type_name, ApiError, MAX_BODY_BYTES};
 use super::generate::{messages_atom, FinishReason, GenerateEvent, GenerateJob, GeneratorHandle, TokenChoice};
+use tokio::sync::mpsc::Sender;
 use super::worker::JobFailure;
 use super::AppState;
 use crate::models::chat_template::ChatMessage;
@@ -55,6 +56,7 @@ enum Logprobs {
 /// A request checked and tokenized, ready for the generation thread.
 struct Checked {
     handle: Arc<GeneratorHandle>,
+    jobs: Sender<GenerateJob>,
     prompt: Vec<u32>,
     prompt_atom: ContentAtom,
     max_tokens: usize,
@@ -132,7 +134,7 @@ async fn generate(state: &Arc<AppState>, headers: &HeaderMap, body: &[u8], endpo
         events,
         received,
     };
-    if let Err(e) = handle.jobs.try_send(job) {
+    if let Err(e) = checked.jobs.try_send(job) {
         if matches!(e, mpsc::error::TrySendError::Closed(_)) {
             return Err(ApiError::server(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -330,18 +332,21 @@ fn stream(
     Sse::new(events)
 }
 
-fn find_generator(state: &AppState, fields: &Map<String, Value>) -> Result<Arc<GeneratorHandle>, ApiError> {
+fn find_generator<'a>(state: &'a AppState, fields: &Map<String, Value>) -> Result<&'a super::generate::Generation, ApiError> {
     let name = match fields.get("model") {
         Some(Value::String(name)) => name.as_str(),
         Some(other) => return Err(ApiError::invalid("model", format!("`model` must be a string, got {}", type_name(other)))),
         None => return Err(ApiError::invalid("model", "`model` is required: the name of a served model (GET /v1/models)")),
     };
     let (base, version) = crate::store::parse_model_ref(name);
-    let found = state.generators.iter().find(|g| g.label() == name || (g.name == base && version.is_none_or(|v| v == g.version)));
-    if let Some(handle) = found {
-        return Ok(handle.clone());
+    let found = state
+        .generators
+        .iter()
+        .find(|g| g.handle.label() == name || (g.handle.name == base && version.is_none_or(|v| v == g.handle.version)));
+    if let Some(generation) = found {
+        return Ok(generation);
     }
-    let served: Vec<String> = state.generators.iter().map(|g| g.name.clone()).collect();
+    let served: Vec<String> = state.generators.iter().map(|g| g.handle.name.clone()).collect();
     let why = if state.models.iter().any(|m| m.name == base) {
         format!("`{name}` is an embedding model: call /v1/embeddings with it")
     } else {
@@ -473,7 +478,8 @@ fn prompt(handle: &GeneratorHandle, fields: &Map<String, Value>, endpoint: Endpo
 }
 
 fn check(state: &AppState, fields: &Map<String, Value>, endpoint: Endpoint) -> Result<Checked, ApiError> {
-    let handle = find_generator(state, fields)?;
+    let generation = find_generator(state, fields)?;
+    let (handle, jobs) = (generation.handle.clone(), generation.jobs.clone());
     if let Some(reason) = handle.unhealthy() {
         return Err(ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "model_unhealthy", reason));
     }
@@ -590,5 +596,5 @@ fn check(state: &AppState, fields: &Map<String, Value>, endpoint: Endpoint) -> R
         Some(Value::Object(o)) => boolean(o, "include_usage")?,
         Some(other) => return Err(ApiError::invalid("stream_options", format!("`stream_options` must be an object, got {}", type_name(other)))),
     };
-    Ok(Checked { handle, prompt, prompt_atom, max_tokens, sampling, stop, stream, include_usage, logprobs })
+    Ok(Checked { handle, jobs, prompt, prompt_atom, max_tokens, sampling, stop, stream, include_usage, logprobs })
 }

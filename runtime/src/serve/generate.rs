@@ -28,6 +28,14 @@ use crate::models::ModelError;
 use crate::pager::Pager;
 use crate::store::{ContentAtom, ModelId, RunStatus};
 
+/// A served generation model as the HTTP side holds it: its description and its queue. The
+/// queue's sender lives only here (not in the handle the thread also holds), so dropping the
+/// daemon's state closes the queue and ends the thread.
+pub struct Generation {
+    pub handle: Arc<GeneratorHandle>,
+    pub jobs: mpsc::Sender<GenerateJob>,
+}
+
 /// A generation model the daemon serves: what the HTTP side needs to check and shape requests.
 pub struct GeneratorHandle {
     pub name: String,
@@ -41,7 +49,6 @@ pub struct GeneratorHandle {
     pub context: usize,
     pub max_sequences: usize,
     pub queue_capacity: usize,
-    pub jobs: mpsc::Sender<GenerateJob>,
     pub metrics: Arc<GenerateMetrics>,
     /// `Some(reason)` once the model's weights failed verification.
     unhealthy: Mutex<Option<String>>,
@@ -170,7 +177,7 @@ pub struct Generator {
 }
 
 impl Generator {
-    /// Builds the handle (for the HTTP side) and the thread's state; `run` the latter on its own
+    /// Builds the HTTP side's [`Generation`] and the thread's state; `run` the latter on its own
     /// OS thread with the returned queue.
     #[allow(clippy::too_many_arguments)] // a model's identity, limits and shared services, each named
     pub fn new(
@@ -181,7 +188,7 @@ impl Generator {
         pager: Arc<Mutex<Pager>>,
         lineage: LineageWriter,
         (context, max_sequences, queue_capacity): (usize, usize, usize),
-    ) -> Result<(Self, mpsc::Receiver<GenerateJob>), ModelError> {
+    ) -> Result<(Self, Generation, mpsc::Receiver<GenerateJob>), ModelError> {
         let context = context.min(model.config().context).max(2);
         let gpu = pager.lock().unwrap_or_else(|p| p.into_inner()).gpu().clone();
         let pool = model.new_pool(&gpu, max_sequences.max(1), context)?;
@@ -197,7 +204,6 @@ impl Generator {
             context,
             max_sequences: max_sequences.max(1),
             queue_capacity: queue_capacity.max(1),
-            jobs,
             metrics: Arc::new(GenerateMetrics::default()),
             unhealthy: Mutex::new(None),
         });
@@ -208,7 +214,8 @@ impl Generator {
             kv_bytes = pool.bytes(),
             "generation KV pool allocated"
         );
-        Ok((Generator { handle, model, pool, pager, lineage }, queue))
+        let generation = Generation { handle: handle.clone(), jobs };
+        Ok((Generator { handle, model, pool, pager, lineage }, generation, queue))
     }
 
     /// Runs until the queue is closed and every live sequence has finished.
@@ -264,10 +271,11 @@ impl Generator {
         }
     }
 
-    /// Prefills a new sequence and samples its first token. `None` when it failed (already
-    /// answered) or its client has gone.
+    /// Prefills a new sequence and samples its first token. `None` when it failed or its client
+    /// has gone (answered and recorded either way).
     fn prefill(&mut self, job: GenerateJob, slot: usize) -> Option<Sequence> {
         if job.events.is_closed() {
+            self.fail(job, JobFailure::Internal("the client disconnected before generation started".into()));
             return None;
         }
         if let Some(reason) = self.handle.unhealthy() {

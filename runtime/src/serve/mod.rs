@@ -31,7 +31,7 @@ use crate::models::llama::{LlamaConfig, LlamaModel};
 use crate::models::ModelError;
 use crate::pager::{default_budget, Pager, PagerMetrics, WeightsSource};
 use crate::store::{ModelStatus, Store, StoreError};
-use generate::{Generator, GeneratorHandle};
+use generate::{Generation, Generator};
 use lineage::{LineageMetrics, LineageWriter};
 use worker::{EmbedJob, ModelHandle, Worker, WorkerMetrics};
 
@@ -169,7 +169,7 @@ impl ServeMetrics {
         counter("hartonomous_lineage_written_total", "Lineage records stored.", ld(&l.written))?;
         counter("hartonomous_lineage_retries_total", "Failed lineage writes, each retried with backoff.", ld(&l.retries))?;
         let generated = |field: fn(&generate::GenerateMetrics) -> &AtomicU64| -> u64 {
-            state.generators.iter().map(|g| ld(field(&g.metrics))).sum()
+            state.generators.iter().map(|g| ld(field(&g.handle.metrics))).sum()
         };
         counter("hartonomous_generate_sequences_total", "Generation sequences started.", generated(|m| &m.sequences_started))?;
         gauge("hartonomous_generate_live_sequences", "Generation sequences holding a KV slot.", generated(|m| &m.live_sequences) as i64)?;
@@ -177,7 +177,7 @@ impl ServeMetrics {
         counter("hartonomous_generate_decode_steps_total", "Batched decode steps run.", generated(|m| &m.decode_steps))?;
         counter("hartonomous_generate_decode_tokens_total", "Tokens decoded, over all decode steps.", generated(|m| &m.decode_tokens))?;
         let healthy = state.models.iter().filter(|m| m.unhealthy().is_none()).count()
-            + state.generators.iter().filter(|g| g.unhealthy().is_none()).count();
+            + state.generators.iter().filter(|g| g.handle.unhealthy().is_none()).count();
         gauge("hartonomous_models_healthy", "Served models that are healthy.", healthy as i64)?;
         let mut out = Vec::new();
         TextEncoder::new().encode(&registry.gather(), &mut out).map_err(|e| e.to_string())?;
@@ -189,7 +189,7 @@ impl ServeMetrics {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub models: Vec<Arc<ModelHandle>>,
-    pub generators: Vec<Arc<GeneratorHandle>>,
+    pub generators: Vec<Generation>,
     pub jobs: mpsc::Sender<EmbedJob>,
     pub queue_capacity: usize,
     pub lineage: LineageWriter,
@@ -350,16 +350,16 @@ pub async fn start(store: Arc<dyn Store>, options: ServeOptions) -> Result<Daemo
         let label = format!("{}:{}", parts.identity.0, parts.identity.1);
         let model = LlamaModel::new(&label, parts.config, parts.layers, &gpu)?;
         let limits = (options.context, options.max_sequences, options.queue_capacity);
-        let (generator, queue) =
+        let (generator, generation, queue) =
             Generator::new(parts.identity, parts.tokenizer, parts.chat_template, model, pager.clone(), lineage.clone(), limits)?;
-        generators.push(generator.handle.clone());
+        generators.push(generation);
         let thread = std::thread::Builder::new()
             .name(format!("hartonomous-generate-{}", generators.len()))
             .spawn(move || generator.run(queue))
             .map_err(|e| ServeError::Invalid(format!("cannot start a generation thread: {e}")))?;
         generator_threads.push(thread);
     }
-    let generator_info = generators.iter().map(|g| (g.label(), g.context, g.max_sequences)).collect();
+    let generator_info = generators.iter().map(|g| (g.handle.label(), g.handle.context, g.handle.max_sequences)).collect();
     let state = Arc::new(AppState {
         store,
         models: models.clone(),
