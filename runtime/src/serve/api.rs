@@ -75,6 +75,18 @@ impl ApiError {
         ApiError { status, kind: "server_error", message: message.into(), param: None, code: Some(code), retry_after: None }
     }
 
+    /// A body too large (413) or unreadable: still OpenAI's error shape, not axum's plain text.
+    pub(super) fn body_rejected(rejection: &axum::extract::rejection::BytesRejection) -> Self {
+        ApiError {
+            status: rejection.status(),
+            kind: "invalid_request_error",
+            message: format!("{} (the body limit is {MAX_BODY_BYTES} bytes)", rejection.body_text()),
+            param: Some("body"),
+            code: Some("body_rejected"),
+            retry_after: None,
+        }
+    }
+
     /// 503 with `Retry-After`: the GPU queue in front of a model is full.
     pub(super) fn queue_full(capacity: usize) -> Self {
         let mut e = ApiError::server(
@@ -264,15 +276,7 @@ async fn embeddings(
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let result = match body {
         Ok(body) => embeddings_inner(&state, &headers, body, started).await,
-        // Too large (413) or unreadable: still OpenAI's error shape, not axum's plain text.
-        Err(rejection) => Err(ApiError {
-            status: rejection.status(),
-            kind: "invalid_request_error",
-            message: format!("{} (the body limit is {MAX_BODY_BYTES} bytes)", rejection.body_text()),
-            param: Some("body"),
-            code: Some("body_rejected"),
-            retry_after: None,
-        }),
+        Err(rejection) => Err(ApiError::body_rejected(&rejection)),
     };
     if let Err(e) = &result {
         state.metrics.count_error(e.status.as_u16());

@@ -22,7 +22,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::api::{is_json, type_name, ApiError, MAX_BODY_BYTES};
+use super::api::{is_json, type_name, ApiError};
 use super::generate::{messages_atom, FinishReason, GenerateEvent, GenerateJob, GeneratorHandle, TokenChoice};
 use tokio::sync::mpsc::Sender;
 use super::worker::JobFailure;
@@ -93,14 +93,7 @@ async fn serve(
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let result = match body {
         Ok(body) => generate(&state, &headers, &body, endpoint, received).await,
-        Err(rejection) => Err(ApiError {
-            status: rejection.status(),
-            kind: "invalid_request_error",
-            message: format!("{} (the body limit is {MAX_BODY_BYTES} bytes)", rejection.body_text()),
-            param: Some("body"),
-            code: Some("body_rejected"),
-            retry_after: None,
-        }),
+        Err(rejection) => Err(ApiError::body_rejected(&rejection)),
     };
     if let Err(e) = &result {
         state.metrics.count_error(e.status.as_u16());

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::lineage::{CompletionLineage, LineageRecord, LineageWriter};
-use super::worker::JobFailure;
+use super::worker::{Health, JobFailure};
 use crate::models::chat_template::ChatTemplate;
 use crate::models::gguf_tokenizer::GgufTokenizer;
 use crate::models::llama::{KvPool, LlamaModel, SequenceStep};
@@ -50,8 +50,7 @@ pub struct GeneratorHandle {
     pub max_sequences: usize,
     pub queue_capacity: usize,
     pub metrics: Arc<GenerateMetrics>,
-    /// `Some(reason)` once the model's weights failed verification.
-    unhealthy: Mutex<Option<String>>,
+    health: Health,
 }
 
 impl GeneratorHandle {
@@ -60,15 +59,11 @@ impl GeneratorHandle {
     }
 
     pub fn unhealthy(&self) -> Option<String> {
-        self.unhealthy.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.health.unhealthy()
     }
 
     fn mark_unhealthy(&self, reason: String) {
-        let mut slot = self.unhealthy.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            tracing::error!(model = %self.label(), %reason, "model marked unhealthy");
-            *slot = Some(reason);
-        }
+        self.health.mark_unhealthy(&self.label(), reason);
     }
 }
 
@@ -205,7 +200,7 @@ impl Generator {
             max_sequences: max_sequences.max(1),
             queue_capacity: queue_capacity.max(1),
             metrics: Arc::new(GenerateMetrics::default()),
-            unhealthy: Mutex::new(None),
+            health: Health::default(),
         });
         tracing::info!(
             model = %handle.label(),

@@ -28,8 +28,27 @@ pub struct ModelHandle {
     pub dimension: usize,
     pub created_at: String,
     pub tokenizer: Arc<BertTokenizer>,
-    /// `Some(reason)` once the model is unhealthy: nothing is computed from it any more.
-    unhealthy: Mutex<Option<String>>,
+    health: Health,
+}
+
+/// A served model's health: `Some(reason)` once its weights failed verification, after which
+/// nothing is computed from it any more.
+#[derive(Debug, Default)]
+pub struct Health(Mutex<Option<String>>);
+
+impl Health {
+    pub fn unhealthy(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records the first reason (later ones are consequences of it).
+    pub fn mark_unhealthy(&self, model: &str, reason: String) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            tracing::error!(%model, %reason, "model marked unhealthy");
+            *slot = Some(reason);
+        }
+    }
 }
 
 impl ModelHandle {
@@ -42,7 +61,7 @@ impl ModelHandle {
         created_at: String,
         tokenizer: Arc<BertTokenizer>,
     ) -> Self {
-        ModelHandle { name, version, id, weights_root, dimension, created_at, tokenizer, unhealthy: Mutex::new(None) }
+        ModelHandle { name, version, id, weights_root, dimension, created_at, tokenizer, health: Health::default() }
     }
 
     pub fn label(&self) -> String {
@@ -50,15 +69,11 @@ impl ModelHandle {
     }
 
     pub fn unhealthy(&self) -> Option<String> {
-        self.unhealthy.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.health.unhealthy()
     }
 
     fn mark_unhealthy(&self, reason: String) {
-        let mut slot = self.unhealthy.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            tracing::error!(model = %self.label(), %reason, "model marked unhealthy");
-            *slot = Some(reason);
-        }
+        self.health.mark_unhealthy(&self.label(), reason);
     }
 }
 
