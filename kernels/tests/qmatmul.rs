@@ -7,7 +7,7 @@ mod common;
 
 use common::{assert_close, gpu, poisoned, random, upload};
 use hartonomous_kernels::ops::matmul::Epilogue;
-use hartonomous_kernels::ops::qmatmul::qmatmul;
+use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_tiled};
 use hartonomous_kernels::{reference, DType, Tensor};
 use hartonomous_loader::DType as Stored;
 use proptest::prelude::*;
@@ -79,10 +79,16 @@ fn check(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, bytes: &[u8
         bias: with_bias.then_some(&bt),
         residual: None,
     };
+    let (want, scale) = reference::matmul(&a, &w_values, 1, m, n, k, with_bias.then_some(bias.as_slice()), None);
+    // The adapter's own route (matvec or rows kernel on a CPU adapter), then the tiled kernel
+    // that GPUs take for more than 8 rows.
     gpu().run(|rec| qmatmul(rec, &at, &wt, epilogue, &out)).expect("qmatmul runs");
     let got = gpu().download_f32(&out).expect("download");
-    let (want, scale) = reference::matmul(&a, &w_values, 1, m, n, k, with_bias.then_some(bias.as_slice()), None);
     assert_close(&got, &want, |i| 1e-5 * scale[i] + 1e-7, &format!("qmatmul {} {m}x{n}x{k}", dtype.name()));
+    let tiled = poisoned(&[m, n]);
+    gpu().run(|rec| qmatmul_tiled(rec, &at, &wt, epilogue, &tiled)).expect("tiled qmatmul runs");
+    let got = gpu().download_f32(&tiled).expect("download");
+    assert_close(&got, &want, |i| 1e-5 * scale[i] + 1e-7, &format!("tiled qmatmul {} {m}x{n}x{k}", dtype.name()));
 }
 
 proptest! {

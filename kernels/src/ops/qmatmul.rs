@@ -59,8 +59,18 @@ pub(crate) fn format_id(dtype: DType) -> Option<u32> {
 
 /// out = a · wᵀ (+ bias) (+ residual) with `a` [M, K] f32, `w` [N, K] in any weight format,
 /// `out` [M, N]. Up to [`MATVEC_MAX_M`] rows (decoding) run the bandwidth-bound matvec; more run
-/// the tiled matmul.
+/// the tiled matmul on GPUs and the rows kernel in groups of 8 on CPU adapters.
 pub fn qmatmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor) -> Result<()> {
+    qmatmul_routed(rec, a, w, epilogue, out, false)
+}
+
+/// [`qmatmul`] always through the tiled kernel (GPUs' path for more than 8 rows), so that tests
+/// and benchmarks on a CPU adapter still check and measure it.
+pub fn qmatmul_tiled(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor) -> Result<()> {
+    qmatmul_routed(rec, a, w, epilogue, out, true)
+}
+
+fn qmatmul_routed(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor, tiled: bool) -> Result<()> {
     const NAME: &str = "qmatmul";
     expect_dtype(NAME, "a", a, DType::F32)?;
     expect_dtype(NAME, "out", out, DType::F32)?;
@@ -101,25 +111,28 @@ pub fn qmatmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogu
     let storage = [Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     let source = |kernel: &str| quant_kernel_source(w.dtype(), kernel).expect("format checked above");
     // A few tokens (decoding): the bandwidth-bound matvec, which needs K in whole 32-element chunks.
-    if m <= MATVEC_MAX_M && k % 32 == 0 && rec.gpu().report().software {
-        // CPU adapters: whole rows per invocation, no barriers (see `qmatvec_rows.wgsl`). Fewer
-        // rows per invocation as tokens grow keep the unrolled body (rows × tokens) small enough
-        // for LLVM to compile in seconds.
-        let rows = match m {
+    // CPU adapters: the rows kernel for any number of tokens, MATVEC_MAX_M at a time. On
+    // lavapipe it beats the tiled kernel even on full 64-row tiles (1.5 against 0.4 GFLOP/s for
+    // Q4_1, BENCHMARKS.md), since its cost is the count of weight loads, shared by 8 tokens.
+    if !tiled && k % 32 == 0 && rec.gpu().report().software {
+        let tokens = m.min(MATVEC_MAX_M);
+        let rows = match tokens {
             1 | 2 => 16,
             3 | 4 => 8,
             _ => 4,
         };
-        let label = format!("qmatvec_rows_{}_f32_rows{rows}_tokens{m}_wg8", w.dtype().name());
+        let label = format!("qmatvec_rows_{}_f32_rows{rows}_tokens{tokens}_wg8", w.dtype().name());
         let kernel = rec.gpu().kernel_generated(&label, "qmatvec_rows", &storage, || {
             crate::unroll::expand(
                 &source(include_str!("../wgsl/qmatvec_rows.wgsl")),
-                &[("ROWS", rows), ("TOKENS", m), ("EIGHT", 8), ("FOUR", 4)],
+                &[("ROWS", rows), ("TOKENS", tokens), ("EIGHT", 8), ("FOUR", 4)],
             )
         })?;
-        return rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, crate::ops::grid(n, 8 * rows));
+        let mut groups = crate::ops::grid(n, 8 * rows);
+        groups[2] = as_u32(NAME, "M", m.div_ceil(tokens))?;
+        return rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, groups);
     }
-    if m <= MATVEC_MAX_M && k % 32 == 0 {
+    if !tiled && m <= MATVEC_MAX_M && k % 32 == 0 {
         let label = format!("qmatvec_{}_f32_tpr8_rows32_wg256", w.dtype().name());
         let kernel = rec.gpu().kernel(&label, "qmatvec", &storage, || source(include_str!("../wgsl/qmatvec.wgsl")))?;
         return rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, crate::ops::grid(n, 32));

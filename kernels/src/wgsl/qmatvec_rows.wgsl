@@ -1,5 +1,8 @@
-// out[m, n] = Σ_k x[m, k] · W[n, k] (+ bias) (+ residual) for TOKENS tokens (decoding) on CPU
-// adapters (lavapipe), W read straight from its stored blocks. GPUs take qmatvec.wgsl.
+// out[m, n] = Σ_k x[m, k] · W[n, k] (+ bias) (+ residual) on CPU adapters (lavapipe), TOKENS
+// tokens per invocation (decoding; a prompt runs as groups of TOKENS along z), W read straight
+// from its stored blocks. GPUs take qmatvec.wgsl and, for more than 8 tokens, qmatmul.wgsl.
+// Each (row, token) sums its products in the same order whatever ROWS and TOKENS are, so a
+// token's result does not depend on how many others share its dispatch.
 // Why a second matvec: lavapipe (Mesa 22.3) loads memory one SIMD lane at a time and runs
 // barriers as coroutine switches, so a matvec there is bound by the count of load instructions,
 // not by bytes. Here each invocation owns ROWS whole rows and walks K in 32-element chunks: the
@@ -226,7 +229,7 @@ fn chunk(row: u32, k0: u32) -> array<vec4<f32>, 8> {
 }
 
 fn store(token: u32, row: u32, acc: vec4<f32>) {
-    if (row >= p.n) { return; }
+    if (row >= p.n || token >= p.m) { return; }
     var v = (acc.x + acc.y) + (acc.z + acc.w);
     if ((p.flags & 1u) != 0u) { v += bias[row]; }
     if ((p.flags & 2u) != 0u) { v += residual[token * p.n + row]; }
@@ -237,6 +240,9 @@ fn store(token: u32, row: u32, acc: vec4<f32>) {
 fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let first = ((wid.y * ng.x + wid.x) * 8u + lid) * {ROWS}u;
     if (first >= p.n) { return; }
+    // Workgroups along z take successive groups of TOKENS tokens (a prompt of any length); the
+    // last group's missing tokens read the last token again and are not stored.
+    let t0 = wid.z * {TOKENS}u;
     let k4 = p.k / 4u;
     // Rows past the edge decode the last row again; their results are not stored.
 //#unroll r ROWS
@@ -248,7 +254,7 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     for (var k0 = 0u; k0 < p.k; k0 += 32u) {
 //#unroll t TOKENS
 //#unroll i EIGHT
-        let x{t}_{i} = x[{t}u * k4 + k0 / 4u + {i}u];
+        let x{t}_{i} = x[min(t0 + {t}u, p.m - 1u) * k4 + k0 / 4u + {i}u];
 //#end
 //#end
 //#unroll r ROWS
@@ -262,7 +268,7 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
 //#unroll r ROWS
 //#unroll t TOKENS
-    store({t}u, first + {r}u, acc{r}_{t});
+    store(t0 + {t}u, first + {r}u, acc{r}_{t});
 //#end
 //#end
 }
