@@ -1,0 +1,208 @@
+"""llama.cpp's side of the text-generation benchmark (scripts/bench-generate.sh): prefill
+tokens/s and greedy decode tokens/s at batch 1 and batch B of the same GGUF file that the
+Hartonomous store was ingested from, on the CPU, measured the way `generate_bench` measures them:
+
+- warm-up: one prefill of the prompt (not timed);
+- prefill: one sequence of P prompt tokens in one `llama_decode`, tokens/s = P / time;
+- decode, batch 1: after an untimed prefill, D greedy steps of one token, tokens/s = D / time;
+- decode, batch B: B sequences (seq_id 0..B-1) in one context, each prefilled alone (untimed),
+  then D calls of `llama_decode` with one token of every sequence, tokens/s = B*D / time.
+
+It uses llama.cpp's own C API through llama-cpp-python's low-level bindings (`llama_batch`,
+`llama_decode`, `llama_get_logits_ith`), not the high-level `Llama` class, which runs one
+sequence only. Greedy is an argmax over each output row's logits (numpy), as in generate_bench.
+
+Prompts: `--prompt-ids FILE` reads the token ids generate_bench wrote (`--write-prompt-ids`), so
+both run on exactly the same tokens; without it, the same English text is tokenized here.
+
+The Python it needs: llama-cpp-python (0.3.36 here) and numpy. llama-cpp-python builds llama.cpp
+from source; on these machines a default (native) build crashed at the first decode (FACTS.md),
+so build it without AVX-512/AMX:
+
+    python3 -m venv /tmp/stvenv
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF" \\
+        /tmp/stvenv/bin/pip install --no-binary llama-cpp-python llama-cpp-python==0.3.36 numpy
+
+Run: /tmp/stvenv/bin/python benches/scripts/llamacpp_generate_bench.py --gguf FILE.gguf
+--prompt-tokens 128 --decode-tokens 64 --batch 8 --threads 2
+"""
+
+import argparse
+import ctypes
+import json
+import sys
+import time
+
+try:
+    import llama_cpp
+    import numpy as np
+except ImportError as e:  # the shell script checks first; this is for a run by hand
+    sys.exit(f"error: {e}: this script needs llama-cpp-python and numpy (see its docstring for the build)")
+
+# Keep in step with PROMPT_TEXT in benches/src/bin/generate_bench.rs.
+PROMPT_TEXT = (
+    "The history of the printing press begins in the fifteenth century, when "
+    "Johannes Gutenberg combined movable metal type, oil-based ink and a wooden screw press into a "
+    "system that could produce books quickly and cheaply. Within fifty years printers were at work in "
+    "more than two hundred European cities, and the number of books in circulation grew from thousands "
+    "to millions. Scholars could compare identical copies of a text, errors could be corrected in later "
+    "editions, and ideas travelled faster than ever before. "
+)
+
+
+def tokenize(vocab, text):
+    raw = text.encode("utf-8")
+    buf = (llama_cpp.llama_token * (len(raw) + 16))()
+    n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), False, False)
+    if n < 0:
+        sys.exit("error: llama_tokenize needs a bigger buffer")
+    return list(buf[:n])
+
+
+class Context:
+    """A llama.cpp context of `n_seq` sequences of at most `capacity` tokens each."""
+
+    def __init__(self, model, n_vocab, n_seq, capacity, prompt_tokens, threads):
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_seq * capacity
+        params.n_batch = max(prompt_tokens, n_seq)
+        params.n_ubatch = max(prompt_tokens, n_seq)
+        params.n_seq_max = n_seq
+        params.kv_unified = True  # one cache of n_ctx cells shared by the sequences
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(model, params)
+        if not self.ctx:
+            sys.exit("error: llama_init_from_model failed")
+        self.n_vocab = n_vocab
+        self.batch = llama_cpp.llama_batch_init(max(prompt_tokens, n_seq), 0, 1)
+
+    def clear(self):
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+
+    def decode(self, entries):
+        """Decodes (token, position, seq_id, wants_logits) entries in one batch; returns the
+        argmax token of each entry that wanted logits, in order."""
+        b = self.batch
+        for i, (token, pos, seq, logits) in enumerate(entries):
+            b.token[i] = token
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = logits
+        b.n_tokens = len(entries)
+        rc = llama_cpp.llama_decode(self.ctx, b)
+        if rc != 0:
+            sys.exit(f"error: llama_decode returned {rc}")
+        out = []
+        for i, (_, _, _, logits) in enumerate(entries):
+            if logits:
+                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
+                out.append(int(row.argmax()))
+        return out
+
+    def prefill(self, ids, seq=0):
+        return self.decode([(t, pos, seq, pos == len(ids) - 1) for pos, t in enumerate(ids)])[0]
+
+    def free(self):
+        llama_cpp.llama_batch_free(self.batch)
+        llama_cpp.llama_free(self.ctx)
+
+
+def repeat(seconds, once):
+    """Repeats `once` (returning tokens, seconds) until `seconds` are measured; tokens/s, reps."""
+    tokens, elapsed, reps = 0, 0.0, 0
+    while reps == 0 or elapsed < seconds:
+        t, s = once()
+        tokens, elapsed, reps = tokens + t, elapsed + s, reps + 1
+    return tokens / elapsed, reps
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=0.0)
+    ap.add_argument("--prompt-ids", help="JSON written by generate_bench --write-prompt-ids")
+    args = ap.parse_args()
+    p, d, nb = args.prompt_tokens, args.decode_tokens, args.batch
+
+    llama_cpp.llama_backend_init()
+    mparams = llama_cpp.llama_model_default_params()
+    mparams.n_gpu_layers = 0
+    model = llama_cpp.llama_model_load_from_file(args.gguf.encode(), mparams)
+    if not model:
+        sys.exit(f"error: llama.cpp could not load {args.gguf}")
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+
+    if args.prompt_ids:
+        with open(args.prompt_ids) as f:
+            ids = json.load(f)
+        prompt, prompts = ids["prompt_ids"], ids["batch_prompt_ids"]
+        if len(prompt) != p or len(prompts) != nb or any(len(x) != p for x in prompts):
+            sys.exit("error: --prompt-ids does not hold --batch prompts of --prompt-tokens tokens")
+    else:
+        text_ids = tokenize(vocab, PROMPT_TEXT * (p // 64 + nb // 64 + 1))
+        prompt, prompts = text_ids[:p], [text_ids[i:i + p] for i in range(nb)]
+
+    ctx1 = Context(model, n_vocab, 1, p + d, p, args.threads)
+    ctx1.prefill(prompt)  # warm-up
+    ctx1.clear()
+
+    def prefill():
+        ctx1.clear()
+        start = time.perf_counter()
+        ctx1.prefill(prompt)
+        return p, time.perf_counter() - start
+
+    generated = []
+
+    def decode1():
+        ctx1.clear()
+        nxt = ctx1.prefill(prompt)
+        generated.clear()
+        start = time.perf_counter()
+        for step in range(d):
+            generated.append(nxt)
+            nxt = ctx1.decode([(nxt, p + step, 0, True)])[0]
+        return d, time.perf_counter() - start
+
+    prefill_tps, prefill_reps = repeat(args.seconds, prefill)
+    decode1_tps, decode1_reps = repeat(args.seconds, decode1)
+    ctx1.free()
+    piece = ctypes.create_string_buffer(256)
+    text = b""
+    for t in generated:
+        n = llama_cpp.llama_token_to_piece(vocab, t, piece, len(piece), 0, False)
+        text += piece.raw[:max(n, 0)]
+    print(f"greedy continuation at batch 1: {text.decode('utf-8', 'replace')!r}")
+
+    ctxb = Context(model, n_vocab, nb, p + d, p, args.threads)
+
+    def decode_b():
+        ctxb.clear()
+        nxt = [ctxb.prefill(ids, seq) for seq, ids in enumerate(prompts)]
+        start = time.perf_counter()
+        for step in range(d):
+            nxt = ctxb.decode([(t, p + step, seq, True) for seq, t in enumerate(nxt)])
+        return nb * d, time.perf_counter() - start
+
+    decode_b_tps, decode_b_reps = repeat(args.seconds, decode_b)
+    ctxb.free()
+    llama_cpp.llama_model_free(model)
+
+    print()
+    print("| measurement | tokens/s | repetitions |")
+    print("|---|---:|---:|")
+    print(f"| prefill, {p} tokens, batch 1 | {prefill_tps:.1f} | {prefill_reps} |")
+    print(f"| decode, batch 1, {d} steps after {p} prompt tokens | {decode1_tps:.2f} | {decode1_reps} |")
+    print(f"| decode, batch {nb}, {d} steps after {p} prompt tokens each | {decode_b_tps:.2f} | {decode_b_reps} |")
+
+
+if __name__ == "__main__":
+    main()
