@@ -319,7 +319,7 @@ async fn refusals_name_the_field_and_long_answers_are_clipped_to_the_context() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_full_generation_queue_answers_503_with_retry_after() {
+async fn a_full_generation_queue_answers_503_and_a_client_that_leaves_frees_its_sequence() {
     let stored = stored_smollm2();
     // One sequence at a time and one waiting: of six long requests sent at once, at most two
     // are taken; the others are refused at once.
@@ -346,6 +346,32 @@ async fn a_full_generation_queue_answers_503_with_retry_after() {
     }
     let refused = statuses.iter().filter(|&&s| s == 503).count();
     assert!(refused >= 4, "at most two of six requests fit one sequence and one queue place: {statuses:?}");
+
+    // A streaming client that goes away mid-answer frees its sequence (the next request is
+    // served by the only slot) and still leaves its lineage, with the text generated so far.
+    let mut body = json!({"model": MODEL, "prompt": "Photosynthesis is the process by which", "max_tokens": 200, "temperature": 0, "stream": true});
+    let mut response = daemon.client.post(format!("{}/v1/completions", daemon.base)).json(&body).send().await.expect("sent");
+    let request_id = response.headers()["x-request-id"].to_str().expect("ascii").to_string();
+    let mut seen = String::new();
+    while !seen.contains("plants") {
+        let chunk = response.chunk().await.expect("chunk").expect("the stream goes on");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(response);
+    body["stream"] = json!(false);
+    body["max_tokens"] = json!(2);
+    let next = tokio::time::timeout(Duration::from_secs(120), daemon.json("/v1/completions", &body)).await.expect("served after the disconnect");
+    assert_eq!(next.0, 200, "{}", next.1);
     let daemon = Arc::try_unwrap(daemon).unwrap_or_else(|_| panic!("no request holds the daemon"));
     daemon.stop().await;
+    let conn = raw(&stored.db);
+    let (status, completion_tokens): (String, i64) = conn
+        .query_row(
+            "SELECT r.Status, u.OutputTokens FROM InferenceRequests r JOIN UsageLedger u ON u.RequestId = r.RequestId WHERE r.RequestKey = ?1",
+            [&request_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the disconnected request's lineage");
+    assert_eq!(status, "succeeded");
+    assert!((2..200).contains(&completion_tokens), "stopped early, after some tokens: {completion_tokens}");
 }

@@ -116,10 +116,11 @@ fn qmatmul_routed(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epil
     // Q4_1, BENCHMARKS.md), since its cost is the count of weight loads, shared by 8 tokens.
     if !tiled && k % 32 == 0 && rec.gpu().report().software {
         let tokens = m.min(MATVEC_MAX_M);
+        // Measured on lavapipe (BENCHMARKS.md): 16 rows share each x load best for 1–2 and 5–8
+        // tokens (8 tokens: 8.0 tokens/s of SmolLM2 decode against 7.3 with 8 rows and 5.1 with 4).
         let rows = match tokens {
-            1 | 2 => 16,
             3 | 4 => 8,
-            _ => 4,
+            _ => 16,
         };
         let label = format!("qmatvec_rows_{}_f32_rows{rows}_tokens{tokens}_wg8", w.dtype().name());
         let kernel = rec.gpu().kernel_generated(&label, "qmatvec_rows", &storage, || {
