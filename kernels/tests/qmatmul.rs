@@ -68,6 +68,7 @@ fn dequantize(stored: Stored, bytes: &[u8], elements: usize) -> Vec<f32> {
     out
 }
 
+#[allow(clippy::too_many_arguments)] // one case's format, shape, data and seed, each named
 fn check(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, bytes: &[u8], with_bias: bool, seed: u64) {
     let a = random(m * k, seed, 1.0);
     let bias = random(n, seed ^ 4, 1.0);

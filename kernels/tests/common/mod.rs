@@ -36,7 +36,10 @@ pub fn assert_close(got: &[f32], want: &[f64], tolerance: impl Fn(usize) -> f64,
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (f64::from(g) - w).abs();
         let tol = tolerance(i);
-        if !(err <= tol) {
+        // Written so that a NaN (which compares false) counts as a failure.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        let outside = !(err <= tol);
+        if outside {
             bad += 1;
             let excess = if err.is_nan() { f64::INFINITY } else { err / tol.max(f64::MIN_POSITIVE) };
             if worst.is_none_or(|(e, _)| excess > e) {
