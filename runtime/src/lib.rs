@@ -10,5 +10,6 @@ pub mod inspect;
 pub mod models;
 pub mod pager;
 pub mod progress;
+pub mod search;
 pub mod serve;
 pub mod store;

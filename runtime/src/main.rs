@@ -126,6 +126,14 @@ enum Command {
         /// Tokens per generated sequence, prompt and completion (clipped to the model's context).
         #[arg(long, default_value_t = 2048)]
         context: usize,
+        /// How `/v1/search` holds stored embeddings on the GPU: f32 (exact) or f16 (half the
+        /// bytes).
+        #[arg(long, value_enum, default_value = "f32")]
+        search_storage: hartonomous_runtime::search::VectorStorage,
+        /// GPU bytes the search index keeps resident (suffixes K, M, G); pieces beyond it are
+        /// uploaded as they are scanned.
+        #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value = "1G")]
+        search_memory: u64,
     },
     /// Re-hash every atom and check every layer, model and reference count; exits with
     /// status 2 when it finds damage.
@@ -273,6 +281,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             queue,
             max_sequences,
             context,
+            search_storage,
+            search_memory,
         } => {
             use hartonomous_runtime::serve;
             tracing_subscriber::fmt()
@@ -295,6 +305,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 queue_capacity: queue,
                 max_sequences,
                 context,
+                search_storage,
+                search_memory,
             };
             let daemon = serve::start(store.clone(), options).await?;
             if let Some(tls) = &daemon.tls {

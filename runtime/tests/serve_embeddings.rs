@@ -106,6 +106,8 @@ fn options(stored: &Stored) -> ServeOptions {
         queue_capacity: 64,
         max_sequences: 8,
         context: 512,
+        search_storage: hartonomous_runtime::search::VectorStorage::F32,
+        search_memory: 1 << 30,
     }
 }
 

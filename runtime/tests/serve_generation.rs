@@ -52,6 +52,8 @@ fn options(stored: &Stored, max_sequences: usize, queue_capacity: usize) -> Serv
         queue_capacity,
         max_sequences,
         context: CONTEXT,
+        search_storage: hartonomous_runtime::search::VectorStorage::F32,
+        search_memory: 1 << 30,
     }
 }
 

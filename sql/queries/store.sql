@@ -489,11 +489,53 @@ BEGIN
     VALUES (@P1, @P2, @P3, @Vector, @Coarse);
     SET @EmbeddingId = CAST(SCOPE_IDENTITY() AS BIGINT);
 END
-ELSE
-    UPDATE dbo.AtomEmbeddings
-    SET Dimension = @P3, EmbeddingVector = @Vector, SpatialCoarse = @Coarse, CreatedAt = SYSUTCDATETIME()
-    WHERE EmbeddingId = @EmbeddingId;
+ELSE IF EXISTS (
+    SELECT 1 FROM dbo.AtomEmbeddings
+    WHERE EmbeddingId = @EmbeddingId
+        AND (Dimension <> @P3 OR VECTOR_DISTANCE('euclidean', EmbeddingVector, @Vector) > 0)
+)
+BEGIN
+    -- A changed vector is a new row (a new EmbeddingId), so the daemon's search index sees it
+    -- (runtime/src/search.rs); the same vector written again changes nothing.
+    DELETE FROM dbo.AtomEmbeddings WHERE EmbeddingId = @EmbeddingId;
+    INSERT INTO dbo.AtomEmbeddings (AtomId, ModelId, Dimension, EmbeddingVector, SpatialCoarse)
+    VALUES (@P1, @P2, @P3, @Vector, @Coarse);
+    SET @EmbeddingId = CAST(SCOPE_IDENTITY() AS BIGINT);
+END
 SELECT @EmbeddingId AS EmbeddingId;
+
+-- name: embedding_watermark
+-- The search index's freshness check: how many embeddings model @P1 has and the newest id
+-- (0 for none). Returns Embeddings, NewestId.
+SELECT COUNT_BIG(*) AS Embeddings, COALESCE(MAX(EmbeddingId), CAST(0 AS BIGINT)) AS NewestId
+FROM dbo.AtomEmbeddings
+WHERE ModelId = @P1;
+
+-- name: embeddings_after
+-- The search index's paged read: at most @P3 embeddings of model @P1 with EmbeddingId above
+-- @P2, in id order, with the atom's modality. Returns EmbeddingId, AtomId, Modality, Dimension,
+-- EmbeddingJson (1998 numbers; the first Dimension are the embedding).
+SELECT TOP (@P3) e.EmbeddingId, e.AtomId, a.Modality, e.Dimension, CAST(e.EmbeddingVector AS NVARCHAR(MAX)) AS EmbeddingJson
+FROM dbo.AtomEmbeddings AS e
+INNER JOIN dbo.Atoms AS a ON a.AtomId = e.AtomId
+WHERE e.ModelId = @P1 AND e.EmbeddingId > @P2
+ORDER BY e.EmbeddingId;
+
+-- name: embeddings_of_atoms
+-- Model @P1's embeddings of the atoms in @P2 (a JSON array of AtomIds). Returns Ordinal
+-- (position in @P2), Dimension, EmbeddingJson, for the atoms that have one.
+SELECT CAST(j.[key] AS INT) AS Ordinal, e.Dimension, CAST(e.EmbeddingVector AS NVARCHAR(MAX)) AS EmbeddingJson
+FROM OPENJSON(@P2) AS j
+INNER JOIN dbo.AtomEmbeddings AS e
+    ON e.AtomId = CAST(j.[value] AS BIGINT) AND e.ModelId = @P1;
+
+-- name: content_atoms
+-- Content atoms by id, without payloads: @P1 a JSON array of AtomIds. Returns Ordinal, AtomId,
+-- ContentHash, Modality, Subtype, CanonicalText, PayloadBytes, for the atoms that exist.
+SELECT CAST(j.[key] AS INT) AS Ordinal, a.AtomId, a.ContentHash, a.Modality, a.Subtype, a.CanonicalText,
+    CAST(DATALENGTH(a.Payload) AS BIGINT) AS PayloadBytes
+FROM OPENJSON(@P1) AS j
+INNER JOIN dbo.Atoms AS a ON a.AtomId = CAST(j.[value] AS BIGINT);
 
 -- name: read_embedding
 -- An embedding as JSON array text (1998 numbers; the first Dimension are the embedding).

@@ -39,6 +39,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/completions", post(super::completions::completions))
         .route("/v1/chat/completions", post(super::completions::chat_completions))
+        .route("/v1/search", post(super::vectors::search))
+        .route("/v1/aggregate", post(super::vectors::aggregate))
+        .route("/v1/ensemble", post(super::ensemble::ensemble))
         .route("/v1/models", get(models))
         .route("/v1/lineage/{request_id}", get(lineage))
         .route("/health", get(health))
@@ -125,7 +128,7 @@ async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         kind: "invalid_request_error",
-        message: "no such endpoint: the daemon serves POST /v1/embeddings, POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v1/lineage/{request_id}, GET /health and GET /metrics".into(),
+        message: "no such endpoint: the daemon serves POST /v1/embeddings, POST /v1/completions, POST /v1/chat/completions, POST /v1/search, POST /v1/aggregate, POST /v1/ensemble, GET /v1/models, GET /v1/lineage/{request_id}, GET /health and GET /metrics".into(),
         param: None,
         code: Some("unknown_url"),
         retry_after: None,
@@ -241,7 +244,8 @@ pub(super) fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn find_model<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<ModelHandle>, ApiError> {
+/// A served embedding model by name (404 naming `model` when it is not served).
+pub(super) fn find_model<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<ModelHandle>, ApiError> {
     let (base, version) = crate::store::parse_model_ref(name);
     state
         .models
@@ -333,19 +337,7 @@ async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Byte
     };
     let prompt_tokens: usize = tokenized.iter().map(Vec::len).sum();
     let request_key = uuid::Uuid::new_v4().to_string();
-    let (reply, answer) = oneshot::channel();
-    let job = EmbedJob { model: model.clone(), request_key: request_key.clone(), inputs: tokenized, reply };
-    if let Err(e) = state.jobs.try_send(job) {
-        if matches!(e, tokio::sync::mpsc::error::TrySendError::Closed(_)) {
-            return Err(ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "gpu_stopped", "the GPU thread has stopped (the daemon is shutting down, or it failed: see its log)"));
-        }
-        state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-        let e = ApiError::queue_full(state.queue_capacity);
-        return Err(e);
-    }
-    let outcome = answer
-        .await
-        .unwrap_or_else(|_| Err(JobFailure::Internal("the GPU thread stopped before answering (shutting down?)".into())));
+    let outcome = run_embed_job(state, &model, &request_key, tokenized).await?;
 
     let mut record = LineageRecord {
         request_key: request_key.clone(),
@@ -362,6 +354,7 @@ async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Byte
         batches: Vec::new(),
         prompt_tokens: prompt_tokens as u64,
         completion: None,
+        members: Vec::new(),
     };
     let output = match outcome {
         Ok(output) => output,
@@ -414,6 +407,47 @@ async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Byte
         response.headers_mut().insert("x-request-id", v);
     }
     Ok(response)
+}
+
+/// Queues an embedding job on the GPU thread and waits for it: `Err` when it cannot be queued
+/// (503), `Ok(Err(failure))` when the GPU side could not run it.
+async fn run_embed_job(
+    state: &AppState,
+    model: &Arc<ModelHandle>,
+    request_key: &str,
+    tokenized: Vec<Vec<u32>>,
+) -> Result<Result<super::worker::EmbedOutput, JobFailure>, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    let job = EmbedJob { model: model.clone(), request_key: request_key.to_string(), inputs: tokenized, reply };
+    if let Err(e) = state.jobs.try_send(job) {
+        if matches!(e, tokio::sync::mpsc::error::TrySendError::Closed(_)) {
+            return Err(ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "gpu_stopped", "the GPU thread has stopped (the daemon is shutting down, or it failed: see its log)"));
+        }
+        state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::queue_full(state.queue_capacity));
+    }
+    Ok(answer.await.unwrap_or_else(|_| Err(JobFailure::Internal("the GPU thread stopped before answering (shutting down?)".into()))))
+}
+
+/// Embeds `texts` with a served model (for search queries and ensemble members): the vectors
+/// and the tokens they took. `param` names the request field the texts came from.
+pub(super) async fn embed_texts(
+    state: &AppState,
+    model: &Arc<ModelHandle>,
+    request_key: &str,
+    texts: &[String],
+    param: &'static str,
+) -> Result<(super::worker::EmbedOutput, usize), ApiError> {
+    let inputs: Vec<Input> = texts.iter().cloned().map(Input::Text).collect();
+    let (tokenized, _) = tokenize_all(model, &inputs).map_err(|mut e| {
+        if e.param == Some("input") {
+            e.param = Some(param);
+        }
+        e
+    })?;
+    let tokens = tokenized.iter().map(Vec::len).sum();
+    let output = run_embed_job(state, model, request_key, tokenized).await?.map_err(|f| ApiError::from_failure(f, param))?;
+    Ok((output, tokens))
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {

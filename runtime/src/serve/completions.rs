@@ -350,7 +350,7 @@ fn find_generator<'a>(state: &'a AppState, fields: &Map<String, Value>) -> Resul
     Err(e)
 }
 
-fn number(fields: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, ApiError> {
+pub(super) fn number(fields: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, ApiError> {
     match fields.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
@@ -358,7 +358,7 @@ fn number(fields: &Map<String, Value>, name: &'static str) -> Result<Option<f64>
     }
 }
 
-fn integer(fields: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, ApiError> {
+pub(super) fn integer(fields: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, ApiError> {
     match fields.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
@@ -369,7 +369,7 @@ fn integer(fields: &Map<String, Value>, name: &'static str) -> Result<Option<u64
     }
 }
 
-fn boolean(fields: &Map<String, Value>, name: &'static str) -> Result<bool, ApiError> {
+pub(super) fn boolean(fields: &Map<String, Value>, name: &'static str) -> Result<bool, ApiError> {
     match fields.get(name) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),

@@ -50,6 +50,9 @@ pub struct GeneratorHandle {
     pub max_sequences: usize,
     pub queue_capacity: usize,
     pub metrics: Arc<GenerateMetrics>,
+    /// The decoder itself, shared with ensembles (which run their own KV caches beside the
+    /// continuous batching).
+    pub model: Arc<LlamaModel>,
     health: Health,
 }
 
@@ -165,7 +168,7 @@ struct Sequence {
 
 pub struct Generator {
     pub handle: Arc<GeneratorHandle>,
-    model: LlamaModel,
+    model: Arc<LlamaModel>,
     pool: KvPool,
     pager: Arc<Mutex<Pager>>,
     lineage: LineageWriter,
@@ -187,6 +190,7 @@ impl Generator {
         let context = context.min(model.config().context).max(2);
         let gpu = pager.lock().unwrap_or_else(|p| p.into_inner()).gpu().clone();
         let pool = model.new_pool(&gpu, max_sequences.max(1), context)?;
+        let model = Arc::new(model);
         let (jobs, queue) = mpsc::channel(queue_capacity.max(1));
         let handle = Arc::new(GeneratorHandle {
             name,
@@ -200,6 +204,7 @@ impl Generator {
             max_sequences: max_sequences.max(1),
             queue_capacity: queue_capacity.max(1),
             metrics: Arc::new(GenerateMetrics::default()),
+            model: model.clone(),
             health: Health::default(),
         });
         tracing::info!(
@@ -509,6 +514,7 @@ impl Generator {
             batches: Vec::new(),
             prompt_tokens: job.prompt.len() as u64,
             completion,
+            members: Vec::new(),
         }
     }
 }

@@ -43,6 +43,18 @@ pub struct LineageRecord {
     pub prompt_tokens: u64,
     /// A text generation's output (the input is the prompt in `inputs`).
     pub completion: Option<CompletionLineage>,
+    /// An ensemble's members, each with its normalised weight; empty for a single model. The
+    /// outputs of an ensemble are no one model's embeddings, so they are not stored as such.
+    pub members: Vec<MemberLineage>,
+}
+
+/// One member of an ensemble, as lineage records it.
+#[derive(Debug, Clone)]
+pub struct MemberLineage {
+    pub model: ModelId,
+    pub label: String,
+    pub weights_root: Hash256,
+    pub weight: f32,
 }
 
 /// What a completion produced and how: the text, its token count, and the sampling parameters
@@ -163,7 +175,11 @@ async fn write(store: &dyn Store, r: &LineageRecord) -> Result<(), StoreError> {
             request_key: r.request_key.clone(),
             tenant: r.tenant.clone(),
             operation: r.operation.clone(),
-            model_names: vec![r.model_label.clone()],
+            model_names: if r.members.is_empty() {
+                vec![r.model_label.clone()]
+            } else {
+                r.members.iter().map(|m| m.label.clone()).collect()
+            },
         })
         .await?;
     if let Some(existing) = store.lineage(request).await? {
@@ -180,14 +196,22 @@ async fn write(store: &dyn Store, r: &LineageRecord) -> Result<(), StoreError> {
         request: Some(request),
     };
     let (req_node, model_node) = (GraphNode::Request(request), GraphNode::Model(r.model));
-    let mut edges = vec![edge(model_node, req_node, "ran")];
+    let mut edges = Vec::new();
+    if r.members.is_empty() {
+        edges.push(edge(model_node, req_node, "ran"));
+    }
+    for m in &r.members {
+        edges.push(LineageEdge { weight: f64::from(m.weight), ..edge(GraphNode::Model(m.model), req_node, "ran") });
+    }
     edges.extend(inputs.iter().map(|&a| edge(GraphNode::Atom(a), req_node, "input")));
     if !r.outputs.is_empty() {
         let output_atoms: Vec<ContentAtom> = r.outputs.iter().map(|v| embedding_atom(v)).collect();
         let outputs = store.put_content_atoms(&output_atoms).await?;
-        let embeddings: Vec<Embedding> =
-            inputs.iter().zip(&r.outputs).map(|(&atom, vector)| Embedding { atom, vector: vector.clone() }).collect();
-        store.put_embeddings(r.model, &embeddings).await?;
+        if r.members.is_empty() {
+            let embeddings: Vec<Embedding> =
+                inputs.iter().zip(&r.outputs).map(|(&atom, vector)| Embedding { atom, vector: vector.clone() }).collect();
+            store.put_embeddings(r.model, &embeddings).await?;
+        }
         for (&input, &output) in inputs.iter().zip(&outputs) {
             edges.push(edge(req_node, GraphNode::Atom(output), "output"));
             edges.push(edge(GraphNode::Atom(input), GraphNode::Atom(output), "embedded_as"));
@@ -233,6 +257,22 @@ async fn write(store: &dyn Store, r: &LineageRecord) -> Result<(), StoreError> {
                 parameters_json: parameters.to_string(),
                 status: r.status,
                 duration_ms: Some(batch.duration_ms),
+                tenant: r.tenant.clone(),
+            })
+            .await?;
+    }
+    let first_member_step = r.batches.len() + usize::from(r.completion.is_some());
+    for (i, m) in r.members.iter().enumerate() {
+        store
+            .record_step(&StepRecord {
+                request,
+                ordinal: (first_member_step + i) as u32,
+                operation: "ensemble_member".into(),
+                model: Some(m.model),
+                weights_root: Some(m.weights_root),
+                parameters_json: serde_json::json!({"model": m.label, "weight": m.weight}).to_string(),
+                status: r.status,
+                duration_ms: None,
                 tenant: r.tenant.clone(),
             })
             .await?;

@@ -10,9 +10,11 @@
 
 pub mod api;
 pub mod completions;
+pub mod ensemble;
 pub mod generate;
 pub mod lineage;
 pub mod tls;
+pub mod vectors;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ use crate::models::gguf_tokenizer::GgufTokenizer;
 use crate::models::llama::{LlamaConfig, LlamaModel};
 use crate::models::ModelError;
 use crate::pager::{default_budget, Pager, PagerMetrics, WeightsSource};
+use crate::search::{IndexOptions, SearchIndex, SearchMetrics, VectorStorage};
 use crate::store::{ModelStatus, Store, StoreError};
 use generate::{Generation, Generator};
 use lineage::{LineageMetrics, LineageWriter};
@@ -107,6 +110,10 @@ pub struct ServeOptions {
     pub max_sequences: usize,
     /// Tokens per generated sequence, prompt and completion (clipped to the model's context).
     pub context: usize,
+    /// How the search index holds stored embeddings, and the GPU bytes it may keep resident
+    /// (beyond them, pieces are uploaded as they are scanned).
+    pub search_storage: VectorStorage,
+    pub search_memory: u64,
 }
 
 /// Request counters, exported at `/metrics`.
@@ -176,6 +183,13 @@ impl ServeMetrics {
         counter("hartonomous_generate_prefill_tokens_total", "Prompt tokens prefilled.", generated(|m| &m.prefill_tokens))?;
         counter("hartonomous_generate_decode_steps_total", "Batched decode steps run.", generated(|m| &m.decode_steps))?;
         counter("hartonomous_generate_decode_tokens_total", "Tokens decoded, over all decode steps.", generated(|m| &m.decode_tokens))?;
+        let s = &state.search_metrics;
+        counter("hartonomous_search_queries_total", "Search queries answered.", ld(&s.queries))?;
+        counter("hartonomous_search_rows_scanned_total", "Stored embeddings scored, over all queries.", ld(&s.rows_scanned))?;
+        counter("hartonomous_search_refresh_appends_total", "Index refreshes that appended new embeddings.", ld(&s.refresh_appends))?;
+        counter("hartonomous_search_refresh_reloads_total", "Index refreshes that reloaded a model's embeddings whole.", ld(&s.refresh_reloads))?;
+        gauge("hartonomous_search_resident_bytes", "Bytes of the search index resident in GPU buffers.", ld(&s.resident_bytes) as i64)?;
+        gauge("hartonomous_search_indexed_rows", "Stored embeddings held by the search index.", ld(&s.indexed_rows) as i64)?;
         let healthy = state.models.iter().filter(|m| m.unhealthy().is_none()).count()
             + state.generators.iter().filter(|g| g.handle.unhealthy().is_none()).count();
         gauge("hartonomous_models_healthy", "Served models that are healthy.", healthy as i64)?;
@@ -199,6 +213,13 @@ pub struct AppState {
     pub worker_metrics: Arc<WorkerMetrics>,
     pub lineage_metrics: Arc<LineageMetrics>,
     pub adapter: String,
+    /// The GPU, for the vector operations run outside the model threads (aggregates, ensemble
+    /// averaging).
+    pub gpu: Arc<Gpu>,
+    /// Shared with the model threads: ensembles run their members through it.
+    pub pager: Arc<Mutex<Pager>>,
+    pub search: Arc<SearchIndex>,
+    pub search_metrics: Arc<SearchMetrics>,
 }
 
 /// A model loaded from the store, by kind.
@@ -360,6 +381,10 @@ pub async fn start(store: Arc<dyn Store>, options: ServeOptions) -> Result<Daemo
         generator_threads.push(thread);
     }
     let generator_info = generators.iter().map(|g| (g.handle.label(), g.handle.context, g.handle.max_sequences)).collect();
+    let search = Arc::new(SearchIndex::new(
+        gpu.clone(),
+        IndexOptions { storage: options.search_storage, gpu_budget: options.search_memory, ..IndexOptions::default() },
+    ));
     let state = Arc::new(AppState {
         store,
         models: models.clone(),
@@ -373,6 +398,10 @@ pub async fn start(store: Arc<dyn Store>, options: ServeOptions) -> Result<Daemo
         pager_metrics,
         worker_metrics,
         adapter: adapter.clone(),
+        gpu: gpu.clone(),
+        pager: pager.clone(),
+        search_metrics: search.metrics(),
+        search,
     });
 
     let listener = std::net::TcpListener::bind(options.listen).map_err(|source| ServeError::Listen { addr: options.listen, source })?;

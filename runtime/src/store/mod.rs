@@ -484,6 +484,37 @@ pub struct Embedding {
     pub vector: Vec<f32>,
 }
 
+/// `(count, newest id)` of a model's embeddings; equal watermarks mean nothing was added,
+/// removed or replaced (a replaced embedding gets a new id).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmbeddingWatermark {
+    pub count: u64,
+    /// 0 when the model has none.
+    pub max_id: i64,
+}
+
+/// An embedding as the search index reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEmbedding {
+    /// `EmbeddingId`.
+    pub id: i64,
+    pub atom: ContentAtomId,
+    /// The atom's modality (`text`, `image`, ...).
+    pub modality: String,
+    pub vector: Vec<f32>,
+}
+
+/// A content atom as stored, without its payload (its length only).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContentAtomRow {
+    pub id: ContentAtomId,
+    pub hash: Hash256,
+    pub modality: String,
+    pub subtype: Option<String>,
+    pub text: Option<String>,
+    pub payload_bytes: Option<u64>,
+}
+
 /// A stored embedding near a query, by cosine similarity (higher is nearer).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Neighbor {
@@ -708,6 +739,20 @@ pub trait Store: Send + Sync {
     /// The `k` embeddings by `model` with the highest cosine similarity to `query`, best first
     /// (ties to the lower atom id).
     async fn nearest_embeddings(&self, model: ModelId, query: &[f32], k: usize) -> Result<Vec<Neighbor>>;
+
+    /// How many embeddings `model` has and the newest one's id: the search index's freshness
+    /// check, one indexed query.
+    async fn embedding_watermark(&self, model: ModelId) -> Result<EmbeddingWatermark>;
+
+    /// At most `limit` of `model`'s embeddings with an id above `after`, in id order, with their
+    /// atoms' modality: the search index's paged read.
+    async fn embeddings_after(&self, model: ModelId, after: i64, limit: usize) -> Result<Vec<StoredEmbedding>>;
+
+    /// `model`'s embeddings of `atoms`, in their order (`None` where an atom has none).
+    async fn embeddings_of_atoms(&self, model: ModelId, atoms: &[ContentAtomId]) -> Result<Vec<Option<Vec<f32>>>>;
+
+    /// Content atoms by id, in their order (`None` where there is no such atom).
+    async fn content_atoms(&self, atoms: &[ContentAtomId]) -> Result<Vec<Option<ContentAtomRow>>>;
 
     /// Records a request, or returns the one already recorded under its key.
     async fn record_request(&self, request: &NewRequest) -> Result<RequestId>;

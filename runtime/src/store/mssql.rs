@@ -51,7 +51,7 @@ use self::text::{hashes_json, linestring_wkt, signature_wkt, vector_json};
 use super::verify::{check_atom, check_geometry, check_layer, check_model, AtomCheck};
 use super::{
     db_int,
-    AtomRecord, AtomUse, BeginModel, ContentAtom, ContentAtomId, Embedding, FetchedAtom, GraphNode, LayerAtom, LayerId,
+    AtomRecord, AtomUse, BeginModel, ContentAtom, ContentAtomId, ContentAtomRow, Embedding, EmbeddingWatermark, StoredEmbedding, FetchedAtom, GraphNode, LayerAtom, LayerId,
     LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelMaterial, ModelRow, ModelSeal, ModelStatus, ModelWriter, Neighbor,
     NewModel, NewRequest, PutAtomsOutcome, RemoveOutcome, RequestCompletion, RequestId, Result, RunStatus, StepRecord,
     Store, StoreError, UsageRecord, VerifyReport, FETCH_BATCH_ATOMS, MAX_EMBEDDING_DIMENSION,
@@ -329,6 +329,17 @@ impl<'r> Cols<'r> {
     fn hash(&self, i: usize) -> Result<Hash256, Fail> {
         self.opt_hash(i)?.ok_or_else(|| self.bad(i, "NULL where a hash was expected"))
     }
+}
+
+/// The first `dimension` numbers of a stored `VECTOR(1998)` read as JSON text (the rest are the
+/// zero padding).
+fn padded_vector(json: &str, dimension: usize) -> Result<Vec<f32>, String> {
+    let mut values: Vec<f32> = serde_json::from_str(json).map_err(|e| format!("not a JSON array of numbers: {e}"))?;
+    if values.len() < dimension {
+        return Err(format!("{} numbers where Dimension says {dimension}", values.len()));
+    }
+    values.truncate(dimension);
+    Ok(values)
 }
 
 /// A row of `list_models`, `model_by_id` or `find_models`.
@@ -758,9 +769,9 @@ impl Store for MssqlStore {
                 location: self.ctx.location.clone(),
                 what: format!("embedding of atom {}: {why}", e.atom.0),
             })?;
-            // The coarse key: the first two coordinates, as the SQLite store keeps them.
-            let coarse = |i: usize| f64::from(e.vector.get(i).copied().unwrap_or(0.0));
-            rows.push((e.atom.0, e.vector.len() as i64, json, coarse(0), coarse(1)));
+            // The coarse key's first two coordinates (SQLite keeps all three as a POINT Z).
+            let [x, y, _] = crate::search::coarse_key(&e.vector);
+            rows.push((e.atom.0, e.vector.len() as i64, json, x, y));
         }
         // Replacing is idempotent: a second run writes the same values.
         attempt!(self, idempotent: true, |c| {
@@ -802,6 +813,71 @@ impl Store for MssqlStore {
                 });
             }
             Ok(near)
+        })
+    }
+
+    async fn embedding_watermark(&self, model: ModelId) -> Result<EmbeddingWatermark> {
+        attempt!(self, idempotent: true, |c| {
+            let row = call(EMBEDDING_WATERMARK).bind(model.0).row(c).await?;
+            let r = cols(&row, EMBEDDING_WATERMARK);
+            Ok(EmbeddingWatermark { count: r.uint(0)?, max_id: r.int(1)? })
+        })
+    }
+
+    async fn embeddings_after(&self, model: ModelId, after: i64, limit: usize) -> Result<Vec<StoredEmbedding>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        attempt!(self, idempotent: true, |c| {
+            let mut out = Vec::new();
+            for row in call(EMBEDDINGS_AFTER).bind(model.0).bind(after).bind(limit).rows(c).await? {
+                let r = cols(&row, EMBEDDINGS_AFTER);
+                let dimension = r.uint(3)? as usize;
+                out.push(StoredEmbedding {
+                    id: r.int(0)?,
+                    atom: ContentAtomId(r.int(1)?),
+                    modality: r.string(2)?,
+                    vector: padded_vector(r.str(4)?, dimension).map_err(|why| r.bad(4, &why))?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    async fn embeddings_of_atoms(&self, model: ModelId, atoms: &[ContentAtomId]) -> Result<Vec<Option<Vec<f32>>>> {
+        let ids = serde_json::to_string(&atoms.iter().map(|a| a.0).collect::<Vec<_>>()).expect("integers serialise");
+        attempt!(self, idempotent: true, |c| {
+            let mut out = vec![None; atoms.len()];
+            for row in call(EMBEDDINGS_OF_ATOMS).bind(model.0).bind(ids.clone()).rows(c).await? {
+                let r = cols(&row, EMBEDDINGS_OF_ATOMS);
+                let ordinal = r.uint(0)? as usize;
+                let vector = padded_vector(r.str(2)?, r.uint(1)? as usize).map_err(|why| r.bad(2, &why))?;
+                if let Some(slot) = out.get_mut(ordinal) {
+                    *slot = Some(vector);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn content_atoms(&self, atoms: &[ContentAtomId]) -> Result<Vec<Option<ContentAtomRow>>> {
+        let ids = serde_json::to_string(&atoms.iter().map(|a| a.0).collect::<Vec<_>>()).expect("integers serialise");
+        attempt!(self, idempotent: true, |c| {
+            let mut out = vec![None; atoms.len()];
+            for row in call(CONTENT_ATOMS).bind(ids.clone()).rows(c).await? {
+                let r = cols(&row, CONTENT_ATOMS);
+                let ordinal = r.uint(0)? as usize;
+                let atom = ContentAtomRow {
+                    id: ContentAtomId(r.int(1)?),
+                    hash: r.hash(2)?,
+                    modality: r.string(3)?,
+                    subtype: r.opt_str(4)?.map(str::to_string),
+                    text: r.opt_str(5)?.map(str::to_string),
+                    payload_bytes: r.opt_int(6)?.map(|n| n.max(0) as u64),
+                };
+                if let Some(slot) = out.get_mut(ordinal) {
+                    *slot = Some(atom);
+                }
+            }
+            Ok(out)
         })
     }
 

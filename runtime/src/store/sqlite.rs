@@ -33,7 +33,7 @@ use rusqlite::{params, CachedStatement, Connection, ErrorCode, OpenFlags, Option
 use super::verify::{check_atom, check_geometry, check_layer, check_model, AtomCheck};
 use super::{
     db_int,
-    cosine, AtomRecord, AtomUse, BeginModel, ContentAtom, ContentAtomId, Damage, Embedding, FetchedAtom, GraphNode,
+    cosine, AtomRecord, ContentAtomRow, EmbeddingWatermark, StoredEmbedding, AtomUse, BeginModel, ContentAtom, ContentAtomId, Damage, Embedding, FetchedAtom, GraphNode,
     LayerAtom, LayerId, LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelMaterial, ModelRow, ModelSeal, ModelStatus, ModelWriter,
     Neighbor, NewModel, NewRequest, PutAtomsOutcome, RemoveOutcome, RequestCompletion, RequestId, Result, RunStatus,
     StepRecord, Store, StoreError, UsageRecord, VerifyReport, FETCH_BATCH_ATOMS, MAX_EMBEDDING_DIMENSION,
@@ -150,6 +150,15 @@ impl<'c> Stmt<'c> {
         }
         Ok(())
     }
+}
+
+/// A little-endian f32 array column (`EmbeddingVector`).
+fn f32_blob(row: &Row<'_>, i: usize) -> rusqlite::Result<Vec<f32>> {
+    let bytes = row.get_ref(i)?.as_blob()?;
+    if bytes.len() % 4 != 0 {
+        return Err(rusqlite::Error::FromSqlConversionFailure(i, Type::Blob, format!("{} bytes is not an f32 array", bytes.len()).into()));
+    }
+    Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
 fn hash_col(row: &Row<'_>, i: usize) -> rusqlite::Result<Hash256> {
@@ -699,12 +708,16 @@ impl Store for SqliteStore {
         }
         let embeddings = embeddings.to_vec();
         self.write(move |conn, ctx| {
-            let mut upsert = st!(conn, ctx, UPSERT_EMBEDDING)?;
+            let mut next_id = st!(conn, ctx, NEXT_EMBEDDING_ID)?;
+            let mut delete_changed = st!(conn, ctx, DELETE_CHANGED_EMBEDDING)?;
+            let mut insert = st!(conn, ctx, INSERT_EMBEDDING)?;
             for e in &embeddings {
                 let bytes: Vec<u8> = e.vector.iter().flat_map(|v| v.to_le_bytes()).collect();
-                let c = |i: usize| f64::from(e.vector.get(i).copied().unwrap_or(0.0));
-                let coarse = encode_point_z(c(0), c(1), c(2));
-                upsert.execute(params![e.atom.0, model.0, e.vector.len() as i64, &coarse[..], bytes])?;
+                let [x, y, z] = crate::search::coarse_key(&e.vector);
+                let coarse = encode_point_z(x, y, z);
+                let id: i64 = next_id.row([], |row| row.get(0))?.unwrap_or(1);
+                delete_changed.execute(params![e.atom.0, model.0, &bytes[..]])?;
+                insert.execute(params![id, e.atom.0, model.0, e.vector.len() as i64, &coarse[..], bytes])?;
             }
             Ok(())
         })
@@ -740,6 +753,63 @@ impl Store for SqliteStore {
             best.sort_by(|a, b| b.cosine.total_cmp(&a.cosine).then(a.atom.cmp(&b.atom)));
             best.truncate(k);
             Ok(best)
+        })
+        .await
+    }
+
+    async fn embedding_watermark(&self, model: ModelId) -> Result<EmbeddingWatermark> {
+        self.call(move |conn, ctx| {
+            let mark = st!(conn, ctx, EMBEDDING_WATERMARK)?.row(params![model.0], |row| {
+                Ok(EmbeddingWatermark { count: row.get::<_, i64>(0)?.max(0) as u64, max_id: row.get(1)? })
+            })?;
+            Ok(mark.unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn embeddings_after(&self, model: ModelId, after: i64, limit: usize) -> Result<Vec<StoredEmbedding>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |conn, ctx| {
+            st!(conn, ctx, SELECT_EMBEDDINGS_AFTER)?.rows(params![model.0, after, limit], |row| {
+                Ok(StoredEmbedding {
+                    id: row.get(0)?,
+                    atom: ContentAtomId(row.get(1)?),
+                    modality: row.get(2)?,
+                    vector: f32_blob(row, 3)?,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn embeddings_of_atoms(&self, model: ModelId, atoms: &[ContentAtomId]) -> Result<Vec<Option<Vec<f32>>>> {
+        let atoms = atoms.to_vec();
+        self.call(move |conn, ctx| {
+            let mut select = st!(conn, ctx, SELECT_EMBEDDING_OF_ATOM)?;
+            atoms.iter().map(|a| select.row(params![a.0, model.0], |row| f32_blob(row, 0))).collect()
+        })
+        .await
+    }
+
+    async fn content_atoms(&self, atoms: &[ContentAtomId]) -> Result<Vec<Option<ContentAtomRow>>> {
+        let atoms = atoms.to_vec();
+        self.call(move |conn, ctx| {
+            let mut select = st!(conn, ctx, SELECT_CONTENT_ATOM)?;
+            atoms
+                .iter()
+                .map(|a| {
+                    select.row(params![a.0], |row| {
+                        Ok(ContentAtomRow {
+                            id: ContentAtomId(row.get(0)?),
+                            hash: hash_col(row, 1)?,
+                            modality: row.get(2)?,
+                            subtype: row.get(3)?,
+                            text: row.get(4)?,
+                            payload_bytes: row.get::<_, Option<i64>>(5)?.map(|n| n.max(0) as u64),
+                        })
+                    })
+                })
+                .collect()
         })
         .await
     }
@@ -1122,6 +1192,9 @@ mod tests {
             ("SELECT_COEFFICIENTS_OF_MODEL", statements::SELECT_COEFFICIENTS_OF_MODEL, "(ModelId=?)"),
             ("RELEASE_MODEL_REFERENCES", statements::RELEASE_MODEL_REFERENCES, "(ModelId=?)"),
             ("SELECT_EMBEDDINGS_OF_MODEL", statements::SELECT_EMBEDDINGS_OF_MODEL, "IX_AtomEmbeddings_ModelId (ModelId=?)"),
+            ("SELECT_EMBEDDINGS_AFTER", statements::SELECT_EMBEDDINGS_AFTER, "IX_AtomEmbeddings_ModelId (ModelId=? AND rowid>?)"),
+            ("EMBEDDING_WATERMARK", statements::EMBEDDING_WATERMARK, "IX_AtomEmbeddings_ModelId (ModelId=?)"),
+            ("SELECT_EMBEDDING_OF_ATOM", statements::SELECT_EMBEDDING_OF_ATOM, "UQ_AtomEmbeddings_Atom_Model"),
         ] {
             let steps = plan(&conn, sql);
             assert!(steps.iter().any(|s| s.contains(needle)), "{name} does not use its index: {steps:?}");

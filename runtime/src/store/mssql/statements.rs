@@ -71,6 +71,10 @@ statements! {
     UPSERT_CONTENT_ATOM = "upsert_content_atom" / 5;
     UPSERT_EMBEDDING = "upsert_embedding" / 6;
     NEAREST_EMBEDDINGS_COSINE = "nearest_embeddings_cosine" / 4;
+    EMBEDDING_WATERMARK = "embedding_watermark" / 1;
+    EMBEDDINGS_AFTER = "embeddings_after" / 3;
+    EMBEDDINGS_OF_ATOMS = "embeddings_of_atoms" / 2;
+    CONTENT_ATOMS = "content_atoms" / 1;
     // Lineage.
     INSERT_REQUEST = "insert_request" / 5;
     COMPLETE_REQUEST = "complete_request" / 4;

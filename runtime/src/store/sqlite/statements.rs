@@ -177,11 +177,29 @@ pub const UPSERT_CONTENT_ATOM: &str = "INSERT INTO Atoms (ContentHash, Modality,
      ON CONFLICT (ContentHash) DO UPDATE SET ReferenceCount = ReferenceCount + 1 \
      RETURNING AtomId";
 
-pub const UPSERT_EMBEDDING: &str = "INSERT INTO AtomEmbeddings (AtomId, ModelId, Dimension, SpatialCoarse, EmbeddingVector) \
-     VALUES (?1, ?2, ?3, ?4, ?5) \
-     ON CONFLICT (AtomId, ModelId) DO UPDATE SET Dimension = excluded.Dimension, \
-     SpatialCoarse = excluded.SpatialCoarse, EmbeddingVector = excluded.EmbeddingVector, \
-     CreatedAt = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+/// The id a new or replaced embedding gets: above every existing one, taken before a replaced
+/// row is deleted, so that a replaced vector always shows as a new id (the search index's
+/// refresh relies on it; AUTOINCREMENT would need a table rebuild of existing stores).
+pub const NEXT_EMBEDDING_ID: &str = "SELECT COALESCE(MAX(EmbeddingId), 0) + 1 FROM AtomEmbeddings";
+
+/// Removes an atom's embedding by a model when its vector differs from ?3 (then re-inserted).
+pub const DELETE_CHANGED_EMBEDDING: &str =
+    "DELETE FROM AtomEmbeddings WHERE AtomId = ?1 AND ModelId = ?2 AND EmbeddingVector IS NOT ?3";
+
+/// Writing the same embedding again (a retry, or the same text embedded again) changes nothing.
+pub const INSERT_EMBEDDING: &str = "INSERT INTO AtomEmbeddings (EmbeddingId, AtomId, ModelId, Dimension, SpatialCoarse, EmbeddingVector) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (AtomId, ModelId) DO NOTHING";
+
+pub const EMBEDDING_WATERMARK: &str = "SELECT COUNT(*), COALESCE(MAX(EmbeddingId), 0) FROM AtomEmbeddings WHERE ModelId = ?1";
+
+pub const SELECT_EMBEDDINGS_AFTER: &str = "SELECT e.EmbeddingId, e.AtomId, a.Modality, e.EmbeddingVector \
+     FROM AtomEmbeddings e JOIN Atoms a ON a.AtomId = e.AtomId \
+     WHERE e.ModelId = ?1 AND e.EmbeddingId > ?2 ORDER BY e.EmbeddingId LIMIT ?3";
+
+pub const SELECT_EMBEDDING_OF_ATOM: &str = "SELECT EmbeddingVector FROM AtomEmbeddings WHERE AtomId = ?1 AND ModelId = ?2";
+
+pub const SELECT_CONTENT_ATOM: &str =
+    "SELECT AtomId, ContentHash, Modality, Subtype, CanonicalText, length(Payload) FROM Atoms WHERE AtomId = ?1";
 
 pub const SELECT_EMBEDDINGS_OF_MODEL: &str = "SELECT e.AtomId, a.ContentHash, e.Dimension, e.EmbeddingVector \
      FROM AtomEmbeddings e JOIN Atoms a ON a.AtomId = e.AtomId WHERE e.ModelId = ?1";
