@@ -212,7 +212,8 @@ impl Metric {
 /// The daemon's hits for one query equal the reference's ids in order. Integer vectors make dot
 /// products, squared norms and so L2 distances exact in f32, so those must match exactly, ties
 /// included. A cosine divides by square roots, rounded in f32: two atoms whose reference cosines
-/// differ by less than `COSINE_TIE` (3 f32 ulps at 1) may trade places, and nothing else may.
+/// differ by less than `COSINE_TIE` (3 f32 ulps at 1) may trade places; exact ties (equal
+/// vectors) may not, and nothing else may.
 const COSINE_TIE: f64 = 4e-7;
 
 #[track_caller]
@@ -224,8 +225,10 @@ fn assert_ranking(metric: Metric, hits: &Value, reference: &[(i64, f64)], corpus
         let got = hit["atom_id"].as_i64().expect("atom_id");
         let score = hit["score"].as_f64().expect("score");
         let got_reference = corpus.iter().find(|(id, _)| *id == got).map(|(_, x)| metric.score(q, x)).expect("a corpus atom");
+        // Equal reference scores (duplicates) are a real tie: the lower atom id must come first.
+        let near_tie = (got_reference - want_score).abs();
         assert!(
-            got == want || (got_reference - want_score).abs() <= slack,
+            got == want || (near_tie > 0.0 && near_tie <= slack),
             "{what}: position {position} is atom {got} (reference score {got_reference}), the reference has {want} ({want_score})"
         );
         let tolerance = 1e-5 * want_score.abs().max(1.0);
