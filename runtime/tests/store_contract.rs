@@ -62,6 +62,7 @@ contract_tests!(
     writer_refuses_inconsistent_layers,
     fetch_atoms_in_batches,
     embeddings_and_nearest,
+    embeddings_for_the_search_index,
     lineage_is_idempotent,
     model_names_resolve,
 );

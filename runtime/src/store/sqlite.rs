@@ -1194,7 +1194,7 @@ mod tests {
             ("SELECT_EMBEDDINGS_OF_MODEL", statements::SELECT_EMBEDDINGS_OF_MODEL, "IX_AtomEmbeddings_ModelId (ModelId=?)"),
             ("SELECT_EMBEDDINGS_AFTER", statements::SELECT_EMBEDDINGS_AFTER, "IX_AtomEmbeddings_ModelId (ModelId=? AND rowid>?)"),
             ("EMBEDDING_WATERMARK", statements::EMBEDDING_WATERMARK, "IX_AtomEmbeddings_ModelId (ModelId=?)"),
-            ("SELECT_EMBEDDING_OF_ATOM", statements::SELECT_EMBEDDING_OF_ATOM, "UQ_AtomEmbeddings_Atom_Model"),
+            ("SELECT_EMBEDDING_OF_ATOM", statements::SELECT_EMBEDDING_OF_ATOM, "(AtomId=? AND ModelId=?)"),
         ] {
             let steps = plan(&conn, sql);
             assert!(steps.iter().any(|s| s.contains(needle)), "{name} does not use its index: {steps:?}");

@@ -336,6 +336,52 @@ pub async fn embeddings_and_nearest(store: &dyn Store) {
     store.remove_model(&m.model.name, None).await.expect("rm");
 }
 
+/// What the search index reads: the watermark moves when rows are added or a vector changes (a
+/// replaced embedding gets a new id) and stays when the same vector is written again; paged
+/// reads come in id order with the atoms' modality; embeddings and atoms by id, `None` where
+/// there is none.
+pub async fn embeddings_for_the_search_index(store: &dyn Store) {
+    let m = synthetic(&unique("indexed"), "1", &[("x", vec![atom(&[51.0])])]);
+    let (_, model) = store_model(store, &m).await;
+    assert_eq!(store.embedding_watermark(model.id).await.expect("mark"), EmbeddingWatermark::default());
+    let image = ContentAtom { modality: "image".into(), subtype: Some("png".into()), canonical_text: None, payload: Some(vec![1, 2, 3]) };
+    let atoms = [ContentAtom::text(unique("first")), ContentAtom::text(unique("second")), image];
+    let ids = store.put_content_atoms(&atoms).await.expect("put content");
+    let vectors = [vec![1.0, 0.0], vec![0.0, 1.0], vec![0.5, 0.5]];
+    let embeddings: Vec<Embedding> = ids.iter().zip(&vectors).map(|(&atom, v)| Embedding { atom, vector: v.clone() }).collect();
+    store.put_embeddings(model.id, &embeddings).await.expect("put embeddings");
+    let mark = store.embedding_watermark(model.id).await.expect("mark");
+    assert_eq!(mark.count, 3);
+    let all = store.embeddings_after(model.id, 0, 100).await.expect("all");
+    assert_eq!(all.iter().map(|e| e.atom).collect::<Vec<_>>(), ids, "in id order");
+    assert_eq!(all.iter().map(|e| e.modality.as_str()).collect::<Vec<_>>(), vec!["text", "text", "image"]);
+    assert_eq!(all[1].vector, vectors[1]);
+    assert_eq!(all.last().map(|e| e.id), Some(mark.max_id));
+    let page = store.embeddings_after(model.id, all[0].id, 1).await.expect("page");
+    assert_eq!(page.iter().map(|e| e.atom).collect::<Vec<_>>(), vec![ids[1]], "after an id, at most `limit`");
+    // The same vector again changes nothing; a new one is a new row.
+    store.put_embeddings(model.id, &embeddings[..1]).await.expect("same again");
+    assert_eq!(store.embedding_watermark(model.id).await.expect("mark"), mark, "rewriting the same vector");
+    store.put_embeddings(model.id, &[Embedding { atom: ids[0], vector: vec![-1.0, 0.0] }]).await.expect("replace");
+    let replaced = store.embedding_watermark(model.id).await.expect("mark");
+    assert_eq!(replaced.count, 3);
+    assert!(replaced.max_id > mark.max_id, "a replaced vector is a new id: {replaced:?} after {mark:?}");
+    let newest = store.embeddings_after(model.id, mark.max_id, 10).await.expect("newest");
+    assert_eq!((newest.len(), newest[0].atom, newest[0].vector.clone()), (1, ids[0], vec![-1.0, 0.0]));
+
+    let missing = ContentAtomId(i64::MAX);
+    let by_atom = store.embeddings_of_atoms(model.id, &[ids[2], missing, ids[0]]).await.expect("by atom");
+    assert_eq!(by_atom, vec![Some(vectors[2].clone()), None, Some(vec![-1.0, 0.0])]);
+    let rows = store.content_atoms(&[ids[2], missing, ids[0]]).await.expect("atoms");
+    let image_row = rows[0].clone().expect("the image atom");
+    assert_eq!((image_row.modality.as_str(), image_row.text.clone(), image_row.payload_bytes), ("image", None, Some(3)));
+    assert_eq!(image_row.hash, atoms[2].hash());
+    assert!(rows[1].is_none());
+    assert_eq!(rows[2].as_ref().and_then(|r| r.text.clone()), atoms[0].canonical_text.clone());
+    store.remove_model(&m.model.name, None).await.expect("rm");
+    assert_eq!(store.embedding_watermark(model.id).await.expect("mark").count, 0, "removed with the model");
+}
+
 /// Lineage writes are idempotent (a retried write is not applied twice) and read back whole.
 pub async fn lineage_is_idempotent(store: &dyn Store) {
     let m = synthetic(&unique("lineage-model"), "1", &[("x", vec![atom(&[60.0])])]);
