@@ -6,7 +6,7 @@
 mod common;
 
 use common::{gpu, random, upload};
-use hartonomous_kernels::ops::similarity::{row_norms_sq, search, top_k, CorpusPiece, Metric};
+use hartonomous_kernels::ops::similarity::{row_norms_sq, search, top_k, top_k_sorted, CorpusPiece, Metric};
 use hartonomous_kernels::{reference, DType, Tensor};
 use proptest::prelude::*;
 
@@ -27,12 +27,18 @@ fn check_top_k(q: usize, sizes: &[usize], k: usize, seed: u64) {
         start += size;
     }
     let refs: Vec<&Tensor> = pieces.iter().collect();
-    let result = gpu().run(|rec| top_k(rec, &refs, k)).expect("top_k runs");
-    let got = result.download(gpu(), Metric::Dot).expect("download");
-    for qi in 0..q {
-        let row: Vec<f64> = keys[qi * n..(qi + 1) * n].iter().map(|&v| f64::from(v)).collect();
-        let want: Vec<(u32, f32)> = reference::top_k(&row, k).into_iter().map(|(i, key)| (i, key as f32)).collect();
-        assert_eq!(got[qi], want, "query {qi}: top-{k} of {n} keys in pieces {sizes:?}");
+    // The launcher's choice (on a CPU adapter, the insertion kernel for k <= 64) and the bitonic
+    // kernel forced, so that CI checks both.
+    for (route, result) in [
+        ("top_k", gpu().run(|rec| top_k(rec, &refs, k)).expect("top_k runs")),
+        ("top_k_sorted", gpu().run(|rec| top_k_sorted(rec, &refs, k)).expect("top_k_sorted runs")),
+    ] {
+        let got = result.download(gpu(), Metric::Dot).expect("download");
+        for qi in 0..q {
+            let row: Vec<f64> = keys[qi * n..(qi + 1) * n].iter().map(|&v| f64::from(v)).collect();
+            let want: Vec<(u32, f32)> = reference::top_k(&row, k).into_iter().map(|(i, key)| (i, key as f32)).collect();
+            assert_eq!(got[qi], want, "{route}, query {qi}: top-{k} of {n} keys in pieces {sizes:?}");
+        }
     }
 }
 
@@ -41,9 +47,9 @@ proptest! {
 
     #[test]
     fn top_k_equals_reference_exactly(
-        q in 1usize..4, sizes in proptest::collection::vec(1usize..5000, 1..4), k_pick in 0usize..4, seed in any::<u64>(),
+        q in 1usize..4, sizes in proptest::collection::vec(1usize..5000, 1..4), k_pick in 0usize..5, seed in any::<u64>(),
     ) {
-        let k = [1, 10, 300, 1024][k_pick];
+        let k = [1, 10, 64, 300, 1024][k_pick];
         check_top_k(q, &sizes, k, seed);
     }
 }
@@ -62,6 +68,7 @@ fn pinned_top_k_edges() {
     check_top_k(2, &[1], 1, 2); // a single key
     check_top_k(1, &[2048, 2048, 1], 1024, 3); // exact chunk boundaries, three pieces
     check_top_k(1, &[20_000], 1, 4); // many merge levels for k = 1
+    check_top_k(3, &[512, 513, 40_000], 64, 5); // the insertion kernel's run boundaries, k at its limit
 }
 
 fn vectors(n: usize, d: usize, seed: u64, integers: bool) -> Vec<f32> {

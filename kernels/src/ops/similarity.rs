@@ -153,8 +153,29 @@ struct TopkParams {
     _pad: u32,
 }
 
-/// Top-k of keys given in pieces [Q, n_i] (indices count across pieces in order).
+/// Largest k the CPU-adapter top-k (`topk_rows.wgsl`) serves; a larger k takes the bitonic
+/// kernel on every adapter.
+pub const ROWS_MAX_K: usize = 64;
+/// Keys one invocation of `select_runs` scans, and lists one invocation of `merge_runs` merges.
+const RUN: usize = 512;
+const MERGE_LISTS: usize = 64;
+
+/// Top-k of keys given in pieces [Q, n_i] (indices count across pieces in order). On GPUs, and
+/// for k > [`ROWS_MAX_K`], chunks of 2048 sorted in workgroup memory (`topk.wgsl`); on CPU
+/// adapters, one invocation per run of keys keeping its best k (`topk_rows.wgsl`). Both give
+/// the same lists, exactly.
 pub fn top_k(rec: &mut Recorder<'_>, pieces: &[&Tensor], k: usize) -> Result<TopK> {
+    let rows = rec.gpu().report().software && k <= ROWS_MAX_K;
+    top_k_with(rec, pieces, k, rows)
+}
+
+/// [`top_k`] through the bitonic kernel whatever the adapter, so that CPU-adapter CI checks it
+/// for small k too.
+pub fn top_k_sorted(rec: &mut Recorder<'_>, pieces: &[&Tensor], k: usize) -> Result<TopK> {
+    top_k_with(rec, pieces, k, false)
+}
+
+fn top_k_with(rec: &mut Recorder<'_>, pieces: &[&Tensor], k: usize, rows: bool) -> Result<TopK> {
     const NAME: &str = "top_k";
     if k == 0 || k > MAX_K {
         return Err(KernelError::InvalidArgument {
@@ -177,18 +198,31 @@ pub fn top_k(rec: &mut Recorder<'_>, pieces: &[&Tensor], k: usize) -> Result<Top
     }
     let total: usize = pieces.iter().map(|p| p.shape()[1]).sum();
     as_u32(NAME, "corpus size", total)?;
-    let lists: usize = pieces.iter().map(|p| p.shape()[1].div_ceil(CHUNK).max(1)).sum();
+    // Keys per selected list, and lists merged into one per merge step.
+    let (per_list, per_group) = if rows { (RUN, MERGE_LISTS) } else { (CHUNK, (CHUNK / k).max(1)) };
+    let lists: usize = pieces.iter().map(|p| p.shape()[1].div_ceil(per_list).max(1)).sum();
     let gpu = rec.gpu();
     let storage = [Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
-    let select = gpu.kernel("topk_select_f32_chunk2048_bitonic_wg256", "select_chunks", &storage, || wgsl_source!("topk.wgsl").into())?;
-    let merge = gpu.kernel("topk_merge_f32_chunk2048_bitonic_wg256", "merge_lists", &storage, || wgsl_source!("topk.wgsl").into())?;
+    let (select, merge) = if rows {
+        (
+            gpu.kernel("topk_select_f32_run512_insertion_k64_wg64", "select_runs", &storage, || wgsl_source!("topk_rows.wgsl").into())?,
+            gpu.kernel("topk_merge_f32_lists64_insertion_k64_wg64", "merge_runs", &storage, || wgsl_source!("topk_rows.wgsl").into())?,
+        )
+    } else {
+        (
+            gpu.kernel("topk_select_f32_chunk2048_bitonic_wg256", "select_chunks", &storage, || wgsl_source!("topk.wgsl").into())?,
+            gpu.kernel("topk_merge_f32_chunk2048_bitonic_wg256", "merge_lists", &storage, || wgsl_source!("topk.wgsl").into())?,
+        )
+    };
 
     let mut keys = gpu.empty(&[queries, lists, k], DType::F32)?;
     let mut indices = gpu.empty(&[queries, lists, k], DType::U32)?;
     let (mut index_base, mut list_base) = (0usize, 0usize);
+    // A workgroup sorts one chunk (bitonic), or 64 invocations each scan one run (rows).
+    let groups = |units: usize| if rows { units.div_ceil(64) } else { units };
     for piece in pieces {
         let n = piece.shape()[1];
-        let chunks = n.div_ceil(CHUNK).max(1);
+        let chunks = n.div_ceil(per_list).max(1);
         let params = TopkParams {
             queries: as_u32(NAME, "Q", queries)?,
             n: as_u32(NAME, "n", n)?,
@@ -196,15 +230,14 @@ pub fn top_k(rec: &mut Recorder<'_>, pieces: &[&Tensor], k: usize) -> Result<Top
             index_base: index_base as u32,
             out_lists: lists as u32,
             out_list_base: list_base as u32,
-            lists_per_group: 0,
+            lists_per_group: if rows { RUN as u32 } else { 0 },
             _pad: 0,
         };
-        // The indices input is unused by select_chunks; the keys fill its binding.
-        rec.dispatch(&select, &[piece, piece, &keys, &indices], &params, [chunks as u32, queries as u32, 1])?;
+        // The indices input is unused when selecting; the keys fill its binding.
+        rec.dispatch(&select, &[piece, piece, &keys, &indices], &params, [groups(chunks) as u32, queries as u32, 1])?;
         index_base += n;
         list_base += chunks;
     }
-    let per_group = (CHUNK / k).max(1);
     let mut current = lists;
     while current > 1 {
         let next = current.div_ceil(per_group);
@@ -220,7 +253,7 @@ pub fn top_k(rec: &mut Recorder<'_>, pieces: &[&Tensor], k: usize) -> Result<Top
             lists_per_group: per_group as u32,
             _pad: 0,
         };
-        rec.dispatch(&merge, &[&keys, &indices, &next_keys, &next_indices], &params, [next as u32, queries as u32, 1])?;
+        rec.dispatch(&merge, &[&keys, &indices, &next_keys, &next_indices], &params, [groups(next) as u32, queries as u32, 1])?;
         (keys, indices, current) = (next_keys, next_indices, next);
     }
     Ok(TopK {
