@@ -1,6 +1,6 @@
 //! The Hartonomous runtime: everything that composes the loader, the kernels and the store into
 //! the daemon and its CLI: the store ([`store`]), ingest and inspect, the pager that makes stored
-//! weights resident on the GPU ([`pager`]), the model architectures ([`models`]) and the daemon
+//! weights resident on the GPU ([`pager`]), the model architectures ([`models`]), derived models ([`student`]) and the daemon
 //! with its HTTPS API and lineage writer ([`serve`]). See ARCHITECTURE.md.
 //!
 //! Invariant: only this crate knows the store, the wire protocols and the models.
@@ -13,3 +13,4 @@ pub mod progress;
 pub mod search;
 pub mod serve;
 pub mod store;
+pub mod student;

@@ -79,6 +79,30 @@ enum Command {
         #[command(flatten)]
         db: Db,
     },
+    /// Make a new model from a stored one without copying its weights: a subset of its blocks,
+    /// or its block matrices pruned by importance. It reuses the parent's atoms and records
+    /// the parent as its lineage.
+    #[command(group(clap::ArgGroup::new("derivation").required(true).args(["layers", "prune_importance"])))]
+    Student {
+        /// The parent model, NAME or NAME:VERSION.
+        #[arg(long = "from", value_name = "MODEL")]
+        parent: String,
+        /// The new model, NAME or NAME:VERSION (version 1 by default).
+        #[arg(long, value_name = "NEW")]
+        name: String,
+        /// Keep the blocks FIRST-LAST (renumbered from 0) and every tensor outside the blocks.
+        #[arg(long, value_name = "FIRST-LAST")]
+        layers: Option<hartonomous_runtime::student::BlockRange>,
+        /// Zero the weights of every block matrix whose importance |w|/max|w| is below this
+        /// quantile of the tensor (0 < Q < 1); only the chunks that change get new atoms.
+        #[arg(long, value_name = "Q")]
+        prune_importance: Option<f64>,
+        #[command(flatten)]
+        db: Db,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve the stored embedding models over HTTPS (OpenAI-compatible /v1/embeddings), with
     /// lineage written back to the store.
     Serve {
@@ -267,6 +291,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out.model, out.layers, out.atoms_freed, out.bytes_freed, out.atoms_kept
             );
         }
+        Command::Student { parent, name, layers, prune_importance, db, json } => {
+            use hartonomous_runtime::student::{create_student, Derivation, StudentOptions};
+            // clap's group makes exactly one of the two present.
+            let derivation = match (layers, prune_importance) {
+                (Some(range), None) => Derivation::Blocks(range),
+                (None, Some(q)) => Derivation::Prune(q),
+                _ => bail!("give exactly one of --layers and --prune-importance"),
+            };
+            let store = open_store(&db, false).await?;
+            let report = create_student(store.as_ref(), &StudentOptions { parent, name, derivation }).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+        }
         Command::Serve {
             db,
             listen,
@@ -393,14 +433,21 @@ fn models_table(models: &[ModelRow]) -> String {
         return "no models stored\n".into();
     }
     let width = models.iter().map(|m| m.label().len()).max().unwrap_or(5).max(5);
+    // A derived model names its parent; one whose parent was removed says so.
+    let parent = |m: &ModelRow| match (m.parent, &m.derived_by) {
+        (Some(id), _) => models.iter().find(|p| p.id == id).map_or_else(|| format!("model {}", id.0), ModelRow::label),
+        (None, Some(_)) => "(removed)".into(),
+        (None, None) => "-".into(),
+    };
+    let parent_width = models.iter().map(|m| parent(m).len()).max().unwrap_or(6).max(6);
     let mut out = format!(
-        "{:<width$}  {:<12}  {:<11}  {:>7}  {:>12}  {:>12}  {:<9}  {:<16}  {}\n",
-        "model", "architecture", "format", "tensors", "parameters", "atom bytes", "status", "weights root", "created"
+        "{:<width$}  {:<12}  {:<11}  {:>7}  {:>12}  {:>12}  {:<9}  {:<16}  {:<parent_width$}  {}\n",
+        "model", "architecture", "format", "tensors", "parameters", "atom bytes", "status", "weights root", "parent", "created"
     );
     for m in models {
         let root = m.weights_root.map(|r| r.to_hex()[..16].to_string()).unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{:<width$}  {:<12}  {:<11}  {:>7}  {:>12}  {:>12}  {:<9}  {:<16}  {}\n",
+            "{:<width$}  {:<12}  {:<11}  {:>7}  {:>12}  {:>12}  {:<9}  {:<16}  {:<parent_width$}  {}\n",
             m.label(),
             m.architecture,
             m.format,
@@ -409,6 +456,7 @@ fn models_table(models: &[ModelRow]) -> String {
             m.atom_bytes,
             m.status.as_str(),
             root,
+            parent(m),
             m.created_at
         ));
     }

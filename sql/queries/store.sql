@@ -38,7 +38,7 @@ SET XACT_ABORT ON;
 -- name: database_options
 -- Plain batch, once per connection after session_options: what the store needs of the database.
 -- Returns Version (the applied schema version, 0 on an empty database; the daemon refuses any
--- other version than its own, 2, naming the server and the version it found) and
+-- other version than its own, 3, naming the server and the version it found) and
 -- ReadCommittedSnapshot (1 when READ_COMMITTED_SNAPSHOT is on, which 001_core.sql sets: without
 -- it every read would wait for an open ingest).
 SELECT
@@ -63,8 +63,9 @@ IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;
 -- name: begin_model
 -- Starts an ingest, inside its transaction: inserts the model with Status 'ingesting', or returns
 -- the row already there. @P1 Name, @P2 Version, @P3 Architecture, @P4 Format, @P5 ConfigJson
--- (NULL), @P6 TokenizerKind, @P7 TokenizerMaterial (NULL), @P8 ParameterCount, @P9 TensorCount.
--- WeightsRoot, SourceFileHash and AtomBytes are known only at the end (mark_model_ready).
+-- (NULL), @P6 TokenizerKind, @P7 TokenizerMaterial (NULL), @P8 ParameterCount, @P9 TensorCount,
+-- @P10 ParentModelId and @P11 DerivedBy (both NULL for an ingested model; set for a derived one,
+-- whose layers then name the parent's atoms through insert_layer). WeightsRoot, SourceFileHash and AtomBytes are known only at the end (mark_model_ready).
 -- Returns ModelId, Status, Created (1 when this call inserted the row). The caller decides on an
 -- existing row: 'ready' is the model already stored (nothing to write); 'ingesting' is the leftover
 -- of an ingest that committed its row but not its layers (none of ours does; another tool might):
@@ -79,9 +80,9 @@ IF @ModelId IS NULL
 BEGIN
     INSERT INTO dbo.Models (
         Name, Version, Architecture, Format, ConfigJson, TokenizerKind, TokenizerMaterial,
-        ParameterCount, TensorCount, Status
+        ParameterCount, TensorCount, Status, ParentModelId, DerivedBy
     )
-    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, N'ingesting');
+    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, N'ingesting', @P10, @P11);
     SELECT @ModelId = CAST(SCOPE_IDENTITY() AS BIGINT), @Status = N'ingesting', @Created = 1;
 END;
 SELECT @ModelId AS ModelId, @Status AS Status, @Created AS Created;
@@ -151,7 +152,7 @@ SELECT @@ROWCOUNT AS Changed;
 SELECT
     ModelId, Name, Version, Architecture, Format, TokenizerKind, WeightsRoot, SourceFileHash,
     ParameterCount, TensorCount, AtomBytes, Status,
-    CONVERT(VARCHAR(23), CreatedAt, 126) + 'Z' AS CreatedAt
+    CONVERT(VARCHAR(23), CreatedAt, 126) + 'Z' AS CreatedAt, ParentModelId, DerivedBy
 FROM dbo.Models
 ORDER BY Name, Version;
 
@@ -160,7 +161,7 @@ ORDER BY Name, Version;
 SELECT
     ModelId, Name, Version, Architecture, Format, TokenizerKind, WeightsRoot, SourceFileHash,
     ParameterCount, TensorCount, AtomBytes, Status,
-    CONVERT(VARCHAR(23), CreatedAt, 126) + 'Z' AS CreatedAt
+    CONVERT(VARCHAR(23), CreatedAt, 126) + 'Z' AS CreatedAt, ParentModelId, DerivedBy
 FROM dbo.Models
 WHERE ModelId = @P1;
 
@@ -170,7 +171,7 @@ WHERE ModelId = @P1;
 SELECT
     ModelId, Name, Version, Architecture, Format, TokenizerKind, WeightsRoot, SourceFileHash,
     ParameterCount, TensorCount, AtomBytes, Status,
-    CONVERT(VARCHAR(23), CreatedAt, 126) + 'Z' AS CreatedAt
+    CONVERT(VARCHAR(23), CreatedAt, 126) + 'Z' AS CreatedAt, ParentModelId, DerivedBy
 FROM dbo.Models
 WHERE Name = @P1 AND (@P2 IS NULL OR Version = @P2)
 ORDER BY Version;
@@ -365,8 +366,11 @@ SELECT
 -- name: delete_model_row
 -- The rest of rm, after release_model_layers in the same transaction: the model's embeddings and
 -- its row. Steps and usage keep their history (ModelId becomes NULL by ON DELETE SET NULL; the
--- weights root stays). @P1 ModelId. Returns Deleted (0 or 1).
+-- weights root stays). Models derived from it keep working (they hold their own references) and
+-- lose only the link: ParentModelId is cleared here, as FK_Models_ParentModel cannot cascade on a
+-- self-reference; their DerivedBy still names it. @P1 ModelId. Returns Deleted (0 or 1).
 DELETE FROM dbo.AtomEmbeddings WHERE ModelId = @P1;
+UPDATE dbo.Models SET ParentModelId = NULL WHERE ParentModelId = @P1;
 DELETE FROM dbo.Models WHERE ModelId = @P1;
 SELECT @@ROWCOUNT AS Deleted;
 

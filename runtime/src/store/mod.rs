@@ -179,6 +179,17 @@ pub struct NewModel {
     pub tensor_count: u64,
 }
 
+/// Where a derived model (a student, a pruned copy) comes from: recorded on its row as
+/// `ParentModelId` and `DerivedBy`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelLineage {
+    /// The model whose atoms the new one reuses.
+    pub parent: ModelId,
+    /// How it was derived, in words that stay readable after the parent is removed (the parent's
+    /// label and weights root, and the operation).
+    pub derived_by: String,
+}
+
 /// What a model needs besides its weights to run: its configuration and tokenizer, as ingested.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelMaterial {
@@ -201,7 +212,8 @@ pub struct ModelRow {
     pub tokenizer_kind: String,
     /// `None` only while ingesting.
     pub weights_root: Option<Hash256>,
-    /// SHA-256 of the whole source file; `None` only while ingesting.
+    /// SHA-256 of the whole source file (for a derived model, of its derivation: see
+    /// `student.rs`); `None` only while ingesting.
     pub source_file_hash: Option<Hash256>,
     pub parameter_count: u64,
     pub tensor_count: u64,
@@ -210,6 +222,11 @@ pub struct ModelRow {
     pub status: ModelStatus,
     /// ISO 8601, UTC.
     pub created_at: String,
+    /// The model this one was derived from; `None` for an ingested model, and once the parent
+    /// has been removed (`derived_by` still names it).
+    pub parent: Option<ModelId>,
+    /// How a derived model was made (see [`ModelLineage`]); `None` for an ingested model.
+    pub derived_by: Option<String>,
 }
 
 impl ModelRow {
@@ -224,7 +241,7 @@ impl ModelRow {
 pub struct ModelSeal {
     /// The weights root of the layers put; the store recomputes it and refuses a mismatch.
     pub weights_root: Hash256,
-    /// SHA-256 of the whole source file.
+    /// SHA-256 of the whole source file (for a derived model, of its derivation).
     pub source_file_hash: Hash256,
 }
 
@@ -722,6 +739,15 @@ pub trait Store: Send + Sync {
     /// Removes a model in one transaction: its layers, coefficients and embeddings, one
     /// reference from each atom per use, and the atoms left with none.
     async fn remove_model(&self, name: &str, version: Option<&str>) -> Result<RemoveOutcome>;
+
+    /// Starts writing a model derived from a stored one (a student, a pruned copy): as
+    /// [`Store::begin_model`], and the new row records `lineage` (its parent and how it was
+    /// made). Its layers may name atoms already stored (the parent's) without putting them
+    /// again: [`ModelWriter::put_layers`] adds one reference per use, so the parent and the
+    /// derived model share every atom they have in common, and removing either one leaves the
+    /// other whole. Removing the parent sets the derived model's parent to `None`; `derived_by`
+    /// keeps its name.
+    async fn begin_derived_model(&self, model: &NewModel, lineage: &ModelLineage) -> Result<BeginModel>;
 
     /// Re-hashes every atom payload (of `model`, or all), checks every layer's atom list
     /// against its tensor root, each model's weights root and counts, every reference count

@@ -52,13 +52,13 @@ use super::verify::{check_atom, check_geometry, check_layer, check_model, AtomCh
 use super::{
     db_int,
     AtomRecord, AtomUse, BeginModel, ContentAtom, ContentAtomId, ContentAtomRow, Embedding, EmbeddingWatermark, StoredEmbedding, FetchedAtom, GraphNode, LayerAtom, LayerId,
-    LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelMaterial, ModelRow, ModelSeal, ModelStatus, ModelWriter, Neighbor,
+    LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelLineage, ModelMaterial, ModelRow, ModelSeal, ModelStatus, ModelWriter, Neighbor,
     NewModel, NewRequest, PutAtomsOutcome, RemoveOutcome, RequestCompletion, RequestId, Result, RunStatus, StepRecord,
     Store, StoreError, UsageRecord, VerifyReport, FETCH_BATCH_ATOMS, MAX_EMBEDDING_DIMENSION,
 };
 
-/// The schema version (`dbo.SchemaVersion`) this build reads and writes: `sql/schema/002_*.sql`.
-pub const SCHEMA_VERSION: i64 = 2;
+/// The schema version (`dbo.SchemaVersion`) this build reads and writes: `sql/schema/003_*.sql`.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How long opening a TCP connection and logging in may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -360,6 +360,8 @@ fn model_row(row: &Row, st: Statement) -> Result<ModelRow, Fail> {
         atom_bytes: r.uint(10)?,
         status: ModelStatus::parse(status).ok_or_else(|| r.bad(11, &format!("unknown model status {status:?}")))?,
         created_at: r.string(12)?,
+        parent: r.opt_int(13)?.map(ModelId),
+        derived_by: r.opt_str(14)?.map(str::to_string),
     })
 }
 
@@ -596,16 +598,13 @@ fn run_status(r: &Cols<'_>, i: usize) -> Result<RunStatus, Fail> {
     RunStatus::parse(text).ok_or_else(|| r.bad(i, &format!("unknown status {text:?}")))
 }
 
-#[async_trait]
-impl Store for MssqlStore {
-    fn location(&self) -> &str {
-        &self.ctx.location
-    }
-
-    async fn begin_model(&self, model: &NewModel) -> Result<BeginModel> {
+impl MssqlStore {
+    /// [`Store::begin_model`] and [`Store::begin_derived_model`]: the writer's connection and
+    /// transaction, and the model's row (with its lineage, if any) inside it.
+    async fn begin(&self, model: &NewModel, lineage: Option<&ModelLineage>) -> Result<BeginModel> {
         let mut tries = 0u32;
         loop {
-            match begin_on(&self.ctx, model).await {
+            match begin_on(&self.ctx, model, lineage).await {
                 Ok(begun) => return Ok(begun),
                 Err(fail) => {
                     // Nothing of a failed begin was committed, and its connection is gone:
@@ -619,6 +618,17 @@ impl Store for MssqlStore {
                 }
             }
         }
+    }
+}
+
+#[async_trait]
+impl Store for MssqlStore {
+    fn location(&self) -> &str {
+        &self.ctx.location
+    }
+
+    async fn begin_model(&self, model: &NewModel) -> Result<BeginModel> {
+        self.begin(model, None).await
     }
 
     async fn list_models(&self) -> Result<Vec<ModelRow>> {
@@ -735,6 +745,10 @@ impl Store for MssqlStore {
             commit(c).await?;
             Ok(outcome)
         })
+    }
+
+    async fn begin_derived_model(&self, model: &NewModel, lineage: &ModelLineage) -> Result<BeginModel> {
+        self.begin(model, Some(lineage)).await
     }
 
     async fn verify(&self, model: Option<ModelId>) -> Result<VerifyReport> {
@@ -1051,7 +1065,7 @@ struct WriterState {
 }
 
 /// Opens the writer's connection and transaction and starts the model.
-async fn begin_on(ctx: &Arc<Ctx>, m: &NewModel) -> Result<BeginModel, Fail> {
+async fn begin_on(ctx: &Arc<Ctx>, m: &NewModel, lineage: Option<&ModelLineage>) -> Result<BeginModel, Fail> {
     let mut client = connect(ctx).await?;
     let c = &mut client;
     simple(c, CREATE_TENSOR_ATOM_STAGE).await?;
@@ -1067,6 +1081,8 @@ async fn begin_on(ctx: &Arc<Ctx>, m: &NewModel) -> Result<BeginModel, Fail> {
             .bind(m.tokenizer_material.clone())
             .bind(db_int(m.parameter_count))
             .bind(db_int(m.tensor_count))
+            .bind(lineage.map(|l| l.parent.0))
+            .bind(lineage.map(|l| l.derived_by.clone()))
             .row(c)
             .await?;
         let r = cols(&row, BEGIN_MODEL);

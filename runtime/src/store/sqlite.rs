@@ -34,15 +34,16 @@ use super::verify::{check_atom, check_geometry, check_layer, check_model, AtomCh
 use super::{
     db_int,
     cosine, AtomRecord, ContentAtomRow, EmbeddingWatermark, StoredEmbedding, AtomUse, BeginModel, ContentAtom, ContentAtomId, Damage, Embedding, FetchedAtom, GraphNode,
-    LayerAtom, LayerId, LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelMaterial, ModelRow, ModelSeal, ModelStatus, ModelWriter,
+    LayerAtom, LayerId, LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelLineage, ModelMaterial, ModelRow, ModelSeal, ModelStatus, ModelWriter,
     Neighbor, NewModel, NewRequest, PutAtomsOutcome, RemoveOutcome, RequestCompletion, RequestId, Result, RunStatus,
     StepRecord, Store, StoreError, UsageRecord, VerifyReport, FETCH_BATCH_ATOMS, MAX_EMBEDDING_DIMENSION,
 };
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 const SCHEMA: &str = include_str!("sqlite/schema.sql");
-const SCHEMA_DESCRIPTION: &str = "models, layers, tensor atoms and coefficients, content atoms, embeddings, lineage, usage";
+const SCHEMA_DESCRIPTION: &str =
+    "models (with their lineage), layers, tensor atoms and coefficients, content atoms, embeddings, lineage, usage";
 
 /// How long a connection waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -201,6 +202,8 @@ fn model_row(row: &Row<'_>) -> rusqlite::Result<ModelRow> {
             rusqlite::Error::FromSqlConversionFailure(11, Type::Text, format!("unknown model status {status:?}").into())
         })?,
         created_at: row.get(12)?,
+        parent: row.get::<_, Option<i64>>(13)?.map(ModelId),
+        derived_by: row.get(14)?,
     })
 }
 
@@ -248,8 +251,14 @@ fn connect(ctx: &Ctx, create: bool) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Creates the schema on first use; refuses a file written by a newer build. Reads first, so
-/// opening an up-to-date store never waits for a writer.
+/// Upgrades from an earlier version, in order: the version reached, the name of the statements
+/// that reach it from the one before (for errors), its description, and the statements.
+const MIGRATIONS: &[(i64, &str, &str, &str)] =
+    &[(2, "MIGRATE_TO_2", "models' lineage: ParentModelId and DerivedBy", statements::MIGRATE_TO_2)];
+
+/// Creates the schema on first use, upgrades a file of an earlier version (each migration and
+/// its version row in the one transaction), and refuses a file written by a newer build. Reads
+/// first, so opening an up-to-date store never waits for a writer.
 fn migrate(conn: &mut Connection, ctx: &Ctx) -> Result<()> {
     let version = |conn: &Connection| -> Result<Option<i64>> {
         let exists = st!(conn, ctx, SCHEMA_VERSION_TABLE_EXISTS)?.row([], |r| r.get::<_, bool>(0))?.unwrap_or(false);
@@ -273,10 +282,21 @@ fn migrate(conn: &mut Connection, ctx: &Ctx) -> Result<()> {
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| ctx.sqlite("BEGIN_IMMEDIATE", e))?;
     tx.execute_batch(statements::CREATE_SCHEMA_VERSION).map_err(|e| ctx.sqlite("CREATE_SCHEMA_VERSION", e))?;
-    // Another process may have created the schema while we waited for the lock.
-    if !check(version(&tx)?)? {
-        tx.execute_batch(SCHEMA).map_err(|e| ctx.sqlite("schema.sql", e))?;
-        st!(&tx, ctx, INSERT_SCHEMA_VERSION)?.execute(params![SCHEMA_VERSION, SCHEMA_DESCRIPTION])?;
+    // Another process may have created or upgraded the schema while we waited for the lock.
+    let found = version(&tx)?;
+    if !check(found)? {
+        match found {
+            None => {
+                tx.execute_batch(SCHEMA).map_err(|e| ctx.sqlite("schema.sql", e))?;
+                st!(&tx, ctx, INSERT_SCHEMA_VERSION)?.execute(params![SCHEMA_VERSION, SCHEMA_DESCRIPTION])?;
+            }
+            Some(from) => {
+                for &(to, name, description, sql) in MIGRATIONS.iter().filter(|(to, ..)| *to > from) {
+                    tx.execute_batch(sql).map_err(|e| ctx.sqlite(name, e))?;
+                    st!(&tx, ctx, INSERT_SCHEMA_VERSION)?.execute(params![to, description])?;
+                }
+            }
+        }
     }
     tx.commit().map_err(|e| ctx.sqlite("COMMIT", e))
 }
@@ -416,6 +436,7 @@ fn remove_model_rows(conn: &Connection, ctx: &Ctx, model: &ModelRow) -> Result<R
     st!(conn, ctx, DELETE_COEFFICIENTS_OF_MODEL)?.execute(params![id])?;
     let layers = st!(conn, ctx, DELETE_LAYERS_OF_MODEL)?.execute(params![id])? as u64;
     st!(conn, ctx, DELETE_EMBEDDINGS_OF_MODEL)?.execute(params![id])?;
+    st!(conn, ctx, DETACH_DERIVED_MODELS)?.execute(params![id])?;
     st!(conn, ctx, DELETE_MODEL)?.execute(params![id])?;
     let mut outcome = RemoveOutcome {
         model: model.label(),
@@ -517,14 +538,11 @@ fn verify_in(conn: &Connection, ctx: &Ctx, scope: Option<ModelId>) -> Result<Ver
     Ok(report)
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    fn location(&self) -> &str {
-        &self.ctx.location
-    }
-
-    async fn begin_model(&self, model: &NewModel) -> Result<BeginModel> {
-        let (ctx, m) = (self.ctx.clone(), model.clone());
+impl SqliteStore {
+    /// [`Store::begin_model`] and [`Store::begin_derived_model`]: the writer's connection and
+    /// transaction, and the model's row (with its lineage, if any) inside it.
+    async fn begin(&self, model: &NewModel, lineage: Option<&ModelLineage>) -> Result<BeginModel> {
+        let (ctx, m, lineage) = (self.ctx.clone(), model.clone(), lineage.cloned());
         let begun = blocking(&self.ctx, move || {
             let conn = connect(&ctx, false)?;
             // Larger than the default 2 MiB so a big transaction spills to the WAL in fewer steps.
@@ -549,6 +567,8 @@ impl Store for SqliteStore {
                     db_int(m.tensor_count),
                     m.config_json,
                     m.tokenizer_material,
+                    lineage.as_ref().map(|l| l.parent.0),
+                    lineage.as_ref().map(|l| l.derived_by.as_str()),
                 ])?;
                 ModelId(conn.last_insert_rowid())
             };
@@ -568,6 +588,17 @@ impl Store for SqliteStore {
             })),
             Err(existing) => BeginModel::Exists(Box::new(existing)),
         })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn location(&self) -> &str {
+        &self.ctx.location
+    }
+
+    async fn begin_model(&self, model: &NewModel) -> Result<BeginModel> {
+        self.begin(model, None).await
     }
 
     async fn list_models(&self) -> Result<Vec<ModelRow>> {
@@ -665,6 +696,10 @@ impl Store for SqliteStore {
             remove_model_rows(conn, ctx, &model)
         })
         .await
+    }
+
+    async fn begin_derived_model(&self, model: &NewModel, lineage: &ModelLineage) -> Result<BeginModel> {
+        self.begin(model, Some(lineage)).await
     }
 
     async fn verify(&self, model: Option<ModelId>) -> Result<VerifyReport> {

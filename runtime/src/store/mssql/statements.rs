@@ -47,7 +47,7 @@ statements! {
     CREATE_TENSOR_ATOM_STAGE = "create_tensor_atom_stage" / 0;
     APPLY_TENSOR_ATOM_STAGE = "apply_tensor_atom_stage" / 0;
     // Models and layers.
-    BEGIN_MODEL = "begin_model" / 9;
+    BEGIN_MODEL = "begin_model" / 11;
     INSERT_LAYER = "insert_layer" / 9;
     WRITE_LAYER_GEOMETRY_WKT = "write_layer_geometry_wkt" / 2;
     MARK_MODEL_READY = "mark_model_ready" / 3;

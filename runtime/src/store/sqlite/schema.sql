@@ -1,4 +1,4 @@
--- The embedded store's schema, version 1. Same tables and column names as the SQL Server 2025
+-- The embedded store's schema, version 2. Same tables and column names as the SQL Server 2025
 -- schema in sql/, with SQLite's types: geometry as ISO WKB blobs (what SQL Server's AsBinaryZM()
 -- returns), vectors as little-endian f32 blobs beside their dimension, hashes as 32-byte blobs,
 -- times as ISO 8601 UTC text. Every statement is idempotent; runtime/src/store/sqlite.rs runs
@@ -13,6 +13,10 @@
 -- weights: deleting a model with layers, or an atom with references, fails, so reference counts
 -- can only change through the store's own statements. Lineage keeps its rows when a model is
 -- removed (ModelId set to NULL; the step keeps the exact WeightsRoot it ran).
+--
+-- A store of version 1 is upgraded by the migrations in sqlite/statements.rs (MIGRATE_TO_2 adds
+-- the lineage columns of Models, which then sit after TokenizerMaterial: reading them walks the
+-- tokenizer's overflow pages, a cost paid by `models` only, once per model row).
 
 CREATE TABLE IF NOT EXISTS Models (
     ModelId           INTEGER PRIMARY KEY,
@@ -28,12 +32,21 @@ CREATE TABLE IF NOT EXISTS Models (
     AtomBytes         INTEGER NOT NULL DEFAULT 0 CHECK (AtomBytes >= 0),
     Status            TEXT    NOT NULL CHECK (Status IN ('ingesting', 'ready')),
     CreatedAt         TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    -- A derived model (`hartonomous student`) names the model whose atoms it reuses, and says how
+    -- it was made. The store sets ParentModelId to NULL when the parent is removed (explicitly,
+    -- as SQL Server forbids ON DELETE SET NULL on a self-reference); DerivedBy keeps the
+    -- parent's name and weights root. SourceFileHash of a derived model hashes its derivation.
+    ParentModelId     INTEGER NULL REFERENCES Models (ModelId),
+    DerivedBy         TEXT    NULL,
     ConfigJson        TEXT    NOT NULL,
     TokenizerMaterial TEXT    NULL,
     CONSTRAINT UQ_Models_Name_Version UNIQUE (Name, Version),
     -- Both hashes are known only once the file has been read: they arrive with Status 'ready'.
     CONSTRAINT CK_Models_ReadyHasHashes CHECK (Status <> 'ready' OR (WeightsRoot IS NOT NULL AND SourceFileHash IS NOT NULL))
 ) STRICT;
+
+-- Removing a model detaches its children (derived models) by this index.
+CREATE INDEX IF NOT EXISTS IX_Models_ParentModelId ON Models (ParentModelId);
 
 CREATE TABLE IF NOT EXISTS ModelLayers (
     LayerId         INTEGER PRIMARY KEY,

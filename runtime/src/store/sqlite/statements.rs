@@ -23,13 +23,19 @@ pub const SELECT_SCHEMA_VERSION: &str = "SELECT MAX(Version) FROM SchemaVersion"
 
 pub const INSERT_SCHEMA_VERSION: &str = "INSERT INTO SchemaVersion (Version, Description) VALUES (?1, ?2)";
 
+/// Version 1 → 2: models' lineage (the columns `schema.sql` declares for a new store, appended
+/// here because SQLite adds columns only at the end of a table).
+pub const MIGRATE_TO_2: &str = "ALTER TABLE Models ADD COLUMN ParentModelId INTEGER NULL REFERENCES Models (ModelId);
+ALTER TABLE Models ADD COLUMN DerivedBy TEXT NULL;
+CREATE INDEX IF NOT EXISTS IX_Models_ParentModelId ON Models (ParentModelId);";
+
 // ---- models -------------------------------------------------------------------------------
 
 /// The columns [`super::model_row`] reads, in its order.
 macro_rules! model_columns {
     () => {
         "ModelId, Name, Version, Architecture, Format, TokenizerKind, WeightsRoot, SourceFileHash, \
-         ParameterCount, TensorCount, AtomBytes, Status, CreatedAt"
+         ParameterCount, TensorCount, AtomBytes, Status, CreatedAt, ParentModelId, DerivedBy"
     };
 }
 
@@ -44,8 +50,8 @@ pub const SELECT_MODEL_BY_NAME_VERSION: &str =
 pub const SELECT_MODEL_BY_ID: &str = concat!("SELECT ", model_columns!(), " FROM Models WHERE ModelId = ?1");
 
 pub const INSERT_MODEL: &str = "INSERT INTO Models (Name, Version, Architecture, Format, TokenizerKind, \
-     ParameterCount, TensorCount, Status, ConfigJson, TokenizerMaterial) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'ingesting', ?8, ?9)";
+     ParameterCount, TensorCount, Status, ConfigJson, TokenizerMaterial, ParentModelId, DerivedBy) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'ingesting', ?8, ?9, ?10, ?11)";
 
 /// Completes a model: its weights root and file hash, the bytes of the distinct atoms it uses,
 /// and `ready`.
@@ -57,6 +63,10 @@ pub const SEAL_MODEL: &str = "UPDATE Models SET WeightsRoot = ?2, SourceFileHash
     WHERE ModelId = ?1";
 
 pub const DELETE_MODEL: &str = "DELETE FROM Models WHERE ModelId = ?1";
+
+/// Before a model's row goes: its derived models keep working (they hold their own references)
+/// and lose only the link; their DerivedBy still names it.
+pub const DETACH_DERIVED_MODELS: &str = "UPDATE Models SET ParentModelId = NULL WHERE ParentModelId = ?1";
 
 // ---- layers -------------------------------------------------------------------------------
 
