@@ -56,6 +56,7 @@ macro_rules! contract_tests {
 
 contract_tests!(
     model_round_trip,
+    derived_models_share_atoms_and_keep_lineage,
     dedup_and_remove,
     uncommitted_writes_are_invisible,
     begin_reports_an_existing_model,
@@ -77,7 +78,49 @@ async fn a_store_of_a_newer_schema_is_refused_by_name() {
         .expect("writes a newer version");
     let err = store::open(path.to_str().expect("UTF-8")).await.err().expect("refused");
     let text = err.to_string();
-    assert!(text.contains(path.to_str().unwrap()) && text.contains("99") && text.contains("up to 1"), "{text}");
+    assert!(text.contains(path.to_str().unwrap()) && text.contains("99") && text.contains("up to 2"), "{text}");
+}
+
+/// A store written by a build of schema version 1 (before models' lineage) opens, is upgraded
+/// in place, keeps its rows, and takes derived models.
+#[tokio::test]
+async fn a_store_of_schema_version_1_is_upgraded_to_models_lineage() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("v1.db");
+    // Version 1's schema: today's without what version 2 added.
+    let mut v1 = include_str!("../src/store/sqlite/schema.sql").to_string();
+    for added in [
+        "    ParentModelId     INTEGER NULL REFERENCES Models (ModelId),\n",
+        "    DerivedBy         TEXT    NULL,\n",
+        "CREATE INDEX IF NOT EXISTS IX_Models_ParentModelId ON Models (ParentModelId);\n",
+    ] {
+        assert!(v1.contains(added), "schema.sql no longer has {added:?}: update this test");
+        v1 = v1.replace(added, "");
+    }
+    {
+        let c = rusqlite::Connection::open(&path).expect("creates");
+        c.execute_batch(&v1).expect("version 1 schema");
+        c.execute_batch(
+            "CREATE TABLE SchemaVersion (Version INTEGER PRIMARY KEY, Description TEXT NOT NULL, \
+             AppliedAt TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))) STRICT;
+             INSERT INTO SchemaVersion (Version, Description) VALUES (1, 'version 1');
+             INSERT INTO Models (Name, Version, Architecture, Format, TokenizerKind, ParameterCount, TensorCount, Status, ConfigJson)
+             VALUES ('old', '1', 'test', 'synthetic', 'none', 0, 0, 'ingesting', '{}');",
+        )
+        .expect("a version 1 store with one row");
+    }
+    let store = store::open(path.to_str().expect("UTF-8")).await.expect("opens and upgrades");
+    let models = store.list_models().await.expect("list");
+    assert_eq!(models.len(), 1);
+    assert_eq!((models[0].name.as_str(), models[0].parent, models[0].derived_by.as_deref()), ("old", None, None));
+    let version: i64 = rusqlite::Connection::open(&path)
+        .and_then(|c| c.query_row("SELECT MAX(Version) FROM SchemaVersion", [], |r| r.get(0)))
+        .expect("version");
+    assert_eq!(version, 2);
+    drop(store);
+    // Opening again changes nothing, and the upgraded store passes the lineage contract.
+    let store = store::open(path.to_str().expect("UTF-8")).await.expect("opens again");
+    contract::derived_models_share_atoms_and_keep_lineage(store.as_ref()).await;
 }
 
 #[tokio::test]

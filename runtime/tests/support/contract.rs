@@ -472,3 +472,45 @@ pub async fn model_names_resolve(store: &dyn Store) {
     store.remove_model(&name, None).await.expect("rm the only version left");
     assert_eq!(store.model(&name, None).await.expect("model"), None);
 }
+
+/// A derived model (a student) names its parent, shares the parent's atoms through its own
+/// references without putting them, and outlives the parent: removing either frees only what
+/// the other does not use, and removing the parent clears the link but keeps `derived_by`.
+pub async fn derived_models_share_atoms_and_keep_lineage(store: &dyn Store) {
+    let (a, b, c) = (atom(&[1.5, 2.5]), atom(&[-3.5, 4.5]), atom(&[9.0, 8.0]));
+    let parent_name = unique("parent");
+    let parent = synthetic(&parent_name, "1", &[("w", vec![a.clone(), b.clone()]), ("v", vec![b.clone()])]);
+    let (_, parent_row) = store_model(store, &parent).await;
+    assert_eq!((parent_row.parent, parent_row.derived_by.as_deref()), (None, None));
+
+    // The child reuses layer `w` as it is and adds one new atom of its own.
+    let child_name = unique("child");
+    let child = synthetic(&child_name, "1", &[("w", vec![a.clone(), b.clone()]), ("u", vec![c.clone()])]);
+    let lineage = ModelLineage { parent: parent_row.id, derived_by: format!("test child of {}", parent_row.label()) };
+    let mut w = match store.begin_derived_model(&child.model, &lineage).await.expect("begin_derived_model") {
+        BeginModel::Writer(w) => w,
+        BeginModel::Exists(row) => panic!("{} unexpectedly exists", row.label()),
+    };
+    // Only the new atom is put: the parent's are named by the layers alone.
+    let outcome = w.put_atoms(vec![c.clone()]).await.expect("put_atoms");
+    assert_eq!(outcome, PutAtomsOutcome { new: 1, reused: 0, bytes_written: 8 });
+    w.put_layers(child.layers.clone()).await.expect("put_layers naming the parent's atoms");
+    let child_row = w.commit(seal(&child)).await.expect("commit");
+    assert_eq!(child_row.parent, Some(parent_row.id));
+    assert_eq!(child_row.derived_by.as_deref(), Some(lineage.derived_by.as_str()));
+    assert_eq!(store.model(&child_name, None).await.expect("model").as_ref(), Some(&child_row));
+    assert_eq!(counts(store, &[&a, &b, &c]).await, vec![Some(2), Some(3), Some(1)]);
+    assert_clean(&store.verify(Some(child_row.id)).await.expect("verify"));
+
+    // The parent goes: only what the child does not use is freed; the child keeps its lineage text.
+    let removed = store.remove_model(&parent_name, None).await.expect("remove parent");
+    assert_eq!((removed.atoms_freed, removed.atoms_kept), (0, 2));
+    assert_eq!(counts(store, &[&a, &b, &c]).await, vec![Some(1), Some(1), Some(1)]);
+    let orphaned = store.model(&child_name, None).await.expect("model").expect("child stays");
+    assert_eq!((orphaned.parent, orphaned.derived_by), (None, Some(lineage.derived_by.clone())));
+    assert_clean(&store.verify(Some(orphaned.id)).await.expect("verify"));
+
+    let removed = store.remove_model(&child_name, None).await.expect("remove child");
+    assert_eq!((removed.atoms_freed, removed.bytes_freed), (3, 24));
+    assert_eq!(counts(store, &[&a, &b, &c]).await, vec![None, None, None]);
+}
