@@ -12,8 +12,8 @@
 
 mod support;
 
+/// The kernels' tolerance helper (`assert_close`), which explains a failure.
 #[path = "../../kernels/tests/common/mod.rs"]
-#[allow(dead_code)]
 mod kernel_common;
 
 use std::collections::{HashMap, HashSet};
