@@ -7,7 +7,8 @@
 //! - `/v1/aggregate` against CPU aggregates, over inline vectors and over stored atom ids;
 //! - `/v1/ensemble`: a model with itself equals the model; weights (1, 0) equal the first member
 //!   and (0, 1) the second, where the second is a different model (MiniLM with one tensor
-//!   negated); SmolLM2 with itself decodes greedily what SmolLM2 alone does.
+//!   negated, or a 3-block student of MiniLM, served over HTTPS like any model); SmolLM2 with
+//!   itself decodes greedily what SmolLM2 alone does.
 
 mod support;
 
@@ -29,6 +30,7 @@ use tokio::sync::oneshot;
 const MINILM: &str = "all-MiniLM-L6-v2";
 const EDITED: &str = "minilm-edited";
 const SMOLLM2: &str = "SmolLM2-135M-Instruct";
+const STUDENT: &str = "minilm-student3";
 /// The tensor changed in the second embedding model (every value negated).
 const EDITED_TENSOR: &str = "encoder.layer.0.attention.self.query.weight";
 const D: usize = 384;
@@ -49,6 +51,10 @@ fn stored(edited: bool, smollm2: bool) -> Stored {
         copy_dir(minilm_path().parent().expect("the model's folder"), &copy);
         write_with_tensor_negated(&minilm_path(), &copy.join("model.safetensors"), EDITED_TENSOR);
         run_ok(&["ingest", "--db", s(&db), s(&copy.join("model.safetensors")), "--name", EDITED]);
+    }
+    if edited {
+        // A 3-block student of MiniLM: the parent's atoms, served like any model.
+        run_ok(&["student", "--db", s(&db), "--from", MINILM, "--name", STUDENT, "--layers", "0-2"]);
     }
     if smollm2 {
         run_ok(&["ingest", "--db", s(&db), s(&smollm2_path()), "--name", SMOLLM2]);
@@ -504,6 +510,14 @@ async fn embedding_ensembles_of_a_model_with_itself_or_weighted_one_zero_equal_t
     let second = daemon.ok("/v1/ensemble", &ensemble(json!([{"model": MINILM, "weight": 0}, {"model": EDITED, "weight": 1}]))).await;
     assert_same_vectors(&second, &edited, "weights (0, 1)");
     assert_eq!(first["members"][1]["weight"], 0.0);
+
+    // The student serves over HTTPS, differs from its parent, and ensembles like any member.
+    let student = daemon.ok("/v1/embeddings", &json!({"model": STUDENT, "input": input})).await;
+    assert_eq!(floats(&student["data"][0]["embedding"]).len(), D);
+    let student_differs = floats(&alone["data"][0]["embedding"]).iter().zip(floats(&student["data"][0]["embedding"])).any(|(a, b)| (a - b).abs() > 1e-4);
+    assert!(student_differs, "3 of 6 blocks give another embedding");
+    let only_student = daemon.ok("/v1/ensemble", &ensemble(json!([{"model": MINILM, "weight": 0}, {"model": STUDENT, "weight": 2}]))).await;
+    assert_same_vectors(&only_student, &student, "weights (0, 2) with the student");
 
     // Lineage names both members, their weights roots and normalised weights.
     let half = daemon.ok("/v1/ensemble", &ensemble(json!([{"model": MINILM, "weight": 3}, {"model": EDITED, "weight": 1}]))).await;
