@@ -109,10 +109,13 @@ pub fn coarse_key(vector: &[f32]) -> [f64; COARSE_DIMENSIONS] {
     key
 }
 
+/// The coarse projection's orthonormal directions for one dimension.
+type CoarseBasis = Arc<[Vec<f64>; COARSE_DIMENSIONS]>;
+
 /// The projection's directions for `dimension`, made once: standard normal draws (Box–Muller
 /// over a seeded ChaCha8 stream), orthonormalised by Gram–Schmidt.
-fn coarse_basis(dimension: usize) -> Arc<[Vec<f64>; COARSE_DIMENSIONS]> {
-    static BASES: OnceLock<Mutex<HashMap<usize, Arc<[Vec<f64>; COARSE_DIMENSIONS]>>>> = OnceLock::new();
+fn coarse_basis(dimension: usize) -> CoarseBasis {
+    static BASES: OnceLock<Mutex<HashMap<usize, CoarseBasis>>> = OnceLock::new();
     let mut bases = BASES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
     bases
         .entry(dimension)

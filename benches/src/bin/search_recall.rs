@@ -46,7 +46,8 @@ fn main() -> Result<()> {
     let text = std::fs::read_to_string(&args.corpus).with_context(|| format!("reading {}", args.corpus.display()))?;
     let sentences: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
     ensure!(sentences.len() >= 100, "{} has only {} sentences", args.corpus.display(), sentences.len());
-    let (queries, corpus): (Vec<(usize, &str)>, Vec<(usize, &str)>) = sentences.iter().copied().enumerate().partition(|(i, _)| i % 20 == 0);
+    type Numbered<'a> = Vec<(usize, &'a str)>;
+    let (queries, corpus): (Numbered, Numbered) = sentences.iter().copied().enumerate().partition(|(i, _)| i % 20 == 0);
 
     let runtime = tokio::runtime::Runtime::new()?;
     let store: Arc<dyn Store> = Arc::new(runtime.block_on(SqliteStore::open(&args.db, false)).with_context(|| format!("opening {}", args.db.display()))?);
