@@ -1,7 +1,11 @@
-//! Shared helpers for the benchmarks under `benches/`: where the test models are, and the
-//! sentences that the serving benchmark and its peers embed.
+//! Shared helpers for the benchmarks under `benches/`: where the test models are, the sentences
+//! that the serving benchmark and its peers embed, and the adapter's copy ceiling.
 
 use std::path::PathBuf;
+use std::time::Instant;
+
+use hartonomous_kernels::ops::ceiling::copy;
+use hartonomous_kernels::{DType, Gpu};
 
 pub mod sentences;
 
@@ -40,4 +44,24 @@ mod tests {
         assert_eq!(super::quantile(&values[..1], 0.99), 1.0);
         assert!(super::quantile(&[], 0.5).is_nan());
     }
+}
+
+/// The kernels' vec4 copy bandwidth in bytes/s (read + written), the median of 5 submissions of
+/// 8 copies of 64 MiB each way (lavapipe binds at most 128 MiB), as `benches/benches/kernels.rs`
+/// measures it: the ceiling a bandwidth-bound kernel is reported against.
+pub fn copy_bandwidth(gpu: &Gpu) -> hartonomous_kernels::Result<f64> {
+    const REPS: usize = 8;
+    let n = 16 << 20;
+    let src = gpu.upload_f32(&vec![1.0; n], &[n])?;
+    let dst = gpu.empty(&[n], DType::F32)?;
+    let run = || -> hartonomous_kernels::Result<f64> {
+        let start = Instant::now();
+        gpu.run(|rec| (0..REPS).try_for_each(|_| copy(rec, &src, &dst, 0)))?;
+        gpu.sync()?;
+        Ok(start.elapsed().as_secs_f64() / REPS as f64)
+    };
+    run()?; // compile and warm up
+    let mut times = (0..5).map(|_| run()).collect::<hartonomous_kernels::Result<Vec<f64>>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(2.0 * (n * 4) as f64 / times[2])
 }

@@ -563,9 +563,13 @@ async fn a_decoder_ensembled_with_itself_decodes_what_it_decodes_alone() {
     assert_eq!(completion["text"], text, "{completion}");
     assert!(text.starts_with(next["token"]["text"].as_str().expect("token text")), "{next} vs {text:?}");
     assert_eq!(completion["usage"]["completion_tokens"], alone["usage"]["completion_tokens"]);
-    daemon
-        .refused("/v1/ensemble", json!({"models": [{"model": MINILM}], "input": prompt, "output": "next_token"}), 404, "models")
-        .await;
+    // An embedding model among generation members is a mismatch, named.
+    let (status, answer) =
+        daemon.post("/v1/ensemble", &json!({"models": [{"model": SMOLLM2}, {"model": MINILM}], "input": prompt, "output": "next_token"})).await;
+    assert_eq!((status, answer["error"]["param"].as_str()), (400, Some("models")), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap_or("").contains("is an embedding model"), "{answer}");
+    daemon.refused("/v1/ensemble", json!({"models": [{"model": SMOLLM2}], "input": "x", "output": "embedding"}), 400, "models").await;
+    daemon.refused("/v1/ensemble", json!({"models": [{"model": "no-such-model"}], "input": prompt, "output": "completion"}), 404, "models").await;
     daemon
         .refused("/v1/ensemble", json!({"models": members, "input": prompt, "output": "completion", "temperature": -1}), 400, "temperature")
         .await;

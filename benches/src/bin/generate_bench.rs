@@ -36,8 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
-use hartonomous_kernels::ops::ceiling::copy;
-use hartonomous_kernels::{DType, Gpu};
+use hartonomous_kernels::Gpu;
 use hartonomous_runtime::models::gguf_tokenizer::GgufTokenizer;
 use hartonomous_runtime::models::llama::{LlamaConfig, LlamaModel, SequenceStep};
 use hartonomous_runtime::pager::{Pager, WeightsSource};
@@ -93,25 +92,6 @@ fn repeat(seconds: f64, mut once: impl FnMut() -> Result<(usize, Duration)>) -> 
         reps += 1;
     }
     Ok((tokens as f64 / time.as_secs_f64(), reps))
-}
-
-/// The vec4 copy kernel's bandwidth in bytes/s (read + written), the median of 5 submissions
-/// of 8 copies of 64 MiB each way (lavapipe binds at most 128 MiB).
-fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
-    const REPS: usize = 8;
-    let n = 16 << 20;
-    let src = gpu.upload_f32(&vec![1.0; n], &[n])?;
-    let dst = gpu.empty(&[n], DType::F32)?;
-    let run = || -> Result<f64> {
-        let start = Instant::now();
-        gpu.run(|rec| (0..REPS).try_for_each(|_| copy(rec, &src, &dst, 0)))?;
-        gpu.sync()?;
-        Ok(start.elapsed().as_secs_f64() / REPS as f64)
-    };
-    run()?; // compile and warm up
-    let mut times = (0..5).map(|_| run()).collect::<Result<Vec<f64>>>()?;
-    times.sort_by(f64::total_cmp);
-    Ok(2.0 * (n * 4) as f64 / times[2])
 }
 
 fn main() -> Result<()> {
@@ -207,7 +187,7 @@ fn main() -> Result<()> {
     let counts = pager.metrics().counts();
     ensure!(counts.resident_bytes == weight_bytes && counts.evictions == 0, "weights were paged during the measurement ({counts:?}): raise the pager budget");
 
-    let bandwidth = copy_bandwidth(&gpu)?;
+    let bandwidth = hartonomous_benches::copy_bandwidth(&gpu)?;
     let step_floor = weight_bytes as f64 / bandwidth;
     let bound1 = 1.0 / step_floor;
     let bound_b = b as f64 * bound1;

@@ -22,9 +22,8 @@ use std::time::Instant;
 
 use anyhow::{ensure, Result};
 use clap::Parser;
-use hartonomous_kernels::ops::ceiling::copy;
 use hartonomous_kernels::ops::similarity::Metric;
-use hartonomous_kernels::{DType, Gpu};
+use hartonomous_kernels::Gpu;
 use hartonomous_runtime::search::{IndexOptions, SearchIndex, SearchMode, SearchRequest, VectorStorage};
 use hartonomous_runtime::store::{ContentAtomId, ModelId, StoredEmbedding};
 
@@ -70,25 +69,6 @@ impl Stream {
     }
 }
 
-/// The vec4 copy kernel's bandwidth in bytes/s (read + written): median of 5 submissions of 8
-/// copies of 64 MiB each way.
-fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
-    const REPS: usize = 8;
-    let n = 16 << 20;
-    let src = gpu.upload_f32(&vec![1.0; n], &[n])?;
-    let dst = gpu.empty(&[n], DType::F32)?;
-    let run = || -> Result<f64> {
-        let start = Instant::now();
-        gpu.run(|rec| (0..REPS).try_for_each(|_| copy(rec, &src, &dst, 0)))?;
-        gpu.sync()?;
-        Ok(start.elapsed().as_secs_f64() / REPS as f64)
-    };
-    run()?;
-    let mut times = (0..5).map(|_| run()).collect::<Result<Vec<f64>>>()?;
-    times.sort_by(f64::total_cmp);
-    Ok(2.0 * (n * 4) as f64 / times[2])
-}
-
 /// Median seconds of `once`, repeated until `seconds` have passed (at least 3 times).
 fn median_time(seconds: f64, mut once: impl FnMut() -> Result<()>) -> Result<(f64, usize)> {
     let started = Instant::now();
@@ -108,7 +88,7 @@ fn main() -> Result<()> {
     let gpu = Arc::new(Gpu::new()?);
     let report = gpu.report().clone();
     eprintln!("adapter: {report}");
-    let copy_bw = copy_bandwidth(&gpu)?;
+    let copy_bw = hartonomous_benches::copy_bandwidth(&gpu)?;
 
     let mut stream = Stream(0x5EED);
     let rows: Vec<StoredEmbedding> = (0..args.rows)

@@ -377,6 +377,47 @@ pub(super) fn boolean(fields: &Map<String, Value>, name: &'static str) -> Result
     }
 }
 
+/// `temperature`, `top_k`, `top_p`, `repetition_penalty` and `seed` (a fresh one when absent,
+/// so that the answer can report it), checked; shared by the generation and ensemble endpoints.
+pub(super) fn sampling_params(fields: &Map<String, Value>, top_logprobs: Option<usize>) -> Result<SamplingParams, ApiError> {
+    let defaults = SamplingParams::default();
+    let seed = match fields.get("seed") {
+        None | Some(Value::Null) => u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8])),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+            (Some(v), _) => v,
+            (None, Some(v)) => v as u64,
+            _ => return Err(ApiError::invalid("seed", format!("`seed` must be an integer, got {n}"))),
+        },
+        Some(other) => return Err(ApiError::invalid("seed", format!("`seed` must be an integer, got {}", type_name(other)))),
+    };
+    let sampling = SamplingParams {
+        temperature: number(fields, "temperature")?.map_or(defaults.temperature, |v| v as f32),
+        top_k: integer(fields, "top_k")?.map_or(defaults.top_k, |v| v.min(usize::MAX as u64) as usize),
+        top_p: number(fields, "top_p")?.map_or(defaults.top_p, |v| v as f32),
+        repetition_penalty: number(fields, "repetition_penalty")?.map_or(defaults.repetition_penalty, |v| v as f32),
+        seed,
+        top_logprobs,
+    };
+    sampling.validate().map_err(|e| ApiError::invalid(e.field, e.to_string()))?;
+    Ok(sampling)
+}
+
+/// `stop`: a string or an array of strings, checked as the stop scanner takes them.
+pub(super) fn stop_sequences(fields: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    let stop = match fields.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v.as_str().map(str::to_string).ok_or_else(|| ApiError::invalid("stop", format!("`stop[{i}]` must be a string"))))
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(ApiError::invalid("stop", format!("`stop` must be a string or an array of strings, got {}", type_name(other)))),
+    };
+    crate::models::sampling::StopScanner::new(stop.clone()).map_err(|e| ApiError::invalid("stop", e.to_string()))?;
+    Ok(stop)
+}
+
 /// Token ids given directly as a prompt.
 fn token_ids(values: &[Value], vocab: usize) -> Result<Vec<u32>, ApiError> {
     values
@@ -532,16 +573,6 @@ fn check(state: &AppState, fields: &Map<String, Value>, endpoint: Endpoint) -> R
         None if endpoint == Endpoint::Completions => COMPLETIONS_DEFAULT_MAX_TOKENS.min(room),
         None => room,
     };
-    let defaults = SamplingParams::default();
-    let seed = match fields.get("seed") {
-        None | Some(Value::Null) => u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8])),
-        Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
-            (Some(v), _) => v,
-            (None, Some(v)) => v as u64,
-            _ => return Err(ApiError::invalid("seed", format!("`seed` must be an integer, got {n}"))),
-        },
-        Some(other) => return Err(ApiError::invalid("seed", format!("`seed` must be an integer, got {}", type_name(other)))),
-    };
     let logprobs = match endpoint {
         Endpoint::Completions => match integer(fields, "logprobs")? {
             None => Logprobs::Off,
@@ -560,29 +591,14 @@ fn check(state: &AppState, fields: &Map<String, Value>, endpoint: Endpoint) -> R
             }
         }
     };
-    let sampling = SamplingParams {
-        temperature: number(fields, "temperature")?.map_or(defaults.temperature, |v| v as f32),
-        top_k: integer(fields, "top_k")?.map_or(defaults.top_k, |v| v.min(usize::MAX as u64) as usize),
-        top_p: number(fields, "top_p")?.map_or(defaults.top_p, |v| v as f32),
-        repetition_penalty: number(fields, "repetition_penalty")?.map_or(defaults.repetition_penalty, |v| v as f32),
-        seed,
-        top_logprobs: match logprobs {
+    let sampling = sampling_params(
+        fields,
+        match logprobs {
             Logprobs::Off => None,
             Logprobs::Legacy(n) | Logprobs::Chat(n) => Some(n),
         },
-    };
-    sampling.validate().map_err(|e| ApiError::invalid(e.field, e.to_string()))?;
-    let stop = match fields.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v.as_str().map(str::to_string).ok_or_else(|| ApiError::invalid("stop", format!("`stop[{i}]` must be a string"))))
-            .collect::<Result<_, _>>()?,
-        Some(other) => return Err(ApiError::invalid("stop", format!("`stop` must be a string or an array of strings, got {}", type_name(other)))),
-    };
-    crate::models::sampling::StopScanner::new(stop.clone()).map_err(|e| ApiError::invalid("stop", e.to_string()))?;
+    )?;
+    let stop = stop_sequences(fields)?;
     let stream = boolean(fields, "stream")?;
     let include_usage = match fields.get("stream_options") {
         None | Some(Value::Null) => false,

@@ -13,7 +13,6 @@
 //! own thread, with caches of their own), not inside it. Lineage names every member's weights
 //! root and weight.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,13 +25,13 @@ use hartonomous_loader::Hash256;
 use serde_json::{json, Map, Value};
 
 use super::api::{embed_texts, find_model, type_name, ApiError};
-use super::completions::{integer, number};
+use super::completions::{integer, sampling_params, stop_sequences};
 use super::generate::GeneratorHandle;
 use super::lineage::{CompletionLineage, LineageRecord, MemberLineage};
-use super::vectors::{counted, json_object, string_field, weighted_average};
+use super::vectors::{json_endpoint, string_field, weighted_average};
 use super::worker::ModelHandle;
 use super::AppState;
-use crate::models::sampling::{Sampler, SamplingParams, StopScanner};
+use crate::models::sampling::{Sampler, StopScanner};
 use crate::store::{ContentAtom, ModelId, RunStatus};
 
 /// Most members of one ensemble.
@@ -98,12 +97,7 @@ pub async fn ensemble(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let result = match json_object(&headers, body) {
-        Ok(fields) => ensemble_inner(&state, &fields, started).await,
-        Err(e) => Err(e),
-    };
-    counted(&state, result)
+    json_endpoint(state, headers, body, |state, fields| async move { ensemble_inner(&state, &fields, started).await }).await
 }
 
 async fn ensemble_inner(state: &Arc<AppState>, fields: &Map<String, Value>, started: Instant) -> Result<Response, ApiError> {
@@ -118,8 +112,22 @@ async fn ensemble_inner(state: &Arc<AppState>, fields: &Map<String, Value>, star
     }
 }
 
-/// A member not served gets the 404 of the other endpoints, naming `models`.
-fn member_not_found(mut e: ApiError) -> ApiError {
+/// A member not served as the output needs: a 400 naming the mismatch when it is served as the
+/// other kind, else the 404 of the other endpoints, naming `models`.
+fn member_not_found(state: &AppState, name: &str, wanted: &str, mut e: ApiError) -> ApiError {
+    let (base, _) = crate::store::parse_model_ref(name);
+    let other = if wanted == "embedding" {
+        state.generators.iter().any(|g| g.handle.name == base || g.handle.label() == name).then_some("a generation model")
+    } else {
+        state.models.iter().any(|m| m.name == base || m.label() == name).then_some("an embedding model")
+    };
+    if let Some(kind) = other {
+        let needed = if wanted == "embedding" { "embedding" } else { "generation" };
+        return ApiError::invalid(
+            "models",
+            format!("the members do not match the output: `{name}` is {kind}, and `output: \"{wanted}\"` needs {needed} models only"),
+        );
+    }
     e.param = Some("models");
     e
 }
@@ -154,7 +162,7 @@ fn texts(fields: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
 
 async fn embedding(state: &Arc<AppState>, fields: &Map<String, Value>, members: &[Member], started: Instant) -> Result<Response, ApiError> {
     let handles: Vec<Arc<ModelHandle>> =
-        members.iter().map(|m| find_model(state, &m.name).cloned().map_err(member_not_found)).collect::<Result<_, _>>()?;
+        members.iter().map(|m| find_model(state, &m.name).cloned().map_err(|e| member_not_found(state, &m.name, "embedding", e))).collect::<Result<_, _>>()?;
     if let Some(other) = handles.iter().find(|h| h.dimension != handles[0].dimension) {
         return Err(ApiError::invalid(
             "models",
@@ -278,7 +286,9 @@ async fn generation(
     completion: bool,
     started: Instant,
 ) -> Result<Response, ApiError> {
-    let handles: Vec<Arc<GeneratorHandle>> = members.iter().map(|m| find_generator(state, &m.name)).collect::<Result<_, _>>()?;
+    let output = if completion { "completion" } else { "next_token" };
+    let handles: Vec<Arc<GeneratorHandle>> =
+        members.iter().map(|m| find_generator(state, &m.name).map_err(|e| member_not_found(state, &m.name, output, e))).collect::<Result<_, _>>()?;
     let first = &handles[0];
     if let Some(other) = handles.iter().find(|h| h.tokenizer.vocab_size() != first.tokenizer.vocab_size()) {
         return Err(ApiError::invalid(
@@ -324,35 +334,14 @@ async fn generation(
     } else {
         1
     };
-    let defaults = SamplingParams::default();
-    let seed = match fields.get("seed") {
-        None | Some(Value::Null) => u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8])),
-        Some(v) => v.as_u64().ok_or_else(|| ApiError::invalid("seed", format!("`seed` must be a non-negative integer, got {v}")))?,
-    };
     let top_logprobs = match integer(fields, "top_logprobs")? {
         Some(n) if n > MAX_TOP_LOGPROBS => return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` is {n}; at most {MAX_TOP_LOGPROBS}"))),
         n => n.map(|n| n as usize),
     };
-    let sampling = SamplingParams {
-        temperature: number(fields, "temperature")?.map_or(defaults.temperature, |v| v as f32),
-        top_k: integer(fields, "top_k")?.map_or(defaults.top_k, |v| v.min(usize::MAX as u64) as usize),
-        top_p: number(fields, "top_p")?.map_or(defaults.top_p, |v| v as f32),
-        repetition_penalty: number(fields, "repetition_penalty")?.map_or(defaults.repetition_penalty, |v| v as f32),
-        seed,
-        top_logprobs,
-    };
+    let sampling = sampling_params(fields, top_logprobs)?;
+    let seed = sampling.seed;
     let sampler = Sampler::new(sampling.clone()).map_err(|e| ApiError::invalid(e.field, e.to_string()))?;
-    let stop = match fields.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v.as_str().map(str::to_string).ok_or_else(|| ApiError::invalid("stop", format!("`stop[{i}]` must be a string"))))
-            .collect::<Result<_, _>>()?,
-        Some(other) => return Err(ApiError::invalid("stop", format!("`stop` must be a string or an array of strings, got {}", type_name(other)))),
-    };
-    let stops = StopScanner::new(stop).map_err(|e| ApiError::invalid("stop", e.to_string()))?;
+    let stops = StopScanner::new(stop_sequences(fields)?).map_err(|e| ApiError::invalid("stop", e.to_string()))?;
     let weights = normalised(members);
     let request_key = uuid::Uuid::new_v4().to_string();
     let job_state = state.clone();

@@ -39,8 +39,23 @@ pub(super) fn json_object(headers: &HeaderMap, body: Result<Bytes, axum::extract
     }
 }
 
-/// Counts the request and its error, if any, in `/metrics`.
-pub(super) fn counted(state: &AppState, result: Result<Response, ApiError>) -> Result<Response, ApiError> {
+/// Runs a JSON endpoint: counts the request, reads the body as a JSON object, answers with
+/// `inner`, and counts an error answer in `/metrics`.
+pub(super) async fn json_endpoint<F, Fut>(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    inner: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce(Arc<AppState>, Map<String, Value>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let result = match json_object(&headers, body) {
+        Ok(fields) => inner(state.clone(), fields).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = &result {
         state.metrics.count_error(e.status.as_u16());
     }
@@ -138,12 +153,7 @@ pub async fn search(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let result = match json_object(&headers, body) {
-        Ok(fields) => search_inner(&state, &fields).await,
-        Err(e) => Err(e),
-    };
-    counted(&state, result)
+    json_endpoint(state, headers, body, |state, fields| async move { search_inner(&state, &fields).await }).await
 }
 
 async fn search_inner(state: &Arc<AppState>, fields: &Map<String, Value>) -> Result<Response, ApiError> {
@@ -276,12 +286,7 @@ pub async fn aggregate(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let result = match json_object(&headers, body) {
-        Ok(fields) => aggregate_inner(&state, &fields).await,
-        Err(e) => Err(e),
-    };
-    counted(&state, result)
+    json_endpoint(state, headers, body, |state, fields| async move { aggregate_inner(&state, &fields).await }).await
 }
 
 async fn aggregate_inner(state: &Arc<AppState>, fields: &Map<String, Value>) -> Result<Response, ApiError> {
