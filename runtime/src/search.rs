@@ -329,7 +329,7 @@ impl SearchIndex {
         let snapshot = self.build(model, &Snapshot::empty(), rows, true)?;
         let cell = self.cell(model);
         let mut guard = cell.try_lock().map_err(|_| SearchError::Invalid { field: "model", reason: "the index is being refreshed".into() })?;
-        *guard = Arc::new(snapshot);
+        self.replace(&mut guard, snapshot);
         Ok(())
     }
 
@@ -356,27 +356,26 @@ impl SearchIndex {
             if in_order && current.watermark.count + upto_mark == mark.count {
                 let appended = fresh.len();
                 let next = self.build(model, &current, fresh, false)?;
-                *current = Arc::new(next);
+                self.replace(&mut current, next);
                 self.metrics.refresh_appends.fetch_add(1, Ordering::Relaxed);
-                self.count_rows();
                 return Ok((current.clone(), Refresh::Appended(appended)));
             }
         }
         let all = fetch_after(store, model, 0).await?;
         let rows = all.len();
         // Drop the old pieces' residency first where no scan holds them, so the reload fits.
-        *current = Arc::new(Snapshot::empty());
+        self.replace(&mut current, Snapshot::empty());
         let next = self.build(model, &Snapshot::empty(), all, true)?;
-        *current = Arc::new(next);
+        self.replace(&mut current, next);
         self.metrics.refresh_reloads.fetch_add(1, Ordering::Relaxed);
-        self.count_rows();
         Ok((current.clone(), Refresh::Reloaded(rows)))
     }
 
-    fn count_rows(&self) {
-        let models = self.models.lock().unwrap_or_else(|p| p.into_inner());
-        let rows: usize = models.values().filter_map(|c| c.try_lock().ok().map(|s| s.rows())).sum();
-        self.metrics.indexed_rows.store(rows as u64, Ordering::Relaxed);
+    /// Installs a model's new snapshot, keeping the indexed-rows gauge in step.
+    fn replace(&self, current: &mut Arc<Snapshot>, next: Snapshot) {
+        self.metrics.indexed_rows.fetch_add(next.rows() as u64, Ordering::Relaxed);
+        self.metrics.indexed_rows.fetch_sub(current.rows() as u64, Ordering::Relaxed);
+        *current = Arc::new(next);
     }
 
     /// A snapshot of `base` with `rows` added: a whole new one (`reload`, rows in any order) or

@@ -368,6 +368,7 @@ async fn a_corpus_beyond_the_gpu_budget_is_scanned_in_pieces_with_the_same_resul
     }
     let metrics = daemon.client.get(format!("{}/metrics", daemon.base)).send().await.expect("sent").text().await.expect("text");
     assert!(metrics.contains("hartonomous_search_resident_bytes 0"), "nothing fits the budget, so nothing stays resident:\n{metrics}");
+    assert!(metrics.contains("hartonomous_search_indexed_rows 700"), "every row is indexed, resident or not:\n{metrics}");
     daemon.stop().await;
 }
 
