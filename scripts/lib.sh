@@ -64,13 +64,10 @@ ensure_models() {
   log "models ready in $models"
 }
 
-# Creates a virtual environment at $HARTONOMOUS_CACHE/venv-openai holding the pinned official
-# OpenAI client (runtime/tests/serve_openai_client.rs runs tests/scripts/openai_client_e2e.py
-# with it), unless it already holds it. Where python3 cannot make one (Debian without
-# python3-venv: no ensurepip), installs python3-venv through apt and tries again. Exports
-# HARTONOMOUS_OPENAI_PYTHON.
 # ensure_venv DIR CHECK PACKAGE...: a Python virtual environment at DIR in which
 # `python -c CHECK` succeeds; made afresh with `pip install PACKAGE...` from PyPI when it does not.
+# Where python3 cannot make one (Debian without python3-venv: no ensurepip), installs
+# python3-venv through apt and tries again.
 ensure_venv() {
   local venv="$1" check="$2"
   shift 2
@@ -92,6 +89,9 @@ ensure_venv() {
     || { rm -rf "$venv"; die "pip could not install $* from PyPI"; }
 }
 
+# A venv at $HARTONOMOUS_CACHE/venv-openai with the pinned official OpenAI client
+# (runtime/tests/serve_openai_client.rs runs tests/scripts/openai_client_e2e.py with it). Exports
+# HARTONOMOUS_OPENAI_PYTHON.
 ensure_openai_client() {
   local venv="$HARTONOMOUS_CACHE/venv-openai"
   export HARTONOMOUS_OPENAI_PYTHON="$venv/bin/python"
@@ -103,5 +103,4 @@ ensure_faiss() {
   local venv="$HARTONOMOUS_CACHE/venv-faiss"
   export HARTONOMOUS_FAISS_PYTHON="$venv/bin/python"
   ensure_venv "$venv" "import faiss, numpy" "$FAISS_CPU" "numpy"
-}
 }

@@ -65,12 +65,17 @@ fn main() -> Result<()> {
     let mut pager = Pager::new(gpu.clone(), store.clone(), runtime.handle().clone(), 1 << 30, WeightsSource::Atoms);
     eprintln!("adapter: {}", gpu.report());
 
+    // Batches of 64 sentences of similar length (as the daemon batches), so little is padding.
     let mut embed = |texts: &[(usize, &str)]| -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(64) {
-            let ids: Vec<Vec<u32>> = chunk.iter().map(|(_, t)| tokenizer.encode_text(t).map(|e| e.ids)).collect::<Result<_, _>>()?;
-            let slices: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-            out.extend(encoder.embed(&mut pager, &slices)?);
+        let ids: Vec<Vec<u32>> = texts.iter().map(|(_, t)| tokenizer.encode_text(t).map(|e| e.ids)).collect::<Result<_, _>>()?;
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| ids[i].len());
+        let mut out = vec![Vec::new(); ids.len()];
+        for chunk in order.chunks(64) {
+            let slices: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+            for (&i, vector) in chunk.iter().zip(encoder.embed(&mut pager, &slices)?) {
+                out[i] = vector;
+            }
         }
         Ok(out)
     };
