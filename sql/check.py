@@ -45,6 +45,14 @@ SKIP = [
         re.compile(r"\bMATCH\s*\(", re.IGNORECASE),
         "the SQL Graph MATCH predicate (n1-(e)->n2) is not in the tsql dialect",
     ),
+    (
+        re.compile(r"\bCREATE\s+EXTERNAL\s+MODEL\b", re.IGNORECASE),
+        "CREATE EXTERNAL MODEL (SQL Server 2025) is not in the tsql dialect",
+    ),
+    (
+        re.compile(r"\bON\s+DATABASE\s+SCOPED\s+CREDENTIAL\s*::", re.IGNORECASE),
+        "GRANT ... ON DATABASE SCOPED CREDENTIAL::name is not in the tsql dialect",
+    ),
 ]
 
 NAME_LINE = re.compile(r"^--\s*name:\s*(\S+)\s*$")

@@ -15,17 +15,16 @@ mod support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use hartonomous_runtime::pager::WeightsSource;
 use hartonomous_runtime::search::VectorStorage;
-use hartonomous_runtime::serve::{self, LineageMode, ServeOptions, ShutdownReport};
+use hartonomous_runtime::serve::{LineageMode, ServeOptions};
 use hartonomous_runtime::store::sqlite::SqliteStore;
 use hartonomous_runtime::store::{ContentAtom, ContentAtomId, Embedding, ModelId, Store};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use support::daemon::TestDaemon;
 use support::*;
-use tokio::sync::oneshot;
 
 const MINILM: &str = "all-MiniLM-L6-v2";
 const EDITED: &str = "minilm-edited";
@@ -107,65 +106,6 @@ fn options(stored: &Stored, search_memory: u64) -> ServeOptions {
         context: 128,
         search_storage: VectorStorage::F32,
         search_memory,
-    }
-}
-
-struct Daemon {
-    base: String,
-    client: reqwest::Client,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<ShutdownReport>>,
-}
-
-async fn start(store: Arc<dyn Store>, options: ServeOptions) -> Daemon {
-    let daemon = serve::start(store, options).await.expect("daemon starts");
-    let pem = std::fs::read(&daemon.tls.clone().expect("HTTPS").cert).expect("certificate");
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"))
-        .https_only(true)
-        .build()
-        .expect("client");
-    let base = format!("https://localhost:{}", daemon.addr.port());
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        daemon
-            .run(
-                async {
-                    let _ = rx.await;
-                },
-                Duration::from_secs(30),
-            )
-            .await
-            .expect("clean shutdown")
-    });
-    Daemon { base, client, shutdown: Some(tx), task: Some(task) }
-}
-
-impl Daemon {
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self.client.post(format!("{}{path}", self.base)).json(body).send().await.expect("request sent");
-        let status = response.status().as_u16();
-        (status, response.json().await.expect("JSON response"))
-    }
-
-    async fn ok(&self, path: &str, body: &Value) -> Value {
-        let (status, answer) = self.post(path, body).await;
-        assert_eq!(status, 200, "{path} {body}: {answer}");
-        answer
-    }
-
-    /// Asserts a 4xx whose `param` names `field`.
-    async fn refused(&self, path: &str, body: Value, status: u16, field: &str) {
-        let (got, answer) = self.post(path, &body).await;
-        assert_eq!(got, status, "{body}: {answer}");
-        assert_eq!(answer["error"]["param"], field, "{body}: {answer}");
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.take().expect("running").await.expect("daemon task");
     }
 }
 
@@ -278,7 +218,7 @@ async fn search_equals_the_exact_cpu_top_k_for_every_metric_and_follows_the_stor
         vectors[i] = vectors[i / 7].clone();
     }
     let mut corpus = write_corpus(&store, model, "first", &vectors, "text").await;
-    let daemon = start(store.clone(), options(&stored, 1 << 30)).await;
+    let daemon = TestDaemon::start(store.clone(), options(&stored, 1 << 30)).await;
 
     let queries = integer_vectors(&mut rng, 4);
     // Query 3 is a corpus vector that has a duplicate: its two copies tie at the top.
@@ -357,7 +297,7 @@ async fn a_corpus_beyond_the_gpu_budget_is_scanned_in_pieces_with_the_same_resul
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     let corpus = write_corpus(&store, model, "big", &integer_vectors(&mut rng, 700), "text").await;
     // 100 KB of budget: less than one piece of 700 × 384 f32 (1.08 MB), so nothing is resident.
-    let daemon = start(store.clone(), options(&stored, 100_000)).await;
+    let daemon = TestDaemon::start(store.clone(), options(&stored, 100_000)).await;
     let queries = integer_vectors(&mut rng, 2);
     for metric in [Metric::Cosine, Metric::L2] {
         let answer = daemon.ok("/v1/search", &json!({"model": MINILM, "query": queries, "k": 25, "metric": metric.name()})).await;
@@ -376,7 +316,7 @@ async fn a_corpus_beyond_the_gpu_budget_is_scanned_in_pieces_with_the_same_resul
 async fn texts_embedded_by_the_daemon_are_found_by_a_text_query() {
     let stored = stored(false, false);
     let store = Arc::new(SqliteStore::open(&stored.db, false).await.expect("opens the store"));
-    let daemon = start(store.clone(), options(&stored, 1 << 30)).await;
+    let daemon = TestDaemon::start(store.clone(), options(&stored, 1 << 30)).await;
     let sentences = ["The cat sat on the mat.", "Stock markets fell sharply today.", "A recipe for sourdough bread.", "The goalkeeper saved a penalty."];
     daemon.ok("/v1/embeddings", &json!({"model": MINILM, "input": sentences})).await;
     let answer = daemon.ok("/v1/search", &json!({"model": MINILM, "query": ["How do I bake bread?", "football match"], "k": 4})).await;
@@ -443,7 +383,7 @@ async fn aggregates_equal_cpu_references_inline_and_by_atom_id() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let x: Vec<Vec<f32>> = (0..36).map(|_| (0..16).map(|_| rng.random_range(-1.0f32..1.0)).collect()).collect();
     let weights: Vec<f64> = (0..x.len()).map(|_| rng.random_range(0.0..2.0)).collect();
-    let daemon = start(store.clone(), options(&stored, 1 << 30)).await;
+    let daemon = TestDaemon::start(store.clone(), options(&stored, 1 << 30)).await;
     for op in ["sum", "average", "weighted_average", "median", "std_dev"] {
         let mut body = json!({"operation": op, "vectors": x});
         if op == "weighted_average" {
@@ -496,7 +436,7 @@ fn assert_same_vectors(got: &Value, want: &Value, what: &str) {
 async fn embedding_ensembles_of_a_model_with_itself_or_weighted_one_zero_equal_the_member() {
     let stored = stored(true, false);
     let store = Arc::new(SqliteStore::open(&stored.db, false).await.expect("opens the store"));
-    let daemon = start(store.clone(), options(&stored, 1 << 30)).await;
+    let daemon = TestDaemon::start(store.clone(), options(&stored, 1 << 30)).await;
     let input = json!(["Ensembles average their members.", "A second sentence, longer than the first one is."]);
     let alone = daemon.ok("/v1/embeddings", &json!({"model": MINILM, "input": input})).await;
     let edited = daemon.ok("/v1/embeddings", &json!({"model": EDITED, "input": input})).await;
@@ -552,7 +492,7 @@ async fn embedding_ensembles_of_a_model_with_itself_or_weighted_one_zero_equal_t
 async fn a_decoder_ensembled_with_itself_decodes_what_it_decodes_alone() {
     let stored = stored(false, true);
     let store = Arc::new(SqliteStore::open(&stored.db, false).await.expect("opens the store"));
-    let daemon = start(store.clone(), options(&stored, 1 << 30)).await;
+    let daemon = TestDaemon::start(store.clone(), options(&stored, 1 << 30)).await;
     let prompt = "The capital of France is";
     let alone = daemon.ok("/v1/completions", &json!({"model": SMOLLM2, "prompt": prompt, "max_tokens": 6, "temperature": 0})).await;
     let members = json!([{"model": SMOLLM2, "weight": 1}, {"model": SMOLLM2, "weight": 2}]);

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod contract;
+pub mod daemon;
 
 use std::path::Path;
 use std::process::{Command, Output};
