@@ -50,8 +50,8 @@ SKIP = [
         "CREATE EXTERNAL MODEL (SQL Server 2025) is not in the tsql dialect",
     ),
     (
-        re.compile(r"\bON\s+DATABASE\s+SCOPED\s+CREDENTIAL\s*::", re.IGNORECASE),
-        "GRANT ... ON DATABASE SCOPED CREDENTIAL::name is not in the tsql dialect",
+        re.compile(r"\bON\s+(DATABASE\s+SCOPED\s+CREDENTIAL|EXTERNAL\s+MODEL)\s*::", re.IGNORECASE),
+        "GRANT ... ON DATABASE SCOPED CREDENTIAL::name / EXTERNAL MODEL::name is not in the tsql dialect",
     ),
 ]
 

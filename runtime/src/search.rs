@@ -258,6 +258,10 @@ impl Piece {
     }
 }
 
+/// A row on its way into a piece: the row, its vector, and its coarse key when a piece being
+/// rebuilt already had it (kept, not recomputed from f16-rounded values).
+type PendingRow<'a> = (Row, &'a [f32], Option<[f32; COARSE_DIMENSIONS]>);
+
 /// One model's index as of one refresh.
 struct Snapshot {
     dimension: Option<usize>,
@@ -292,6 +296,10 @@ pub struct SearchIndex {
 
 /// Rows read from the store per query while refreshing.
 const FETCH_ROWS: usize = 4096;
+
+/// GPU scratch (dot products and selection keys) one scan pass may hold: queries are grouped,
+/// and resident pieces scanned together, to stay within it.
+const SCRATCH_BYTES: usize = 128 << 20;
 
 impl SearchIndex {
     pub fn new(gpu: Arc<Gpu>, options: IndexOptions) -> Self {
@@ -348,6 +356,7 @@ impl SearchIndex {
         if mark == current.watermark {
             return Ok((current.clone(), Refresh::Unchanged));
         }
+        let mut read_whole = None;
         if mark.max_id > current.watermark.max_id {
             let fresh = fetch_after(store, model, current.watermark.max_id).await?;
             let upto_mark = fresh.iter().filter(|e| e.id <= mark.max_id).count() as u64;
@@ -360,8 +369,15 @@ impl SearchIndex {
                 self.metrics.refresh_appends.fetch_add(1, Ordering::Relaxed);
                 return Ok((current.clone(), Refresh::Appended(appended)));
             }
+            // From an empty index, what was just read is everything: not read twice.
+            if current.watermark.max_id == 0 {
+                read_whole = Some(fresh);
+            }
         }
-        let all = fetch_after(store, model, 0).await?;
+        let all = match read_whole {
+            Some(all) => all,
+            None => fetch_after(store, model, 0).await?,
+        };
         let rows = all.len();
         // Drop the old pieces' residency first where no scan holds them, so the reload fits.
         self.replace(&mut current, Snapshot::empty());
@@ -383,10 +399,11 @@ impl SearchIndex {
     fn build(&self, model: ModelId, base: &Snapshot, mut rows: Vec<StoredEmbedding>, reload: bool) -> Result<Snapshot> {
         let damaged = |what: String| SearchError::Damaged { model: model.0, what };
         if reload {
-            rows.sort_by_key(|e| e.atom);
-            if let Some(w) = rows.windows(2).find(|w| w[0].atom == w[1].atom) {
-                return Err(damaged(format!("atom {} has two embeddings", w[0].atom.0)));
-            }
+            // A paged read races writers: an embedding replaced between two pages shows up twice
+            // (old id, then new). Keep the newest; the count then differs from the store's, so
+            // the next search reloads again and sees the final state.
+            rows.sort_by_key(|e| (e.atom, std::cmp::Reverse(e.id)));
+            rows.dedup_by_key(|e| e.atom);
         }
         let mut dimension = base.dimension;
         for e in &rows {
@@ -408,7 +425,7 @@ impl SearchIndex {
         let piece_rows = self.piece_rows(dimension);
         let mut pieces: Vec<Arc<Piece>> = base.pieces.clone();
         // The last piece, if not full, is rebuilt with the new rows in it.
-        let mut pending: Vec<(Row, &[f32])> = Vec::new();
+        let mut pending: Vec<PendingRow<'_>> = Vec::new();
         let reopened = pieces.last().filter(|p| p.len() < piece_rows).cloned();
         if reopened.is_some() {
             pieces.pop();
@@ -417,7 +434,7 @@ impl SearchIndex {
         if let Some(piece) = &reopened {
             reopened_vectors = host_f32(&piece.host);
             for (i, row) in piece.rows.iter().enumerate() {
-                pending.push((*row, &reopened_vectors[i * dimension..(i + 1) * dimension]));
+                pending.push((*row, &reopened_vectors[i * dimension..(i + 1) * dimension], piece.coarse.get(i).copied()));
             }
         }
         for e in &rows {
@@ -428,7 +445,7 @@ impl SearchIndex {
                     modalities.len() - 1
                 }
             } as u16;
-            pending.push((Row { atom: e.atom, modality }, &e.vector));
+            pending.push((Row { atom: e.atom, modality }, &e.vector, None));
         }
         for chunk in pending.chunks(piece_rows) {
             pieces.push(Arc::new(self.make_piece(chunk, dimension)?));
@@ -442,12 +459,12 @@ impl SearchIndex {
         (binding / row_bytes).clamp(1, self.options.piece_rows.max(1) as u64) as usize
     }
 
-    fn make_piece(&self, rows: &[(Row, &[f32])], dimension: usize) -> Result<Piece> {
-        let coarse = rows.iter().map(|(_, v)| coarse_key(v).map(|c| c as f32)).collect();
+    fn make_piece(&self, rows: &[PendingRow<'_>], dimension: usize) -> Result<Piece> {
+        let coarse = rows.iter().map(|(_, v, known)| known.unwrap_or_else(|| coarse_key(v).map(|c| c as f32))).collect();
         let host = match self.options.storage {
-            VectorStorage::F32 => HostVectors::F32(rows.iter().flat_map(|(_, v)| v.iter().copied()).collect()),
+            VectorStorage::F32 => HostVectors::F32(rows.iter().flat_map(|(_, v, _)| v.iter().copied()).collect()),
             VectorStorage::F16 => {
-                HostVectors::F16(rows.iter().flat_map(|(_, v)| v.iter().map(|&x| half::f16::from_f32(x).to_bits())).collect())
+                HostVectors::F16(rows.iter().flat_map(|(_, v, _)| v.iter().map(|&x| half::f16::from_f32(x).to_bits())).collect())
             }
         };
         let bytes = (rows.len() * dimension * self.options.storage.bytes_per_value() + rows.len() * 4) as u64;
@@ -459,7 +476,7 @@ impl SearchIndex {
         } else {
             None
         };
-        Ok(Piece { rows: rows.iter().map(|(r, _)| *r).collect(), host, coarse, resident })
+        Ok(Piece { rows: rows.iter().map(|(r, _, _)| *r).collect(), host, coarse, resident })
     }
 
     fn scan(&self, snapshot: &Snapshot, request: &SearchRequest) -> Result<Vec<QueryResult>> {
@@ -503,60 +520,92 @@ impl SearchIndex {
         Ok(results)
     }
 
-    /// Every row: the resident pieces in one pass, the others one upload at a time.
+    /// Queries scored in one pass over `rows` corpus rows, so that the pass's scratch (dot
+    /// products and keys, [Q, rows] f32 each) stays within [`SCRATCH_BYTES`].
+    fn query_group(rows: usize) -> usize {
+        (SCRATCH_BYTES / (rows.max(1) * 8)).max(1)
+    }
+
+    /// Scores `corpus` (pieces whose rows are `atoms`, in order) for `queries`, merging each
+    /// query's hits into `lists`; queries go in groups that keep the scratch bounded.
+    fn scan_into(&self, queries: &[Vec<f32>], corpus: &[CorpusPiece<'_>], atoms: &[ContentAtomId], request: &SearchRequest, lists: &mut [Vec<Hit>]) -> Result<()> {
+        let dimension = queries.first().map_or(0, Vec::len);
+        let group = Self::query_group(atoms.len());
+        for (g, chunk) in queries.chunks(group).enumerate() {
+            let queries_t = self.upload_queries(chunk, dimension)?;
+            let found = self.gpu.run(|rec| similarity::search(rec, &queries_t, corpus, request.metric, request.k))?.download(&self.gpu, request.metric)?;
+            merge_into(&mut lists[g * group..g * group + chunk.len()], found, |i| atoms.get(i as usize).copied(), request);
+        }
+        Ok(())
+    }
+
+    /// Every row: resident pieces together in passes of at most [`SCRATCH_BYTES`] of scratch,
+    /// the others one upload at a time.
     fn scan_all(&self, snapshot: &Snapshot, request: &SearchRequest, dimension: usize) -> Result<Vec<QueryResult>> {
-        let queries = self.upload_queries(&request.queries, dimension)?;
         let mut lists: Vec<Vec<Hit>> = vec![Vec::new(); request.queries.len()];
         let resident: Vec<&Arc<Piece>> = snapshot.pieces.iter().filter(|p| p.resident.is_some()).collect();
-        if !resident.is_empty() {
-            let corpus: Vec<CorpusPiece<'_>> = resident
+        // Consecutive resident pieces, as many as keep one query's scratch within the bound with
+        // a group of queries (a lone query scans everything resident in one pass).
+        let per_pass = SCRATCH_BYTES / (8 * request.queries.len().clamp(1, Self::query_group(self.piece_rows(dimension))));
+        let mut start = 0;
+        while start < resident.len() {
+            let mut end = start + 1;
+            let mut rows = resident[start].len();
+            while end < resident.len() && rows + resident[end].len() <= per_pass {
+                rows += resident[end].len();
+                end += 1;
+            }
+            let corpus: Vec<CorpusPiece<'_>> = resident[start..end]
                 .iter()
                 .filter_map(|p| p.resident.as_ref().map(|r| CorpusPiece { vectors: &r.vectors, norms_sq: &r.norms_sq }))
                 .collect();
-            let found = self.gpu.run(|rec| similarity::search(rec, &queries, &corpus, request.metric, request.k))?.download(&self.gpu, request.metric)?;
-            let atoms: Vec<ContentAtomId> = resident.iter().flat_map(|p| p.rows.iter().map(|r| r.atom)).collect();
-            merge_into(&mut lists, found, |i| atoms.get(i as usize).copied(), request);
+            let atoms: Vec<ContentAtomId> = resident[start..end].iter().flat_map(|p| p.rows.iter().map(|r| r.atom)).collect();
+            self.scan_into(&request.queries, &corpus, &atoms, request, &mut lists)?;
+            start = end;
         }
         for piece in snapshot.pieces.iter().filter(|p| p.resident.is_none()) {
             let (vectors, norms_sq) = upload(&self.gpu, &piece.host, piece.len(), dimension)?;
-            let corpus = [CorpusPiece { vectors: &vectors, norms_sq: &norms_sq }];
-            let found = self.gpu.run(|rec| similarity::search(rec, &queries, &corpus, request.metric, request.k))?.download(&self.gpu, request.metric)?;
-            merge_into(&mut lists, found, |i| piece.rows.get(i as usize).map(|r| r.atom), request);
+            let atoms: Vec<ContentAtomId> = piece.rows.iter().map(|r| r.atom).collect();
+            self.scan_into(&request.queries, &[CorpusPiece { vectors: &vectors, norms_sq: &norms_sq }], &atoms, request, &mut lists)?;
         }
         let total = snapshot.rows();
         Ok(lists.into_iter().map(|hits| QueryResult { hits, scanned: total }).collect())
     }
 
-    /// The rows `rows` (global positions, ascending) gathered into one temporary piece and
-    /// scanned exactly.
+    /// The rows `rows` (global positions, ascending) gathered into temporary pieces of at most
+    /// a piece's rows, and scanned exactly.
     fn scan_subset(&self, snapshot: &Snapshot, queries: &[Vec<f32>], rows: &[usize], request: &SearchRequest, dimension: usize) -> Result<Vec<QueryResult>> {
-        if rows.is_empty() {
-            return Ok(queries.iter().map(|_| QueryResult { hits: Vec::new(), scanned: 0 }).collect());
-        }
-        let mut atoms = Vec::with_capacity(rows.len());
-        let mut host = match self.options.storage {
-            VectorStorage::F32 => HostVectors::F32(Vec::with_capacity(rows.len() * dimension)),
-            VectorStorage::F16 => HostVectors::F16(Vec::with_capacity(rows.len() * dimension)),
-        };
-        let starts: Vec<usize> = snapshot.pieces.iter().scan(0, |s, p| { let start = *s; *s += p.len(); Some(start) }).collect();
-        for &global in rows {
-            let p = starts.partition_point(|&s| s <= global) - 1;
-            let piece = &snapshot.pieces[p];
-            let local = global - starts[p];
-            atoms.push(piece.rows[local].atom);
-            let span = local * dimension..(local + 1) * dimension;
-            match (&mut host, &piece.host) {
-                (HostVectors::F32(out), HostVectors::F32(src)) => out.extend_from_slice(&src[span]),
-                (HostVectors::F16(out), HostVectors::F16(src)) => out.extend_from_slice(&src[span]),
-                _ => unreachable!("one index stores one dtype"),
-            }
-        }
-        let queries_t = self.upload_queries(queries, dimension)?;
-        let (vectors, norms_sq) = upload(&self.gpu, &host, rows.len(), dimension)?;
-        let corpus = [CorpusPiece { vectors: &vectors, norms_sq: &norms_sq }];
-        let found = self.gpu.run(|rec| similarity::search(rec, &queries_t, &corpus, request.metric, request.k))?.download(&self.gpu, request.metric)?;
+        let starts: Vec<usize> = snapshot
+            .pieces
+            .iter()
+            .scan(0, |s, p| {
+                let start = *s;
+                *s += p.len();
+                Some(start)
+            })
+            .collect();
         let mut lists: Vec<Vec<Hit>> = vec![Vec::new(); queries.len()];
-        merge_into(&mut lists, found, |i| atoms.get(i as usize).copied(), request);
+        for chunk in rows.chunks(self.piece_rows(dimension)) {
+            let mut atoms = Vec::with_capacity(chunk.len());
+            let mut host = match self.options.storage {
+                VectorStorage::F32 => HostVectors::F32(Vec::with_capacity(chunk.len() * dimension)),
+                VectorStorage::F16 => HostVectors::F16(Vec::with_capacity(chunk.len() * dimension)),
+            };
+            for &global in chunk {
+                let p = starts.partition_point(|&s| s <= global) - 1;
+                let piece = &snapshot.pieces[p];
+                let local = global - starts[p];
+                atoms.push(piece.rows[local].atom);
+                let span = local * dimension..(local + 1) * dimension;
+                match (&mut host, &piece.host) {
+                    (HostVectors::F32(out), HostVectors::F32(src)) => out.extend_from_slice(&src[span]),
+                    (HostVectors::F16(out), HostVectors::F16(src)) => out.extend_from_slice(&src[span]),
+                    _ => unreachable!("one index stores one dtype"),
+                }
+            }
+            let (vectors, norms_sq) = upload(&self.gpu, &host, chunk.len(), dimension)?;
+            self.scan_into(queries, &[CorpusPiece { vectors: &vectors, norms_sq: &norms_sq }], &atoms, request, &mut lists)?;
+        }
         Ok(lists.into_iter().map(|hits| QueryResult { hits, scanned: rows.len() }).collect())
     }
 

@@ -125,12 +125,14 @@ BEGIN
     );
     DECLARE @response NVARCHAR(MAX);
     EXEC dbo.sp_CallDaemon @path = N'/v1/search', @payload = @payload, @response = @response OUTPUT;
+    -- The array's own order is the ranking: OPENJSON's [key] is the position. Column paths are
+    -- plain (not N'') literals: sqlfluff's tsql dialect parses OPENJSON's WITH clause only so,
+    -- and JSON paths are ASCII.
     SELECT
-        ROW_NUMBER() OVER (ORDER BY (SELECT NULL)) AS Rank,
+        CAST(j.[key] AS INT) + 1 AS Rank,
         r.AtomId, r.Score, r.AtomHash, r.Modality, r.Text, r.PayloadBytes
-    -- Column paths are plain (not N'') literals: sqlfluff's tsql dialect parses OPENJSON's WITH
-    -- clause only so, and JSON paths are ASCII.
-    FROM OPENJSON(@response, N'$.result.data[0].results')
+    FROM OPENJSON(@response, N'$.result.data[0].results') AS j
+    CROSS APPLY OPENJSON(j.[value])
         WITH (
             AtomId BIGINT '$.atom_id',
             Score FLOAT '$.score',
@@ -138,7 +140,8 @@ BEGIN
             Modality NVARCHAR(32) '$.modality',
             Text NVARCHAR(MAX) '$.text',
             PayloadBytes BIGINT '$.payload_bytes'
-        ) AS r;
+        ) AS r
+    ORDER BY CAST(j.[key] AS INT);
 END;
 GO
 
@@ -161,11 +164,14 @@ BEGIN
     );
     DECLARE @response NVARCHAR(MAX);
     EXEC dbo.sp_CallDaemon @path = N'/v1/ensemble', @payload = @payload, @response = @response OUTPUT;
-    SET @result = CASE @output
-        WHEN N'embedding' THEN JSON_QUERY(@response, N'$.result.data[0].embedding')
-        WHEN N'next_token' THEN JSON_VALUE(@response, N'$.result.token.text')
-        ELSE JSON_VALUE(@response, N'$.result.text')
-    END;
+    -- Texts are read through OPENJSON ... WITH (NVARCHAR(MAX)): JSON_VALUE returns at most
+    -- 4,000 characters and NULL beyond, silently.
+    IF @output = N'embedding'
+        SET @result = JSON_QUERY(@response, N'$.result.data[0].embedding');
+    ELSE IF @output = N'next_token'
+        SELECT @result = t.Text FROM OPENJSON(@response, N'$.result.token') WITH (Text NVARCHAR(MAX) '$.text') AS t;
+    ELSE
+        SELECT @result = t.Text FROM OPENJSON(@response, N'$.result') WITH (Text NVARCHAR(MAX) '$.text') AS t;
 END;
 GO
 
@@ -187,8 +193,10 @@ BEGIN
     );
     DECLARE @response NVARCHAR(MAX);
     EXEC dbo.sp_CallDaemon @path = N'/v1/completions', @payload = @payload, @response = @response OUTPUT;
-    SET @text = JSON_VALUE(@response, N'$.result.choices[0].text');
-    SET @finish_reason = JSON_VALUE(@response, N'$.result.choices[0].finish_reason');
+    -- OPENJSON ... WITH (NVARCHAR(MAX)): JSON_VALUE would return NULL past 4,000 characters.
+    SELECT @text = c.Text, @finish_reason = c.FinishReason
+    FROM OPENJSON(@response, N'$.result.choices[0]')
+        WITH (Text NVARCHAR(MAX) '$.text', FinishReason NVARCHAR(20) '$.finish_reason') AS c;
 END;
 GO
 

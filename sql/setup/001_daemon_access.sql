@@ -65,3 +65,5 @@ IF NOT EXISTS (SELECT 1 FROM sys.external_models WHERE name = N'MiniLM')
         CREDENTIAL = [https://hartonomous-host:8443]
     );
 GO
+GRANT EXECUTE ON EXTERNAL MODEL::MiniLM TO HartonomousCallers;
+GO

@@ -79,6 +79,15 @@ fn parse_members(fields: &Map<String, Value>) -> Result<Vec<Member>, ApiError> {
             Ok(Member { name, weight })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // A model named twice is one member with the weights summed (lineage records a member once).
+    let mut merged: Vec<Member> = Vec::with_capacity(members.len());
+    for m in members {
+        match merged.iter_mut().find(|x| x.name == m.name) {
+            Some(x) => x.weight += m.weight,
+            None => merged.push(m),
+        }
+    }
+    let members = merged;
     if members.iter().all(|m| m.weight == 0.0) {
         return Err(ApiError::invalid("models", "every member's weight is 0; at least one must be positive"));
     }
@@ -179,11 +188,9 @@ async fn embedding(state: &Arc<AppState>, fields: &Map<String, Value>, members: 
     let request_key = uuid::Uuid::new_v4().to_string();
     let mut per_member = Vec::with_capacity(handles.len());
     let mut prompt_tokens = 0;
-    let mut batches = Vec::new();
     for handle in &handles {
         let (output, tokens) = embed_texts(state, handle, &request_key, &texts, "input").await?;
         prompt_tokens += tokens;
-        batches.extend(output.batches);
         per_member.push(output.vectors);
     }
     let weights = normalised(members);
@@ -218,7 +225,8 @@ async fn embedding(state: &Arc<AppState>, fields: &Map<String, Value>, members: 
         error: None,
         inputs: texts.iter().map(|t| ContentAtom::text(t.clone())).collect(),
         outputs: combined.clone(),
-        batches,
+        // The members' batches ran under their own models; the member steps record who ran.
+        batches: Vec::new(),
         prompt_tokens: prompt_tokens as u64,
         completion: None,
         members: member_lineage(handles.iter().map(|h| (h.id, h.label(), h.weights_root)), &weights),
@@ -343,12 +351,27 @@ async fn generation(
     let sampler = Sampler::new(sampling.clone()).map_err(|e| ApiError::invalid(e.field, e.to_string()))?;
     let stops = StopScanner::new(stop_sequences(fields)?).map_err(|e| ApiError::invalid("stop", e.to_string()))?;
     let weights = normalised(members);
+    // Each running generation ensemble holds a KV cache per member: bounded like the decoders'
+    // sequences, and a full house is a 503.
+    let permit = state.ensemble_permits.clone().try_acquire_owned().map_err(|_| {
+        state.metrics.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut e = ApiError::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ensembles_full",
+            "as many generation ensembles are running as --max-sequences allows; retry shortly",
+        );
+        e.retry_after = Some(1);
+        e
+    })?;
     let request_key = uuid::Uuid::new_v4().to_string();
     let job_state = state.clone();
     let job_handles = handles.clone();
     let job_weights = weights.clone();
     let job_prompt = prompt.clone();
-    let generated = tokio::task::spawn_blocking(move || run_generation(&job_state, &job_handles, &job_weights, &job_prompt, max_tokens, sampler, stops))
+    let generated = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        run_generation(&job_state, &job_handles, &job_weights, &job_prompt, max_tokens, sampler, stops)
+    })
         .await
         .map_err(|e| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "ensemble_failed", e.to_string()))?
         .map_err(|e| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "ensemble_failed", e))?;

@@ -220,6 +220,9 @@ pub struct AppState {
     pub pager: Arc<Mutex<Pager>>,
     pub search: Arc<SearchIndex>,
     pub search_metrics: Arc<SearchMetrics>,
+    /// Generation ensembles running at once (each holds a KV cache per member): at most
+    /// `--max-sequences`.
+    pub ensemble_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// A model loaded from the store, by kind.
@@ -402,6 +405,7 @@ pub async fn start(store: Arc<dyn Store>, options: ServeOptions) -> Result<Daemo
         pager: pager.clone(),
         search_metrics: search.metrics(),
         search,
+        ensemble_permits: Arc::new(tokio::sync::Semaphore::new(options.max_sequences.max(1))),
     });
 
     let listener = std::net::TcpListener::bind(options.listen).map_err(|source| ServeError::Listen { addr: options.listen, source })?;

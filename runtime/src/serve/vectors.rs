@@ -304,6 +304,9 @@ async fn aggregate_inner(state: &Arc<AppState>, fields: &Map<String, Value>) -> 
             let Value::Array(items) = ids else {
                 return Err(ApiError::invalid("atom_ids", format!("`atom_ids` must be an array of atom ids, got {}", type_name(ids))));
             };
+            if items.len() > MAX_VECTORS {
+                return Err(ApiError::invalid("atom_ids", format!("{} atom ids; at most {MAX_VECTORS} per request", items.len())));
+            }
             let ids: Vec<ContentAtomId> = items
                 .iter()
                 .enumerate()
