@@ -1,5 +1,8 @@
 //! The `hartonomous` command line.
 
+#[path = "cli/access.rs"]
+mod access;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,7 +28,7 @@ struct Cli {
 struct Db {
     /// The store: a SQLite file path or sqlite:PATH, or SQL Server 2025 as
     /// mssql://user:password@host:port/database or an ADO string (Server=...;Database=...).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", global = true)]
     db: Option<String>,
 }
 
@@ -158,6 +161,25 @@ enum Command {
         /// uploaded as they are scanned.
         #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value = "1G")]
         search_memory: u64,
+        /// Seconds between re-reads of keys, access rules and limits (a new key works at once;
+        /// a revoked one is refused within this).
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+        governance_refresh: f64,
+    },
+    /// API keys (bearer tokens) of tenants: create, list, revoke.
+    Keys {
+        #[command(subcommand)]
+        command: access::KeysCommand,
+        #[command(flatten)]
+        db: Db,
+    },
+    /// Access rules (allow/deny × operation × model, deny-first), tenants' limits and plans'
+    /// rates.
+    Policy {
+        #[command(subcommand)]
+        command: access::PolicyCommand,
+        #[command(flatten)]
+        db: Db,
     },
     /// Re-hash every atom and check every layer, model and reference count; exits with
     /// status 2 when it finds damage.
@@ -291,6 +313,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out.model, out.layers, out.atoms_freed, out.bytes_freed, out.atoms_kept
             );
         }
+        Command::Keys { command, db } => {
+            let store = open_store(&db, false).await?;
+            access::keys(store.as_ref(), command).await?;
+        }
+        Command::Policy { command, db } => {
+            let store = open_store(&db, false).await?;
+            access::policy(store.as_ref(), command).await?;
+        }
         Command::Student { parent, name, layers, prune_importance, db, json } => {
             use hartonomous_runtime::student::{create_student, Derivation, StudentOptions};
             // clap's group makes exactly one of the two present.
@@ -323,8 +353,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             context,
             search_storage,
             search_memory,
+            governance_refresh,
         } => {
             use hartonomous_runtime::serve;
+            if !governance_refresh.is_finite() || !(0.0..=3600.0).contains(&governance_refresh) {
+                bail!("--governance-refresh is {governance_refresh}; give seconds from 0 to 3600");
+            }
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("HARTONOMOUS_LOG").unwrap_or_else(|_| "info".into()),
@@ -347,6 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 context,
                 search_storage,
                 search_memory,
+                governance_refresh: std::time::Duration::from_secs_f64(governance_refresh),
             };
             let daemon = serve::start(store.clone(), options).await?;
             if let Some(tls) = &daemon.tls {

@@ -108,6 +108,7 @@ fn options(stored: &Stored) -> ServeOptions {
         context: 512,
         search_storage: hartonomous_runtime::search::VectorStorage::F32,
         search_memory: 1 << 30,
+        governance_refresh: std::time::Duration::from_secs(5),
     }
 }
 

@@ -54,6 +54,7 @@ fn options(stored: &Stored, max_sequences: usize, queue_capacity: usize) -> Serv
         context: CONTEXT,
         search_storage: hartonomous_runtime::search::VectorStorage::F32,
         search_memory: 1 << 30,
+        governance_refresh: std::time::Duration::from_secs(5),
     }
 }
 

@@ -106,6 +106,7 @@ fn options(stored: &Stored, search_memory: u64) -> ServeOptions {
         context: 128,
         search_storage: VectorStorage::F32,
         search_memory,
+        governance_refresh: std::time::Duration::from_secs(5),
     }
 }
 

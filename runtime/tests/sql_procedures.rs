@@ -98,10 +98,13 @@ fn at<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
 
 /// The daemon's answer to the request `sp_invoke_external_rest_endpoint` sends, wrapped as SQL
 /// Server wraps it.
-async fn call_as_sql_server(daemon: &TestDaemon, path: &str, payload: &str) -> Value {
+async fn call_as_sql_server(daemon: &TestDaemon, key: &str, path: &str, payload: &str) -> Value {
     let response = daemon
         .client
         .post(format!("{}{path}", daemon.base))
+        // The credential's HTTPEndpointHeaders secret (sql/setup/001_daemon_access.sql), which SQL
+        // Server adds to every call under its URL prefix.
+        .header("authorization", format!("Bearer {key}"))
         .header("content-type", "application/json; charset=utf-8")
         .header("accept", "application/json")
         .body(payload.to_string())
@@ -170,6 +173,11 @@ async fn every_procedure_reads_what_the_daemon_answers_as_sql_server_wraps_it() 
     let db = dir.path().join("store.db");
     run_ok(&["ingest", "--db", s(&db), s(&minilm_path()), "--name", MINILM]);
     run_ok(&["ingest", "--db", s(&db), s(&smollm2_path()), "--name", SMOLLM2]);
+    // The daemon requires keys, as in production: the credential carries the tenant's key.
+    let created: Value =
+        serde_json::from_str(run_ok(&["keys", "create", "--db", s(&db), "--tenant", "sqlserver", "--json"]).trim()).expect("keys create --json");
+    let key = created["key"].as_str().expect("the key").to_string();
+    run_ok(&["policy", "allow", "--db", s(&db), "--tenant", "sqlserver", "--operation", "*", "--model", "*"]);
     let store = Arc::new(SqliteStore::open(&db, false).await.expect("opens the store"));
     let options = ServeOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -186,6 +194,7 @@ async fn every_procedure_reads_what_the_daemon_answers_as_sql_server_wraps_it() 
         context: 128,
         search_storage: VectorStorage::F32,
         search_memory: 1 << 30,
+        governance_refresh: std::time::Duration::from_secs(5),
     };
     let daemon = TestDaemon::start(store, options).await;
     let sql = procedures_sql();
@@ -193,7 +202,7 @@ async fn every_procedure_reads_what_the_daemon_answers_as_sql_server_wraps_it() 
     // sp_GenerateEmbedding: {"model":"…","input":"…"} to /v1/embeddings.
     let text = "SQL Server calls the daemon; the \"quotes\" and\nnewlines survive STRING_ESCAPE.";
     let payload = format!(r#"{{"model":{},"input":{}}}"#, quoted(MINILM), quoted(text));
-    let embedding = call_as_sql_server(&daemon, "/v1/embeddings", &payload).await;
+    let embedding = call_as_sql_server(&daemon, &key, "/v1/embeddings", &payload).await;
     assert_eq!(embedding["response"]["status"]["http"]["code"], 200, "{embedding}");
     assert_reads_resolve("sp_GenerateEmbedding", &procedure(&sql, "sp_GenerateEmbedding"), &[&embedding]);
     let vector = at(&embedding, "$.result.data[0].embedding").and_then(Value::as_array).expect("the vector");
@@ -201,11 +210,12 @@ async fn every_procedure_reads_what_the_daemon_answers_as_sql_server_wraps_it() 
 
     // A corpus to search and aggregate: embedded (and so stored) through the daemon.
     let corpus = ["Invoices are due within thirty days.", "The warehouse ships orders every morning.", "Refunds are issued to the original card."];
-    daemon.ok("/v1/embeddings", &json!({"model": MINILM, "input": corpus})).await;
+    let stored = call_as_sql_server(&daemon, &key, "/v1/embeddings", &json!({"model": MINILM, "input": corpus}).to_string()).await;
+    assert_eq!(stored["response"]["status"]["http"]["code"], 200, "{stored}");
 
     // sp_SemanticSearch: {"model","query","k","metric"} to /v1/search; a result set from OPENJSON.
     let payload = format!(r#"{{"model":{},"query":{},"k":3,"metric":"cosine"}}"#, quoted(MINILM), quoted("when must I pay?"));
-    let search = call_as_sql_server(&daemon, "/v1/search", &payload).await;
+    let search = call_as_sql_server(&daemon, &key, "/v1/search", &payload).await;
     assert_eq!(search["response"]["status"]["http"]["code"], 200, "{search}");
     assert_reads_resolve("sp_SemanticSearch", &procedure(&sql, "sp_SemanticSearch"), &[&search]);
     assert_eq!(at(&search, "$.result.data[0].results[0].text"), Some(&json!(corpus[0])), "{search}");
@@ -219,7 +229,7 @@ async fn every_procedure_reads_what_the_daemon_answers_as_sql_server_wraps_it() 
         (json!([{"model": SMOLLM2, "weight": 1}]), "completion"),
     ] {
         let payload = format!(r#"{{"models":{models},"input":{},"output":"{output}"}}"#, quoted("The capital of France is"));
-        let answer = call_as_sql_server(&daemon, "/v1/ensemble", &payload).await;
+        let answer = call_as_sql_server(&daemon, &key, "/v1/ensemble", &payload).await;
         assert_eq!(answer["response"]["status"]["http"]["code"], 200, "{answer}");
         ensembles.push(answer);
     }
@@ -228,7 +238,7 @@ async fn every_procedure_reads_what_the_daemon_answers_as_sql_server_wraps_it() 
     // sp_GenerateText: {"model","prompt","max_tokens","temperature"} to /v1/completions; the
     // temperature as CONVERT(NVARCHAR, @temperature, 3) writes 0 (`0.0000000000000000e+000`).
     let payload = format!(r#"{{"model":{},"prompt":{},"max_tokens":4,"temperature":0.0000000000000000e+000}}"#, quoted(SMOLLM2), quoted("Hello"));
-    let generated = call_as_sql_server(&daemon, "/v1/completions", &payload).await;
+    let generated = call_as_sql_server(&daemon, &key, "/v1/completions", &payload).await;
     assert_eq!(generated["response"]["status"]["http"]["code"], 200, "{generated}");
     assert_reads_resolve("sp_GenerateText", &procedure(&sql, "sp_GenerateText"), &[&generated]);
 
@@ -237,7 +247,7 @@ async fn every_procedure_reads_what_the_daemon_answers_as_sql_server_wraps_it() 
     let mut aggregates = Vec::new();
     for operation in ["average", "average_pairwise_cosine"] {
         let payload = format!(r#"{{"operation":"{operation}","model":{},"atom_ids":{}}}"#, quoted(MINILM), json!(atom_ids));
-        let answer = call_as_sql_server(&daemon, "/v1/aggregate", &payload).await;
+        let answer = call_as_sql_server(&daemon, &key, "/v1/aggregate", &payload).await;
         assert_eq!(answer["response"]["status"]["http"]["code"], 200, "{answer}");
         aggregates.push(answer);
     }
@@ -246,9 +256,13 @@ async fn every_procedure_reads_what_the_daemon_answers_as_sql_server_wraps_it() 
     // sp_CallDaemon reads the status of every answer and, on a refusal, the daemon's message and
     // the field it names.
     let payload = format!(r#"{{"model":"no-such-model","input":{}}}"#, quoted("x"));
-    let refused = call_as_sql_server(&daemon, "/v1/embeddings", &payload).await;
+    let refused = call_as_sql_server(&daemon, &key, "/v1/embeddings", &payload).await;
     assert_eq!(refused["response"]["status"]["http"]["code"], 404, "{refused}");
     assert_reads_resolve("sp_CallDaemon", &procedure(&sql, "sp_CallDaemon"), &[&refused]);
+    // A credential with a wrong or revoked key: 401, with the message sp_CallDaemon raises.
+    let unauthorised = call_as_sql_server(&daemon, "hk_wrong", "/v1/embeddings", &payload).await;
+    assert_eq!(unauthorised["response"]["status"]["http"]["code"], 401, "{unauthorised}");
+    assert!(at(&unauthorised, "$.result.error.message").and_then(Value::as_str).is_some_and(|m| m.contains("API key")), "{unauthorised}");
     daemon.stop().await;
 }
 

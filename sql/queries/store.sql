@@ -10,8 +10,10 @@
 -- sp_executesql vanish when it returns, and BEGIN/COMMIT TRANSACTION inside it can trip error 266
 -- (transaction count mismatch). Blocks that write run inside the caller's transaction
 -- (begin_transaction ... commit_transaction): an ingest is one transaction, an rm is one
--- transaction, and every insert here is idempotent, so a retried write (dropped connection,
--- deadlock victim 1205) is never applied twice.
+-- transaction, and every insert here is keyed (a request key, a UsageKey, a step ordinal, an
+-- atom hash), so a retried write (dropped connection, deadlock victim 1205) is never applied
+-- twice. The few that are not (a content atom's reference, an appended access rule, a new API
+-- key, a revocation) are run again by the store only after the server rolled them back.
 --
 -- Hashes travel as BINARY(32) parameters, except in batches, where they travel as JSON arrays of
 -- 64 hex digits (no 0x) unpacked with OPENJSON: one round trip for many rows, without a
@@ -38,7 +40,7 @@ SET XACT_ABORT ON;
 -- name: database_options
 -- Plain batch, once per connection after session_options: what the store needs of the database.
 -- Returns Version (the applied schema version, 0 on an empty database; the daemon refuses any
--- other version than its own, 3, naming the server and the version it found) and
+-- other version than its own, 4, naming the server and the version it found) and
 -- ReadCommittedSnapshot (1 when READ_COMMITTED_SNAPSHOT is on, which 001_core.sql sets: without
 -- it every read would wait for an open ingest).
 SELECT
@@ -639,8 +641,8 @@ ORDER BY Ordinal;
 
 -- name: usage_of_request
 -- A request's usage rows in the order recorded. @P1 RequestId. Returns Tenant, Operation,
--- ModelId, InputTokens, OutputTokens, ComputeMs.
-SELECT Tenant, Operation, ModelId, InputTokens, OutputTokens, ComputeMs
+-- ModelId, InputTokens, OutputTokens, ComputeMs, ModelName, Vectors, BillingUnits, StatusCode.
+SELECT Tenant, Operation, ModelId, InputTokens, OutputTokens, ComputeMs, ModelName, Vectors, BillingUnits, StatusCode
 FROM dbo.UsageLedger
 WHERE RequestId = @P1
 ORDER BY UsageId;
@@ -677,24 +679,47 @@ SELECT @StepId AS StepId, @Inserted AS Inserted;
 UPDATE dbo.InferenceSteps SET Status = @P2, DurationMs = @P3 WHERE StepId = @P1;
 
 -- name: insert_usage
--- One usage row per (request, operation, model); a retry of the same row is not counted again.
--- Rows without a request (@P2 NULL) have no such key and are always inserted.
+-- One ledger row, written once. A row with a UsageKey (@P8; every row governance writes has one)
+-- is inserted only if no row has that key: a retried write inserts nothing, and
+-- UQ_UsageLedger_UsageKey refuses a duplicate that races past the check. A row without one keeps
+-- the guard of schema version 2: one keyless row per (request, operation, model), and rows without
+-- a request (@P2 NULL) are always inserted. Each branch is one statement, so its UPDLOCK, HOLDLOCK
+-- range lock covers the check and the insert even outside a transaction.
 -- @P1 Tenant, @P2 RequestId (NULL), @P3 Operation, @P4 ModelId (NULL), @P5 InputTokens,
--- @P6 OutputTokens, @P7 ComputeMs. Returns Inserted (0 or 1).
-IF @P2 IS NULL
-    OR NOT EXISTS (
-        SELECT 1 FROM dbo.UsageLedger WITH (UPDLOCK, HOLDLOCK)
-        WHERE RequestId = @P2
-            AND Operation = @P3
-            AND (ModelId = @P4 OR (ModelId IS NULL AND @P4 IS NULL))
-    )
+-- @P6 OutputTokens, @P7 ComputeMs, @P8 UsageKey (NULL), @P9 ModelName ('' for none), @P10 Vectors,
+-- @P11 BillingUnits, @P12 StatusCode. Returns Inserted (0 or 1).
+DECLARE @Inserted INT;
+IF @P8 IS NOT NULL
 BEGIN
-    INSERT INTO dbo.UsageLedger (Tenant, RequestId, Operation, ModelId, InputTokens, OutputTokens, ComputeMs)
-    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7);
-    SELECT CAST(1 AS BIT) AS Inserted;
+    INSERT INTO dbo.UsageLedger (
+        Tenant, RequestId, Operation, ModelId, InputTokens, OutputTokens, ComputeMs,
+        UsageKey, ModelName, Vectors, BillingUnits, StatusCode
+    )
+    SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12
+    WHERE NOT EXISTS (
+        SELECT 1 FROM dbo.UsageLedger WITH (UPDLOCK, HOLDLOCK)
+        WHERE UsageKey = @P8 AND UsageKey IS NOT NULL
+    );
+    SET @Inserted = @@ROWCOUNT;
 END
 ELSE
-    SELECT CAST(0 AS BIT) AS Inserted;
+BEGIN
+    INSERT INTO dbo.UsageLedger (
+        Tenant, RequestId, Operation, ModelId, InputTokens, OutputTokens, ComputeMs,
+        UsageKey, ModelName, Vectors, BillingUnits, StatusCode
+    )
+    SELECT @P1, @P2, @P3, @P4, @P5, @P6, @P7, NULL, @P9, @P10, @P11, @P12
+    WHERE @P2 IS NULL
+        OR NOT EXISTS (
+            SELECT 1 FROM dbo.UsageLedger WITH (UPDLOCK, HOLDLOCK)
+            WHERE RequestId = @P2
+                AND Operation = @P3
+                AND (ModelId = @P4 OR (ModelId IS NULL AND @P4 IS NULL))
+                AND UsageKey IS NULL
+        );
+    SET @Inserted = @@ROWCOUNT;
+END;
+SELECT @Inserted AS Inserted;
 
 -- name: usage_by_tenant
 -- A tenant's usage from @P2 to @P3 (DATETIME2, UTC) by operation and model. @P1 Tenant.
@@ -707,6 +732,128 @@ LEFT JOIN dbo.Models AS m ON m.ModelId = u.ModelId
 WHERE u.Tenant = @P1 AND u.RecordedAt >= @P2 AND u.RecordedAt < @P3
 GROUP BY u.Operation, u.ModelId, m.Name
 ORDER BY u.Operation, m.Name;
+
+-- name: list_governance
+-- Everything the daemon enforces, as four result sets: tenants by name (TenantName, RatePlan,
+-- RequestsPerMinute, TokensPerMinute; NULL = no limit), API keys revoked ones included, by tenant,
+-- creation and id (KeyId, TenantName, Label, KeyHash, CreatedAt, RevokedAt as ISO 8601 UTC text,
+-- RevokedAt NULL while valid), access rules by tenant then position (RuleId, TenantName,
+-- Position, Effect, Operation, ModelPattern), and rates by plan then operation (RatePlan,
+-- Operation, PerRequest, Per1kInputTokens, Per1kOutputTokens, PerVector). The caller runs it
+-- inside begin_transaction ... commit_transaction: HOLDLOCK makes these locking reads (not the
+-- row versions READ_COMMITTED_SNAPSHOT would give each statement) held to the commit, so the
+-- four sets are one consistent state: no key without its tenant. The tables are small, and the
+-- writers that wait are key and rule administration.
+SELECT TenantName, RatePlan, RequestsPerMinute, TokensPerMinute
+FROM dbo.Tenants WITH (HOLDLOCK)
+ORDER BY TenantName;
+SELECT
+    k.KeyId, k.TenantName, k.Label, k.KeyHash,
+    CONVERT(VARCHAR(23), k.CreatedAt, 126) + 'Z' AS CreatedAt,
+    CONVERT(VARCHAR(23), k.RevokedAt, 126) + 'Z' AS RevokedAt
+FROM dbo.ApiKeys AS k WITH (HOLDLOCK)
+ORDER BY k.TenantName, k.CreatedAt, k.KeyId;
+SELECT RuleId, TenantName, Position, Effect, Operation, ModelPattern
+FROM dbo.AccessRules WITH (HOLDLOCK)
+ORDER BY TenantName, Position, RuleId;
+SELECT RatePlan, Operation, PerRequest, Per1kInputTokens, Per1kOutputTokens, PerVector
+FROM dbo.OperationRates WITH (HOLDLOCK)
+ORDER BY RatePlan, Operation;
+
+-- name: upsert_tenant
+-- Creates or updates a tenant's plan and limits, inside the caller's transaction (the UPDLOCK,
+-- HOLDLOCK range lock holds to its commit, so two writers of a new tenant serialize instead of
+-- both inserting). @P1 TenantName, @P2 RatePlan, @P3 RequestsPerMinute (NULL = no limit),
+-- @P4 TokensPerMinute (NULL = no limit).
+IF EXISTS (SELECT 1 FROM dbo.Tenants WITH (UPDLOCK, HOLDLOCK) WHERE TenantName = @P1)
+    UPDATE dbo.Tenants
+    SET RatePlan = @P2, RequestsPerMinute = @P3, TokensPerMinute = @P4
+    WHERE TenantName = @P1;
+ELSE
+    INSERT INTO dbo.Tenants (TenantName, RatePlan, RequestsPerMinute, TokensPerMinute)
+    VALUES (@P1, @P2, @P3, @P4);
+
+-- name: insert_api_key
+-- Stores a key's hash, creating its tenant (standard plan, no limits) if new, inside the caller's
+-- transaction. Nothing is written when a key with this id or this hash exists: Taken is then 1
+-- and the caller reports it. @P1 KeyId, @P2 TenantName, @P3 Label, @P4 KeyHash (SHA-256 of the
+-- bearer token). Returns Taken (0 or 1).
+DECLARE @Taken INT = 0;
+IF EXISTS (SELECT 1 FROM dbo.ApiKeys WITH (UPDLOCK, HOLDLOCK) WHERE KeyId = @P1 OR KeyHash = @P4)
+    SET @Taken = 1;
+ELSE
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM dbo.Tenants WITH (UPDLOCK, HOLDLOCK) WHERE TenantName = @P2)
+        INSERT INTO dbo.Tenants (TenantName) VALUES (@P2);
+    INSERT INTO dbo.ApiKeys (KeyId, TenantName, Label, KeyHash)
+    VALUES (@P1, @P2, @P3, @P4);
+END;
+SELECT @Taken AS Taken;
+
+-- name: revoke_api_key
+-- Marks a key revoked now; a key already revoked keeps its first RevokedAt. @P1 KeyId.
+-- Returns Changed (0 when no unrevoked key has this id).
+UPDATE dbo.ApiKeys
+SET RevokedAt = SYSUTCDATETIME()
+WHERE KeyId = @P1 AND RevokedAt IS NULL;
+SELECT @@ROWCOUNT AS Changed;
+
+-- name: insert_access_rule
+-- Appends a rule to its tenant's list (Position = the tenant's highest + 1, from 1), creating the
+-- tenant (standard plan, no limits) if new, inside the caller's transaction: the UPDLOCK, HOLDLOCK
+-- range lock on the tenant's rules holds to its commit, so two appends to one tenant serialize
+-- instead of taking the same position. @P1 TenantName, @P2 Effect ('allow' | 'deny'),
+-- @P3 Operation (a name or '*'), @P4 ModelPattern. Returns RuleId.
+DECLARE @Position INT;
+IF NOT EXISTS (SELECT 1 FROM dbo.Tenants WITH (UPDLOCK, HOLDLOCK) WHERE TenantName = @P1)
+    INSERT INTO dbo.Tenants (TenantName) VALUES (@P1);
+SELECT @Position = ISNULL(MAX(Position), 0) + 1
+FROM dbo.AccessRules WITH (UPDLOCK, HOLDLOCK)
+WHERE TenantName = @P1;
+INSERT INTO dbo.AccessRules (TenantName, Position, Effect, Operation, ModelPattern)
+VALUES (@P1, @Position, @P2, @P3, @P4);
+SELECT CAST(SCOPE_IDENTITY() AS BIGINT) AS RuleId;
+
+-- name: delete_access_rule
+-- Removes one rule; the tenant's other rules keep their positions. @P1 RuleId. Returns Changed
+-- (0 when there is no such rule).
+DELETE FROM dbo.AccessRules WHERE RuleId = @P1;
+SELECT @@ROWCOUNT AS Changed;
+
+-- name: upsert_operation_rate
+-- Creates or replaces the rate of one operation under one plan, inside the caller's transaction
+-- (as upsert_tenant). @P1 RatePlan, @P2 Operation, @P3 PerRequest, @P4 Per1kInputTokens,
+-- @P5 Per1kOutputTokens, @P6 PerVector.
+IF EXISTS (SELECT 1 FROM dbo.OperationRates WITH (UPDLOCK, HOLDLOCK) WHERE RatePlan = @P1 AND Operation = @P2)
+    UPDATE dbo.OperationRates
+    SET PerRequest = @P3, Per1kInputTokens = @P4, Per1kOutputTokens = @P5, PerVector = @P6
+    WHERE RatePlan = @P1 AND Operation = @P2;
+ELSE
+    INSERT INTO dbo.OperationRates (RatePlan, Operation, PerRequest, Per1kInputTokens, Per1kOutputTokens, PerVector)
+    VALUES (@P1, @P2, @P3, @P4, @P5, @P6);
+
+-- name: list_usage
+-- Ledger rows newest first (by UsageId, the order they were written), at most @P3. @P1 Tenant
+-- (NULL = every tenant); @P2 the earliest RecordedAt as ISO 8601 text (NULL = all time): UTC when
+-- it ends in Z or has no zone, else converted from its offset to UTC, as RecordedAt is UTC. Error
+-- 50040 when @P2 is not an ISO 8601 time. Returns UsageId, Tenant, RequestKey (NULL for a row
+-- without a request), Operation, ModelName, InputTokens, OutputTokens, Vectors, ComputeMs,
+-- BillingUnits, StatusCode, RecordedAt (ISO 8601 UTC text). RECOMPILE gives each call a plan for
+-- the filters it has: the clustered index backwards for all tenants, the tenant's index for one.
+DECLARE @Since DATETIME2(7) = CAST(
+    SWITCHOFFSET(TRY_CONVERT(DATETIMEOFFSET(7), @P2, 127), '+00:00') AS DATETIME2(7)
+);
+IF @P2 IS NOT NULL AND @Since IS NULL
+    THROW 50040, N'the start time is not an ISO 8601 time: write it as 2025-01-31T00:00:00Z', 1;
+SELECT TOP (@P3)
+    u.UsageId, u.Tenant, r.RequestKey, u.Operation, u.ModelName, u.InputTokens, u.OutputTokens,
+    u.Vectors, u.ComputeMs, u.BillingUnits, u.StatusCode,
+    CONVERT(VARCHAR(23), u.RecordedAt, 126) + 'Z' AS RecordedAt
+FROM dbo.UsageLedger AS u
+LEFT JOIN dbo.InferenceRequests AS r ON r.RequestId = u.RequestId
+WHERE (@P1 IS NULL OR u.Tenant = @P1) AND (@Since IS NULL OR u.RecordedAt >= @Since)
+ORDER BY u.UsageId DESC
+OPTION (RECOMPILE);
 
 -- name: upsert_graph_node
 -- The node of (kind, id), created on first use with the content hash of what it stands for (an

@@ -27,10 +27,12 @@ IF NOT EXISTS (SELECT 1 FROM sys.symmetric_keys WHERE name = N'##MS_DatabaseMast
     CREATE MASTER KEY ENCRYPTION BY PASSWORD = 'change-this-master-key-password';
 GO
 
--- The bearer token, sent as a header with every call to URLs under the daemon's base URL.
+-- The bearer token, sent as a header with every call to URLs under the daemon's base URL: paste
+-- the key `hartonomous keys create --tenant sqlserver` printed (hk_ and 64 hex digits), and give
+-- that tenant its rules (`hartonomous policy allow --tenant sqlserver --operation '*' --model '*'`).
 IF NOT EXISTS (SELECT 1 FROM sys.database_scoped_credentials WHERE name = N'https://hartonomous-host:8443')
     CREATE DATABASE SCOPED CREDENTIAL [https://hartonomous-host:8443]
-        WITH IDENTITY = 'HTTPEndpointHeaders', SECRET = '{"Authorization":"Bearer hartonomous-api-key"}';
+        WITH IDENTITY = 'HTTPEndpointHeaders', SECRET = '{"Authorization":"Bearer hk_paste-the-key-here"}';
 GO
 
 -- Where dbo.sp_CallDaemon sends its calls.

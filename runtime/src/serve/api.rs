@@ -7,21 +7,25 @@
 //! are parsed by hand from JSON values rather than derived, so that a wrong type is answered with
 //! the field's name; unknown fields are ignored, as OpenAI does.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use super::governance::RequestContext;
 use super::lineage::LineageRecord;
+use crate::governance::Usage;
+use crate::store::UsageQuery;
 use super::worker::{EmbedJob, JobFailure, ModelHandle};
 use super::AppState;
 use crate::models::ModelError;
@@ -46,7 +50,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/lineage/{request_id}", get(lineage))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/v1/usage", get(usage))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), super::governance::gate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -128,7 +134,7 @@ async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         kind: "invalid_request_error",
-        message: "no such endpoint: the daemon serves POST /v1/embeddings, POST /v1/completions, POST /v1/chat/completions, POST /v1/search, POST /v1/aggregate, POST /v1/ensemble, GET /v1/models, GET /v1/lineage/{request_id}, GET /health and GET /metrics".into(),
+        message: "no such endpoint: the daemon serves POST /v1/embeddings, POST /v1/completions, POST /v1/chat/completions, POST /v1/search, POST /v1/aggregate, POST /v1/ensemble, GET /v1/models, GET /v1/lineage/{request_id}, GET /v1/usage, GET /health and GET /metrics".into(),
         param: None,
         code: Some("unknown_url"),
         retry_after: None,
@@ -273,13 +279,14 @@ pub(super) fn is_json(headers: &HeaderMap) -> bool {
 
 async fn embeddings(
     State(state): State<Arc<AppState>>,
+    Extension(context): Extension<RequestContext>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let result = match body {
-        Ok(body) => embeddings_inner(&state, &headers, body, started).await,
+        Ok(body) => embeddings_inner(&state, &context, &headers, body, started).await,
         Err(rejection) => Err(ApiError::body_rejected(&rejection)),
     };
     if let Err(e) = &result {
@@ -288,7 +295,13 @@ async fn embeddings(
     result
 }
 
-async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Bytes, started: Instant) -> Result<Response, ApiError> {
+async fn embeddings_inner(
+    state: &Arc<AppState>,
+    context: &RequestContext,
+    headers: &HeaderMap,
+    body: Bytes,
+    started: Instant,
+) -> Result<Response, ApiError> {
     if !is_json(headers) {
         return Err(ApiError::invalid("body", "send the request as JSON (content-type: application/json)"));
     }
@@ -341,7 +354,7 @@ async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Byte
 
     let mut record = LineageRecord {
         request_key: request_key.clone(),
-        tenant: "default".into(),
+        tenant: context.tenant.clone(),
         operation: "embeddings".into(),
         model_label: model.label(),
         model: model.id,
@@ -386,6 +399,7 @@ async fn embeddings_inner(state: &Arc<AppState>, headers: &HeaderMap, body: Byte
             json!({"object": "embedding", "embedding": embedding, "index": index})
         })
         .collect();
+    context.report(Usage { input_tokens: prompt_tokens as u64, output_tokens: 0, vectors: output.vectors.len() as u64 }, Some(&request_key));
     record.outputs = output.vectors;
     let stored = state.lineage.submit(record);
     if state.lineage_sync {
@@ -569,8 +583,74 @@ async fn lineage(State(state): State<Arc<AppState>>, Path(request_id): Path<Stri
             "duration_ms": s.duration_ms,
         })).collect::<Vec<_>>(),
         "edges": l.edges.iter().map(|e| json!({"from": node(e.from), "to": node(e.to), "relation": e.relation})).collect::<Vec<_>>(),
-        "usage": l.usage.iter().map(|u| json!({"input_tokens": u.input_tokens, "output_tokens": u.output_tokens, "compute_ms": u.compute_ms})).collect::<Vec<_>>(),
+        "usage": l.usage.iter().map(|u| json!({
+            "tenant": u.tenant,
+            "operation": u.operation,
+            "input_tokens": u.input_tokens,
+            "output_tokens": u.output_tokens,
+            "vectors": u.vectors,
+            "duration_ms": u.compute_ms,
+            "billing_units": u.billing_units,
+            "status": u.status_code,
+        })).collect::<Vec<_>>(),
     })))
+}
+
+/// Most ledger rows one `GET /v1/usage` returns.
+const MAX_USAGE_ROWS: usize = 10_000;
+
+/// `GET /v1/usage?tenant=&since=&limit=`: usage ledger rows, newest first. With keys configured a
+/// caller sees its own tenant's rows only.
+async fn usage(
+    State(state): State<Arc<AppState>>,
+    Extension(context): Extension<RequestContext>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = match query.get("limit") {
+        None => 100,
+        Some(text) => text.parse::<usize>().ok().filter(|n| (1..=MAX_USAGE_ROWS).contains(n)).ok_or_else(|| {
+            ApiError::invalid("limit", format!("`limit` is {text:?}; it must be an integer from 1 to {MAX_USAGE_ROWS}"))
+        })?,
+    };
+    let since = query.get("since").cloned();
+    if let Some(since) = &since {
+        if !looks_like_iso_time(since) {
+            return Err(ApiError::invalid("since", format!("`since` is {since:?}; send an ISO 8601 UTC time such as 2026-11-24T00:00:00Z")));
+        }
+    }
+    let tenant = match (state.governance.keys_configured().await, query.get("tenant")) {
+        (true, Some(asked)) if *asked != context.tenant => {
+            return Err(ApiError {
+                status: StatusCode::FORBIDDEN,
+                kind: "permission_error",
+                message: format!("a key of tenant {:?} may read only its own usage, not {asked:?}", context.tenant),
+                param: Some("tenant"),
+                code: Some("access_denied"),
+                retry_after: None,
+            })
+        }
+        (true, _) => Some(context.tenant.clone()),
+        (false, asked) => asked.cloned(),
+    };
+    let rows = state
+        .store
+        .usage(&UsageQuery { tenant, since, limit })
+        .await
+        .map_err(|e| ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))?;
+    let total_units: f64 = rows.iter().map(|r| r.billing_units).sum();
+    Ok(Json(json!({"object": "list", "data": rows, "total_billing_units": total_units})))
+}
+
+/// `YYYY-MM-DDTHH:MM...`: enough to compare with the ledger's ISO 8601 text.
+fn looks_like_iso_time(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() >= 10
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[7] == b'-'
+        && b[8..10].iter().all(u8::is_ascii_digit)
+        && (b.len() == 10 || b[10] == b'T')
 }
 
 #[cfg(test)]

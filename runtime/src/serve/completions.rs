@@ -17,6 +17,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
+use axum::Extension;
+
+use super::governance::RequestContext;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
@@ -69,22 +72,25 @@ struct Checked {
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    Extension(context): Extension<RequestContext>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    serve(state, headers, body, Endpoint::Completions).await
+    serve(state, context, headers, body, Endpoint::Completions).await
 }
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    Extension(context): Extension<RequestContext>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    serve(state, headers, body, Endpoint::Chat).await
+    serve(state, context, headers, body, Endpoint::Chat).await
 }
 
 async fn serve(
     state: Arc<AppState>,
+    context: RequestContext,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
     endpoint: Endpoint,
@@ -92,7 +98,7 @@ async fn serve(
     let received = Instant::now();
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let result = match body {
-        Ok(body) => generate(&state, &headers, &body, endpoint, received).await,
+        Ok(body) => generate(&state, &context, &headers, &body, endpoint, received).await,
         Err(rejection) => Err(ApiError::body_rejected(&rejection)),
     };
     if let Err(e) = &result {
@@ -101,7 +107,14 @@ async fn serve(
     result
 }
 
-async fn generate(state: &Arc<AppState>, headers: &HeaderMap, body: &[u8], endpoint: Endpoint, received: Instant) -> Result<Response, ApiError> {
+async fn generate(
+    state: &Arc<AppState>,
+    context: &RequestContext,
+    headers: &HeaderMap,
+    body: &[u8],
+    endpoint: Endpoint,
+    received: Instant,
+) -> Result<Response, ApiError> {
     if !is_json(headers) {
         return Err(ApiError::invalid("body", "send the request as JSON (content-type: application/json)"));
     }
@@ -115,6 +128,7 @@ async fn generate(state: &Arc<AppState>, headers: &HeaderMap, body: &[u8], endpo
     let handle = checked.handle.clone();
     let job = GenerateJob {
         request_key: request_key.clone(),
+        context: context.clone(),
         operation: match endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Chat => "chat.completions",

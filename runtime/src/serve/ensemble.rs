@@ -20,7 +20,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use hartonomous_loader::Hash256;
 use serde_json::{json, Map, Value};
 
@@ -30,7 +30,9 @@ use super::generate::GeneratorHandle;
 use super::lineage::{CompletionLineage, LineageRecord, MemberLineage};
 use super::vectors::{json_endpoint, string_field, weighted_average};
 use super::worker::ModelHandle;
+use super::governance::RequestContext;
 use super::AppState;
+use crate::governance::Usage;
 use crate::models::sampling::{Sampler, StopScanner};
 use crate::store::{ContentAtom, ModelId, RunStatus};
 
@@ -102,21 +104,23 @@ fn normalised(members: &[Member]) -> Vec<f32> {
 
 pub async fn ensemble(
     State(state): State<Arc<AppState>>,
+    Extension(context): Extension<RequestContext>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    json_endpoint(state, headers, body, |state, fields| async move { ensemble_inner(&state, &fields, started).await }).await
+    json_endpoint(state, context, headers, body, |state, context, fields| async move { ensemble_inner(&state, &context, &fields, started).await })
+        .await
 }
 
-async fn ensemble_inner(state: &Arc<AppState>, fields: &Map<String, Value>, started: Instant) -> Result<Response, ApiError> {
+async fn ensemble_inner(state: &Arc<AppState>, context: &RequestContext, fields: &Map<String, Value>, started: Instant) -> Result<Response, ApiError> {
     let members = parse_members(fields)?;
     let output = string_field(fields, "output")?
         .ok_or_else(|| ApiError::invalid("output", "`output` is required: \"embedding\", \"next_token\" or \"completion\""))?;
     match output {
-        "embedding" => embedding(state, fields, &members, started).await,
-        "next_token" => generation(state, fields, &members, false, started).await,
-        "completion" => generation(state, fields, &members, true, started).await,
+        "embedding" => embedding(state, context, fields, &members, started).await,
+        "next_token" => generation(state, context, fields, &members, false, started).await,
+        "completion" => generation(state, context, fields, &members, true, started).await,
         other => Err(ApiError::invalid("output", format!("`output` is {other:?}; it must be \"embedding\", \"next_token\" or \"completion\""))),
     }
 }
@@ -169,7 +173,13 @@ fn texts(fields: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
     Ok(texts)
 }
 
-async fn embedding(state: &Arc<AppState>, fields: &Map<String, Value>, members: &[Member], started: Instant) -> Result<Response, ApiError> {
+async fn embedding(
+    state: &Arc<AppState>,
+    context: &RequestContext,
+    fields: &Map<String, Value>,
+    members: &[Member],
+    started: Instant,
+) -> Result<Response, ApiError> {
     let handles: Vec<Arc<ModelHandle>> =
         members.iter().map(|m| find_model(state, &m.name).cloned().map_err(|e| member_not_found(state, &m.name, "embedding", e))).collect::<Result<_, _>>()?;
     if let Some(other) = handles.iter().find(|h| h.dimension != handles[0].dimension) {
@@ -215,7 +225,7 @@ async fn embedding(state: &Arc<AppState>, fields: &Map<String, Value>, members: 
     let labels: Vec<(String, Hash256)> = handles.iter().map(|h| (h.label(), h.weights_root)).collect();
     let record = LineageRecord {
         request_key: request_key.clone(),
-        tenant: "default".into(),
+        tenant: context.tenant.clone(),
         operation: "ensemble.embedding".into(),
         model_label: handles[0].label(),
         model: handles[0].id,
@@ -232,6 +242,7 @@ async fn embedding(state: &Arc<AppState>, fields: &Map<String, Value>, members: 
         members: member_lineage(handles.iter().map(|h| (h.id, h.label(), h.weights_root)), &weights),
     };
     submit(state, record).await;
+    context.report(Usage { input_tokens: prompt_tokens as u64, output_tokens: 0, vectors: combined.len() as u64 }, Some(&request_key));
     let data: Vec<Value> =
         combined.iter().enumerate().map(|(index, v)| json!({"object": "embedding", "embedding": v, "index": index})).collect();
     Ok(Json(json!({
@@ -289,6 +300,7 @@ struct Generated {
 
 async fn generation(
     state: &Arc<AppState>,
+    context: &RequestContext,
     fields: &Map<String, Value>,
     members: &[Member],
     completion: bool,
@@ -326,18 +338,18 @@ async fn generation(
             ));
         }
     }
-    let context = handles.iter().map(|h| h.context).min().unwrap_or(0);
-    if prompt.len() >= context {
+    let window = handles.iter().map(|h| h.context).min().unwrap_or(0);
+    if prompt.len() >= window {
         return Err(ApiError::invalid(
             "input",
-            format!("the prompt is {} tokens, {} more than fit: the members' smallest context is {context} tokens", prompt.len(), prompt.len() + 1 - context),
+            format!("the prompt is {} tokens, {} more than fit: the members' smallest context is {window} tokens", prompt.len(), prompt.len() + 1 - window),
         ));
     }
     let max_tokens = if completion {
         match integer(fields, "max_tokens")? {
             Some(0) => return Err(ApiError::invalid("max_tokens", "`max_tokens` must be at least 1")),
-            Some(n) => (n.min(usize::MAX as u64) as usize).min(context - prompt.len()),
-            None => DEFAULT_MAX_TOKENS.min(context - prompt.len()),
+            Some(n) => (n.min(usize::MAX as u64) as usize).min(window - prompt.len()),
+            None => DEFAULT_MAX_TOKENS.min(window - prompt.len()),
         }
     } else {
         1
@@ -387,7 +399,7 @@ async fn generation(
     });
     let record = LineageRecord {
         request_key: request_key.clone(),
-        tenant: "default".into(),
+        tenant: context.tenant.clone(),
         operation: if completion { "ensemble.completion" } else { "ensemble.next_token" }.into(),
         model_label: first.label(),
         model: first.id,
@@ -419,6 +431,8 @@ async fn generation(
         })
     };
     let tokens: Vec<Value> = generated.tokens.iter().enumerate().map(token_json).collect();
+    let usage = Usage { input_tokens: prompt.len() as u64, output_tokens: generated.tokens.len() as u64, vectors: 0 };
+    context.report(usage, Some(&request_key));
     let body = if completion {
         json!({
             "object": "ensemble.completion",

@@ -85,6 +85,9 @@ pub struct GenerateMetrics {
 /// One request for text, as the HTTP side checked it.
 pub struct GenerateJob {
     pub request_key: String,
+    /// Whose request (lineage records the tenant); told the usage when the sequence ends, and
+    /// held until then so that the request's ledger row is written after it.
+    pub context: super::governance::RequestContext,
     /// `completions` or `chat.completions`.
     pub operation: &'static str,
     pub prompt: Vec<u32>,
@@ -441,6 +444,7 @@ impl Generator {
         };
         let record = self.record(&job, RunStatus::Failed, Some(message), None);
         drop(self.lineage.submit(record)); // not waited on: the thread never blocks on the store
+        job.context.report(crate::governance::Usage::default(), Some(&job.request_key));
         let _ = job.events.send(GenerateEvent::Failed(failure));
     }
 
@@ -451,6 +455,8 @@ impl Generator {
         if seq.failed {
             let record = self.record(&seq.job, RunStatus::Failed, Some("generation failed (see the daemon's log)".into()), None);
             drop(self.lineage.submit(record)); // not waited on: the thread never blocks on the store
+            let usage = crate::governance::Usage { input_tokens: seq.job.prompt.len() as u64, output_tokens: seq.generated as u64, vectors: 0 };
+            seq.job.context.report(usage, Some(&seq.job.request_key));
             return;
         }
         let finish = seq.finish.unwrap_or(FinishReason::Stop);
@@ -485,6 +491,8 @@ impl Generator {
             "largest_decode_batch": seq.largest_batch,
             "queued_ms": seq.started.duration_since(seq.job.received).as_secs_f64() * 1e3,
         });
+        let usage = crate::governance::Usage { input_tokens: seq.job.prompt.len() as u64, output_tokens: seq.generated as u64, vectors: 0 };
+        seq.job.context.report(usage, Some(&seq.job.request_key));
         let lineage = CompletionLineage { text: seq.text.clone(), completion_tokens: seq.generated as u64, parameters, compute_ms: seq.gpu_ms };
         let record = self.record(&seq.job, RunStatus::Succeeded, None, Some(lineage));
         let lineage_stored = self.lineage.submit(record);
@@ -501,7 +509,7 @@ impl Generator {
     fn record(&self, job: &GenerateJob, status: RunStatus, error: Option<String>, completion: Option<CompletionLineage>) -> LineageRecord {
         LineageRecord {
             request_key: job.request_key.clone(),
-            tenant: "default".into(),
+            tenant: job.context.tenant.clone(),
             operation: job.operation.into(),
             model_label: self.handle.label(),
             model: self.handle.id,

@@ -79,6 +79,8 @@ pub struct LineageMetrics {
 
 enum Message {
     Record(Box<LineageRecord>, Option<oneshot::Sender<()>>),
+    /// A usage ledger row, and the key of the request whose lineage it joins (if it has any).
+    Usage(Box<UsageRecord>, Option<String>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -104,6 +106,11 @@ impl LineageWriter {
                 match message {
                     Message::Flush(done) => {
                         let _ = done.send(());
+                    }
+                    Message::Usage(usage, request_key) => {
+                        write_usage_until_stored(store.as_ref(), *usage, request_key.as_deref(), &task_metrics).await;
+                        task_metrics.backlog.fetch_sub(1, Ordering::Relaxed);
+                        task_metrics.written.fetch_add(1, Ordering::Relaxed);
                     }
                     Message::Record(record, done) => {
                         write_until_stored(store.as_ref(), &record, &task_metrics).await;
@@ -135,11 +142,42 @@ impl LineageWriter {
         stored
     }
 
+    /// Queues a usage ledger row. Queued after the request's lineage record (the handler
+    /// submits that before it answers), so the request row exists by the time it is written.
+    pub fn submit_usage(&self, usage: UsageRecord, request_key: Option<String>) {
+        self.metrics.backlog.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Message::Usage(Box::new(usage), request_key)).is_err() {
+            self.metrics.backlog.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("lineage writer has stopped; a usage row could not be queued");
+        }
+    }
+
     /// Waits until every record queued before this call is stored.
     pub async fn flush(&self) {
         let (done, flushed) = oneshot::channel();
         if self.tx.send(Message::Flush(done)).is_ok() {
             let _ = flushed.await;
+        }
+    }
+}
+
+async fn write_usage_until_stored(store: &dyn Store, mut usage: UsageRecord, request_key: Option<&str>, metrics: &LineageMetrics) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let attempt = async {
+            if let (Some(key), None) = (request_key, usage.request) {
+                usage.request = store.find_request(key).await?;
+            }
+            store.record_usage(&usage).await
+        };
+        match attempt.await {
+            Ok(()) => return,
+            Err(e) => {
+                metrics.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(usage = ?usage.usage_key, error = %e, retry_in_ms = backoff.as_millis() as u64, "usage write failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
     }
 }
@@ -280,17 +318,6 @@ async fn write(store: &dyn Store, r: &LineageRecord) -> Result<(), StoreError> {
     for e in &edges {
         store.add_lineage_edge(e).await?;
     }
-    store
-        .record_usage(&UsageRecord {
-            tenant: r.tenant.clone(),
-            request: Some(request),
-            operation: r.operation.clone(),
-            model: Some(r.model),
-            input_tokens: r.prompt_tokens,
-            output_tokens: r.completion.as_ref().map_or(0, |c| c.completion_tokens),
-            compute_ms: r.batches.iter().map(|b| b.duration_ms).sum::<f64>() + r.completion.as_ref().map_or(0.0, |c| c.compute_ms),
-        })
-        .await?;
     store
         .complete_request(
             request,

@@ -12,6 +12,7 @@ pub mod api;
 pub mod completions;
 pub mod ensemble;
 pub mod generate;
+pub mod governance;
 pub mod lineage;
 pub mod tls;
 pub mod vectors;
@@ -114,6 +115,8 @@ pub struct ServeOptions {
     /// (beyond them, pieces are uploaded as they are scanned).
     pub search_storage: VectorStorage,
     pub search_memory: u64,
+    /// How old the snapshot of keys, rules and limits may grow before it is re-read.
+    pub governance_refresh: Duration,
 }
 
 /// Request counters, exported at `/metrics`.
@@ -190,6 +193,7 @@ impl ServeMetrics {
         counter("hartonomous_search_refresh_reloads_total", "Index refreshes that reloaded a model's embeddings whole.", ld(&s.refresh_reloads))?;
         gauge("hartonomous_search_resident_bytes", "Bytes of the search index resident in GPU buffers.", ld(&s.resident_bytes) as i64)?;
         gauge("hartonomous_search_indexed_rows", "Stored embeddings held by the search index.", ld(&s.indexed_rows) as i64)?;
+        render_tenants(&registry, &state.tenant_metrics).map_err(|e| e.to_string())?;
         let healthy = state.models.iter().filter(|m| m.unhealthy().is_none()).count()
             + state.generators.iter().filter(|g| g.handle.unhealthy().is_none()).count();
         gauge("hartonomous_models_healthy", "Served models that are healthy.", healthy as i64)?;
@@ -197,6 +201,42 @@ impl ServeMetrics {
         TextEncoder::new().encode(&registry.gather(), &mut out).map_err(|e| e.to_string())?;
         String::from_utf8(out).map_err(|e| e.to_string())
     }
+}
+
+/// Per-tenant counters, labelled by tenant and operation (and status where it applies).
+fn render_tenants(registry: &prometheus::Registry, metrics: &governance::TenantMetrics) -> prometheus::Result<()> {
+    use prometheus::{CounterVec, IntCounterVec, Opts};
+    let answered = IntCounterVec::new(
+        Opts::new("hartonomous_tenant_requests_total", "Requests admitted, by tenant, operation and the status answered."),
+        &["tenant", "operation", "status"],
+    )?;
+    let refused = IntCounterVec::new(
+        Opts::new("hartonomous_tenant_refusals_total", "Requests refused at the gate (401, 403, 429), by tenant, operation and status."),
+        &["tenant", "operation", "status"],
+    )?;
+    let tokens = IntCounterVec::new(
+        Opts::new("hartonomous_tenant_tokens_total", "Tokens used, by tenant, operation and direction (input, output)."),
+        &["tenant", "operation", "direction"],
+    )?;
+    let vectors = IntCounterVec::new(Opts::new("hartonomous_tenant_vectors_total", "Vectors produced or consumed, by tenant and operation."), &["tenant", "operation"])?;
+    let units = CounterVec::new(Opts::new("hartonomous_tenant_billing_units_total", "Billing units charged, by tenant and operation."), &["tenant", "operation"])?;
+    for ((tenant, operation), c) in metrics.snapshot() {
+        for (status, n) in &c.answered {
+            answered.with_label_values(&[tenant.as_str(), operation, &status.to_string()]).inc_by(*n);
+        }
+        for (status, n) in &c.refused {
+            refused.with_label_values(&[tenant.as_str(), operation, &status.to_string()]).inc_by(*n);
+        }
+        tokens.with_label_values(&[tenant.as_str(), operation, "input"]).inc_by(c.input_tokens);
+        tokens.with_label_values(&[tenant.as_str(), operation, "output"]).inc_by(c.output_tokens);
+        vectors.with_label_values(&[tenant.as_str(), operation]).inc_by(c.vectors);
+        units.with_label_values(&[tenant.as_str(), operation]).inc_by(c.billing_units);
+    }
+    registry.register(Box::new(answered))?;
+    registry.register(Box::new(refused))?;
+    registry.register(Box::new(tokens))?;
+    registry.register(Box::new(vectors))?;
+    registry.register(Box::new(units))
 }
 
 /// What every handler shares.
@@ -223,6 +263,9 @@ pub struct AppState {
     /// Generation ensembles running at once (each holds a KV cache per member): at most
     /// `--max-sequences`.
     pub ensemble_permits: Arc<tokio::sync::Semaphore>,
+    /// Keys, access rules, rate limits and prices: the gate every route but `/health` passes.
+    pub governance: Arc<crate::governance::Governance>,
+    pub tenant_metrics: governance::TenantMetrics,
 }
 
 /// A model loaded from the store, by kind.
@@ -344,6 +387,7 @@ pub async fn start(store: Arc<dyn Store>, options: ServeOptions) -> Result<Daemo
             options.listen
         )));
     }
+    let governance = Arc::new(crate::governance::Governance::load(store.clone(), options.governance_refresh).await?);
     let references = model_references(store.as_ref(), &options.models).await?;
     let mut encoders = Vec::new();
     let mut decoders = Vec::new();
@@ -406,6 +450,8 @@ pub async fn start(store: Arc<dyn Store>, options: ServeOptions) -> Result<Daemo
         search_metrics: search.metrics(),
         search,
         ensemble_permits: Arc::new(tokio::sync::Semaphore::new(options.max_sequences.max(1))),
+        governance,
+        tenant_metrics: governance::TenantMetrics::default(),
     });
 
     let listener = std::net::TcpListener::bind(options.listen).map_err(|source| ServeError::Listen { addr: options.listen, source })?;

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use hartonomous_kernels::ops::aggregate::{self, Aggregate, MAX_MEDIAN_N};
 use hartonomous_kernels::ops::similarity::MAX_K;
 use hartonomous_kernels::{DType, Gpu};
@@ -20,7 +20,9 @@ use serde_json::{json, Map, Value};
 
 use super::api::{embed_texts, find_model, is_json, type_name, ApiError};
 use super::completions::integer;
+use super::governance::RequestContext;
 use super::AppState;
+use crate::governance::Usage;
 use crate::search::{parse_metric, Refresh, SearchError, SearchMode, SearchRequest};
 use crate::store::{ContentAtomId, ModelId, StoreError};
 
@@ -43,17 +45,18 @@ pub(super) fn json_object(headers: &HeaderMap, body: Result<Bytes, axum::extract
 /// `inner`, and counts an error answer in `/metrics`.
 pub(super) async fn json_endpoint<F, Fut>(
     state: Arc<AppState>,
+    context: RequestContext,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
     inner: F,
 ) -> Result<Response, ApiError>
 where
-    F: FnOnce(Arc<AppState>, Map<String, Value>) -> Fut,
+    F: FnOnce(Arc<AppState>, RequestContext, Map<String, Value>) -> Fut,
     Fut: std::future::Future<Output = Result<Response, ApiError>>,
 {
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let result = match json_object(&headers, body) {
-        Ok(fields) => inner(state.clone(), fields).await,
+        Ok(fields) => inner(state.clone(), context, fields).await,
         Err(e) => Err(e),
     };
     if let Err(e) = &result {
@@ -150,13 +153,14 @@ fn parse_queries(value: Option<&Value>) -> Result<Queries, ApiError> {
 
 pub async fn search(
     State(state): State<Arc<AppState>>,
+    Extension(context): Extension<RequestContext>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    json_endpoint(state, headers, body, |state, fields| async move { search_inner(&state, &fields).await }).await
+    json_endpoint(state, context, headers, body, |state, context, fields| async move { search_inner(&state, &context, &fields).await }).await
 }
 
-async fn search_inner(state: &Arc<AppState>, fields: &Map<String, Value>) -> Result<Response, ApiError> {
+async fn search_inner(state: &Arc<AppState>, context: &RequestContext, fields: &Map<String, Value>) -> Result<Response, ApiError> {
     let model_name = string_field(fields, "model")?
         .ok_or_else(|| ApiError::invalid("model", "`model` is required: the model whose stored embeddings are searched"))?;
     let queries = parse_queries(fields.get("query"))?;
@@ -198,6 +202,7 @@ async fn search_inner(state: &Arc<AppState>, fields: &Map<String, Value>) -> Res
         }
         Queries::Vectors(vectors) => (stored_model(state, model_name).await?, vectors, 0),
     };
+    let query_count = vectors.len();
     let request = SearchRequest { queries: vectors, k, metric, modality, mode };
     let outcome = state.search.search(state.store.as_ref(), model, request).await.map_err(|e| match e {
         SearchError::Invalid { field, reason } => ApiError::invalid(field, reason),
@@ -238,6 +243,7 @@ async fn search_inner(state: &Arc<AppState>, fields: &Map<String, Value>) -> Res
         Refresh::Appended(n) => json!({"kind": "appended", "rows": n}),
         Refresh::Reloaded(n) => json!({"kind": "reloaded", "rows": n}),
     };
+    context.report(Usage { input_tokens: query_tokens as u64, output_tokens: 0, vectors: query_count as u64 }, None);
     let body = json!({
         "object": "list",
         "model": model_name,
@@ -283,13 +289,14 @@ impl Operation {
 
 pub async fn aggregate(
     State(state): State<Arc<AppState>>,
+    Extension(context): Extension<RequestContext>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    json_endpoint(state, headers, body, |state, fields| async move { aggregate_inner(&state, &fields).await }).await
+    json_endpoint(state, context, headers, body, |state, context, fields| async move { aggregate_inner(&state, &context, &fields).await }).await
 }
 
-async fn aggregate_inner(state: &Arc<AppState>, fields: &Map<String, Value>) -> Result<Response, ApiError> {
+async fn aggregate_inner(state: &Arc<AppState>, context: &RequestContext, fields: &Map<String, Value>) -> Result<Response, ApiError> {
     let name = string_field(fields, "operation")?.ok_or_else(|| ApiError::invalid("operation", format!("`operation` is required: {OPERATIONS}")))?;
     let operation =
         Operation::parse(name).ok_or_else(|| ApiError::invalid("operation", format!("`operation` is {name:?}; it must be {OPERATIONS}")))?;
@@ -359,6 +366,7 @@ async fn aggregate_inner(state: &Arc<AppState>, fields: &Map<String, Value>) -> 
         .await
         .map_err(|e| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "aggregate_failed", e.to_string()))?
         .map_err(|e| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "aggregate_failed", format!("GPU: {e}")))?;
+    context.report(Usage { input_tokens: 0, output_tokens: 0, vectors: n as u64 }, None);
     let body = json!({
         "object": "aggregate",
         "operation": name,

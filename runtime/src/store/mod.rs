@@ -24,6 +24,7 @@
 //!   reference to, in the same transaction.
 //! - Messages name the store ([`Store::location`]) and never contain a secret.
 
+pub mod governance;
 pub mod mssql;
 pub mod sqlite;
 mod url;
@@ -37,6 +38,10 @@ use hartonomous_loader::{DType, Hash256};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use governance::{
+    AccessRule, ApiKeyRow, GovernanceRows, NewAccessRule, NewApiKey, OperationRate, RuleEffect, TenantSettings, UsageQuery, UsageRow,
+    DEFAULT_PLAN,
+};
 pub use url::{mask_secrets, open, open_existing, StoreUrl};
 
 /// Atoms per [`Store::fetch_atoms`] statement: 256 atoms of 64 KiB are 16 MiB per round-trip,
@@ -602,16 +607,29 @@ pub struct StepRecord {
     pub tenant: String,
 }
 
-/// A usage ledger line.
+/// A usage ledger line: one per request the daemon answered (governance writes it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageRecord {
+    /// Unique per ledger row, so that a retried write is not counted twice; `None` for rows
+    /// written before schema version 3.
+    pub usage_key: Option<String>,
     pub tenant: String,
     pub request: Option<RequestId>,
     pub operation: String,
     pub model: Option<ModelId>,
+    /// The model(s) as the request named them (kept when the model is removed; ensembles list
+    /// their members comma-separated); empty for operations on no model.
+    pub model_name: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Vectors produced or consumed (embeddings returned, queries searched, vectors aggregated).
+    pub vectors: u64,
+    /// Wall time from admission to the response's last byte.
     pub compute_ms: f64,
+    /// Units charged under the tenant's rate plan.
+    pub billing_units: f64,
+    /// The HTTP status answered (gRPC calls record the status of the route they map to).
+    pub status_code: u16,
 }
 
 /// A node of the lineage graph: what kind of thing, and its row id.
@@ -798,6 +816,33 @@ pub trait Store: Send + Sync {
 
     /// A request with its steps, edges and usage; `None` for an unknown id.
     async fn lineage(&self, request: RequestId) -> Result<Option<Lineage>>;
+
+    // ---- governance (tenants, keys, access rules, rates, the ledger's read side) ----------
+
+    /// Every tenant, key (revoked ones too), rule and rate, in one consistent read.
+    async fn governance(&self) -> Result<GovernanceRows>;
+
+    /// Creates or updates a tenant's plan and limits.
+    async fn put_tenant(&self, tenant: &TenantSettings) -> Result<()>;
+
+    /// Stores a key's hash, creating its tenant (plan [`DEFAULT_PLAN`], no limits) if new. A key id
+    /// already present is an [`StoreError::InvalidRecord`].
+    async fn add_api_key(&self, key: &NewApiKey) -> Result<()>;
+
+    /// Marks a key revoked; `false` when no unrevoked key has this id.
+    async fn revoke_api_key(&self, key_id: &str) -> Result<bool>;
+
+    /// Appends a rule to its tenant's list (creating the tenant if new); returns its id.
+    async fn add_access_rule(&self, rule: &NewAccessRule) -> Result<i64>;
+
+    /// `false` when there is no such rule.
+    async fn remove_access_rule(&self, rule_id: i64) -> Result<bool>;
+
+    /// Creates or replaces the rate of one operation under one plan.
+    async fn put_rate(&self, rate: &OperationRate) -> Result<()>;
+
+    /// Ledger rows, newest first.
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>>;
 }
 
 /// Splits `NAME[:VERSION]` at its last colon.

@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use hartonomous_loader::atom::weights_root;
 use hartonomous_loader::Hash256;
-use tiberius::{ColumnData, IntoSql, Query, Row, TokenRow};
+use tiberius::{ColumnData, IntoSql, Query, QueryItem, Row, TokenRow};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
@@ -55,10 +55,31 @@ use super::{
     LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelLineage, ModelMaterial, ModelRow, ModelSeal, ModelStatus, ModelWriter, Neighbor,
     NewModel, NewRequest, PutAtomsOutcome, RemoveOutcome, RequestCompletion, RequestId, Result, RunStatus, StepRecord,
     Store, StoreError, UsageRecord, VerifyReport, FETCH_BATCH_ATOMS, MAX_EMBEDDING_DIMENSION,
+    AccessRule, ApiKeyRow, GovernanceRows, NewAccessRule, NewApiKey, OperationRate, RuleEffect, TenantSettings, UsageQuery, UsageRow,
 };
 
-/// The schema version (`dbo.SchemaVersion`) this build reads and writes: `sql/schema/003_*.sql`.
-pub const SCHEMA_VERSION: i64 = 3;
+/// The schema version (`dbo.SchemaVersion`) this build reads and writes: `sql/schema/004_*.sql`.
+pub const SCHEMA_VERSION: i64 = 4;
+
+/// The script that brings a database to each schema version, in order (sql/README.md,
+/// "Installing the schema").
+const SCHEMA_SCRIPTS: [(i64, &str); 4] = [
+    (1, "sql/schema/001_core.sql"),
+    (2, "sql/schema/002_lineage.sql"),
+    (3, "sql/schema/003_model_lineage.sql"),
+    (4, "sql/schema/004_governance.sql"),
+];
+
+/// What to run against a database at schema version `found` (older than this build's): the
+/// scripts after it, in order.
+fn upgrade_advice(found: i64) -> String {
+    let scripts: Vec<&str> = SCHEMA_SCRIPTS.iter().filter(|(v, _)| *v > found).map(|(_, path)| *path).collect();
+    format!(
+        "its Hartonomous schema is at version {found}, this hartonomous needs {SCHEMA_VERSION}: run {} against it, \
+         in this order, with sqlcmd -b (sql/README.md, \"Installing the schema\")",
+        scripts.join(", then ")
+    )
+}
 
 /// How long opening a TCP connection and logging in may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -112,7 +133,7 @@ impl Ctx {
                 location,
                 what: format!("{} ({statement})", server_message(&source)),
             },
-            Fail::Db { source, .. } if matches!(server_code(&source), Some(50021 | 50030)) => {
+            Fail::Db { source, .. } if matches!(server_code(&source), Some(50021 | 50030 | 50040)) => {
                 StoreError::InvalidRecord { location, what: server_message(&source).to_string() }
             }
             Fail::Db { statement, source, .. } => StoreError::Mssql { hint: hint(&source), location, statement, source },
@@ -231,6 +252,22 @@ impl Call {
         })
     }
 
+    /// Every result set of the block, empty ones included, in order. (tiberius's own
+    /// `into_results` drops an empty result set that follows another one.)
+    async fn result_sets(self, c: &mut Client) -> Result<Vec<Vec<Row>>, Fail> {
+        let (query, name) = self.checked();
+        let mut stream = query.query(c).await.map_err(db(name))?;
+        let mut sets: Vec<Vec<Row>> = Vec::new();
+        while let Some(item) = stream.try_next().await.map_err(db(name))? {
+            match (item, sets.last_mut()) {
+                (QueryItem::Metadata(_), _) => sets.push(Vec::new()),
+                (QueryItem::Row(row), Some(set)) => set.push(row),
+                (QueryItem::Row(row), None) => sets.push(vec![row]),
+            }
+        }
+        Ok(sets)
+    }
+
     async fn exec(self, c: &mut Client) -> Result<(), Fail> {
         let (query, name) = self.checked();
         query.execute(c).await.map_err(db(name))?;
@@ -280,6 +317,16 @@ impl<'r> Cols<'r> {
     fn uint(&self, i: usize) -> Result<u64, Fail> {
         let v = self.int(i)?;
         u64::try_from(v).map_err(|_| self.bad(i, &format!("{v} is negative")))
+    }
+
+    fn opt_uint(&self, i: usize) -> Result<Option<u64>, Fail> {
+        self.opt_int(i)?.map(|v| u64::try_from(v).map_err(|_| self.bad(i, &format!("{v} is negative")))).transpose()
+    }
+
+    /// An HTTP status code.
+    fn status(&self, i: usize) -> Result<u16, Fail> {
+        let v = self.int(i)?;
+        u16::try_from(v).map_err(|_| self.bad(i, &format!("{v} is not an HTTP status")))
     }
 
     fn opt_float(&self, i: usize) -> Result<Option<f64>, Fail> {
@@ -437,13 +484,7 @@ impl MssqlStore {
             return Err(StoreError::SchemaTooNew { location, found: version, supported: SCHEMA_VERSION });
         }
         if version < SCHEMA_VERSION {
-            return Err(StoreError::NotReady {
-                location,
-                what: format!(
-                    "its Hartonomous schema is at version {version}, this hartonomous needs {SCHEMA_VERSION}: \
-                     run sql/schema/*.sql against it in order (sql/README.md)"
-                ),
-            });
+            return Err(StoreError::NotReady { location, what: upgrade_advice(version) });
         }
         if !snapshot {
             return Err(StoreError::NotReady {
@@ -958,9 +999,9 @@ impl Store for MssqlStore {
     }
 
     async fn record_usage(&self, usage: &UsageRecord) -> Result<()> {
-        // Keyed by (request, operation, model) when there is a request; without one a second
-        // run would count twice.
-        attempt!(self, idempotent: usage.request.is_some(), |c| {
+        // Keyed by UsageKey, or without one by (request, operation, model) when there is a
+        // request; a row with neither would be counted twice by a second run.
+        attempt!(self, idempotent: usage.usage_key.is_some() || usage.request.is_some(), |c| {
             call(INSERT_USAGE)
                 .bind(usage.tenant.clone())
                 .bind(usage.request.map(|r| r.0))
@@ -969,6 +1010,11 @@ impl Store for MssqlStore {
                 .bind(db_int(usage.input_tokens))
                 .bind(db_int(usage.output_tokens))
                 .bind(usage.compute_ms)
+                .bind(usage.usage_key.clone())
+                .bind(usage.model_name.clone())
+                .bind(db_int(usage.vectors))
+                .bind(usage.billing_units)
+                .bind(i32::from(usage.status_code))
                 .rows(c)
                 .await?;
             Ok(())
@@ -1038,19 +1084,225 @@ impl Store for MssqlStore {
             let mut usage = Vec::new();
             for row in call(USAGE_OF_REQUEST).bind(request.0).rows(c).await? {
                 let r = cols(&row, USAGE_OF_REQUEST);
+                // As the SQLite store: the lineage shows what was used, not the ledger's retry key.
                 usage.push(UsageRecord {
+                    usage_key: None,
                     tenant: r.string(0)?,
                     request: Some(request),
                     operation: r.string(1)?,
                     model: r.opt_int(2)?.map(ModelId),
+                    model_name: r.string(6)?,
                     input_tokens: r.uint(3)?,
                     output_tokens: r.uint(4)?,
+                    vectors: r.uint(7)?,
                     compute_ms: r.float(5)?,
+                    billing_units: r.float(8)?,
+                    status_code: r.status(9)?,
                 });
             }
             Ok(Some(Lineage { request: req, status, duration_ms, error_message, steps, edges, usage }))
         })
     }
+
+    async fn governance(&self) -> Result<GovernanceRows> {
+        // One transaction, so that the four locking reads of list_governance see one state.
+        attempt!(self, idempotent: true, |c| {
+            simple(c, BEGIN_TRANSACTION).await?;
+            let sets = call(LIST_GOVERNANCE).result_sets(c).await?;
+            commit(c).await?;
+            governance_rows(&sets)
+        })
+    }
+
+    async fn put_tenant(&self, tenant: &TenantSettings) -> Result<()> {
+        // Sets the same values again when repeated.
+        attempt!(self, idempotent: true, |c| {
+            simple(c, BEGIN_TRANSACTION).await?;
+            call(UPSERT_TENANT)
+                .bind(tenant.name.clone())
+                .bind(tenant.plan.clone())
+                .bind(tenant.requests_per_minute.map(db_int))
+                .bind(tenant.tokens_per_minute.map(db_int))
+                .exec(c)
+                .await?;
+            commit(c).await
+        })
+    }
+
+    async fn add_api_key(&self, key: &NewApiKey) -> Result<()> {
+        // Not idempotent: after a lost acknowledgement a second run would find its own key and
+        // report it taken. Deadlocks (rolled back by the server) still run again.
+        let taken = attempt!(self, idempotent: false, |c| {
+            simple(c, BEGIN_TRANSACTION).await?;
+            let row = call(INSERT_API_KEY)
+                .bind(key.key_id.clone())
+                .bind(key.tenant.clone())
+                .bind(key.label.clone())
+                .bind(key.key_hash.0.to_vec())
+                .row(c)
+                .await?;
+            let taken = cols(&row, INSERT_API_KEY).int(0)? == 1;
+            commit(c).await?;
+            Ok(taken)
+        })?;
+        if taken {
+            return Err(StoreError::InvalidRecord {
+                location: self.ctx.location.clone(),
+                what: format!("an API key with id {} (or the same secret) already exists", key.key_id),
+            });
+        }
+        Ok(())
+    }
+
+    async fn revoke_api_key(&self, key_id: &str) -> Result<bool> {
+        // Not idempotent: a second run after a lost acknowledgement would answer false.
+        attempt!(self, idempotent: false, |c| {
+            let row = call(REVOKE_API_KEY).bind(key_id.to_string()).row(c).await?;
+            Ok(cols(&row, REVOKE_API_KEY).int(0)? > 0)
+        })
+    }
+
+    async fn add_access_rule(&self, rule: &NewAccessRule) -> Result<i64> {
+        // Not idempotent: a second run would append the rule again.
+        attempt!(self, idempotent: false, |c| {
+            simple(c, BEGIN_TRANSACTION).await?;
+            let row = call(INSERT_ACCESS_RULE)
+                .bind(rule.tenant.clone())
+                .bind(rule.effect.as_str())
+                .bind(rule.operation.clone())
+                .bind(rule.model_pattern.clone())
+                .row(c)
+                .await?;
+            let id = cols(&row, INSERT_ACCESS_RULE).int(0)?;
+            commit(c).await?;
+            Ok(id)
+        })
+    }
+
+    async fn remove_access_rule(&self, rule_id: i64) -> Result<bool> {
+        // Not idempotent: a second run after a lost acknowledgement would answer false.
+        attempt!(self, idempotent: false, |c| {
+            let row = call(DELETE_ACCESS_RULE).bind(rule_id).row(c).await?;
+            Ok(cols(&row, DELETE_ACCESS_RULE).int(0)? > 0)
+        })
+    }
+
+    async fn put_rate(&self, rate: &OperationRate) -> Result<()> {
+        // Sets the same values again when repeated.
+        attempt!(self, idempotent: true, |c| {
+            simple(c, BEGIN_TRANSACTION).await?;
+            call(UPSERT_OPERATION_RATE)
+                .bind(rate.plan.clone())
+                .bind(rate.operation.clone())
+                .bind(rate.per_request)
+                .bind(rate.per_1k_input_tokens)
+                .bind(rate.per_1k_output_tokens)
+                .bind(rate.per_vector)
+                .exec(c)
+                .await?;
+            commit(c).await
+        })
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        attempt!(self, idempotent: true, |c| {
+            let rows = call(LIST_USAGE).bind(query.tenant.clone()).bind(query.since.clone()).bind(limit).rows(c).await?;
+            rows.iter()
+                .map(|row| {
+                    let r = cols(row, LIST_USAGE);
+                    Ok(UsageRow {
+                        usage_id: r.int(0)?,
+                        tenant: r.string(1)?,
+                        request_id: r.opt_str(2)?.map(str::to_string),
+                        operation: r.string(3)?,
+                        model: r.string(4)?,
+                        input_tokens: r.uint(5)?,
+                        output_tokens: r.uint(6)?,
+                        vectors: r.uint(7)?,
+                        duration_ms: r.float(8)?,
+                        billing_units: r.float(9)?,
+                        status: r.status(10)?,
+                        recorded_at: r.string(11)?,
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+/// The four result sets of `list_governance`: tenants, keys, rules, rates.
+fn governance_rows(sets: &[Vec<Row>]) -> Result<GovernanceRows, Fail> {
+    let [tenants, keys, rules, rates] = sets else {
+        return Err(Fail::Db {
+            statement: LIST_GOVERNANCE.name,
+            source: Box::new(tiberius::error::Error::Protocol(
+                format!("{} result sets where list_governance returns 4", sets.len()).into(),
+            )),
+            connecting: false,
+        });
+    };
+    let st = LIST_GOVERNANCE;
+    Ok(GovernanceRows {
+        tenants: tenants
+            .iter()
+            .map(|row| {
+                let r = cols(row, st);
+                Ok(TenantSettings {
+                    name: r.string(0)?,
+                    plan: r.string(1)?,
+                    requests_per_minute: r.opt_uint(2)?,
+                    tokens_per_minute: r.opt_uint(3)?,
+                })
+            })
+            .collect::<Result<_, Fail>>()?,
+        keys: keys
+            .iter()
+            .map(|row| {
+                let r = cols(row, st);
+                Ok(ApiKeyRow {
+                    key_id: r.string(0)?,
+                    tenant: r.string(1)?,
+                    label: r.string(2)?,
+                    key_hash: r.hash(3)?,
+                    created_at: r.string(4)?,
+                    revoked_at: r.opt_str(5)?.map(str::to_string),
+                })
+            })
+            .collect::<Result<_, Fail>>()?,
+        rules: rules
+            .iter()
+            .map(|row| {
+                let r = cols(row, st);
+                let effect = r.str(3)?;
+                Ok(AccessRule {
+                    rule_id: r.int(0)?,
+                    tenant: r.string(1)?,
+                    position: r.int(2)?,
+                    effect: RuleEffect::parse(effect).ok_or_else(|| r.bad(3, &format!("unknown rule effect {effect:?}")))?,
+                    operation: r.string(4)?,
+                    model_pattern: r.string(5)?,
+                })
+            })
+            .collect::<Result<_, Fail>>()?,
+        rates: rates
+            .iter()
+            .map(|row| {
+                let r = cols(row, st);
+                Ok(OperationRate {
+                    plan: r.string(0)?,
+                    operation: r.string(1)?,
+                    per_request: r.float(2)?,
+                    per_1k_input_tokens: r.float(3)?,
+                    per_1k_output_tokens: r.float(4)?,
+                    per_vector: r.float(5)?,
+                })
+            })
+            .collect::<Result<_, Fail>>()?,
+    })
 }
 
 /// A writer's connection, inside its open transaction, and what it has learnt.
@@ -1299,5 +1551,20 @@ impl ModelWriter for MssqlWriter {
         let result = simple(&mut state.client, ROLLBACK_TRANSACTION).await.map(drop);
         drop(state);
         result.map_err(|f| self.ctx.error(f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_schema_is_told_the_scripts_to_run() {
+        let advice = upgrade_advice(3);
+        assert!(advice.contains("version 3") && advice.contains("needs 4"), "{advice}");
+        assert!(advice.contains("sql/schema/004_governance.sql") && !advice.contains("003_"), "{advice}");
+        let advice = upgrade_advice(0);
+        assert!(advice.contains("001_core.sql, then sql/schema/002_lineage.sql"), "{advice}");
+        assert_eq!(SCHEMA_SCRIPTS.last().map(|s| s.0), Some(SCHEMA_VERSION), "a script for every version");
     }
 }

@@ -37,10 +37,14 @@ use super::{
     LayerAtom, LayerId, LayerRecord, LayerRow, Lineage, LineageEdge, ModelId, ModelLineage, ModelMaterial, ModelRow, ModelSeal, ModelStatus, ModelWriter,
     Neighbor, NewModel, NewRequest, PutAtomsOutcome, RemoveOutcome, RequestCompletion, RequestId, Result, RunStatus,
     StepRecord, Store, StoreError, UsageRecord, VerifyReport, FETCH_BATCH_ATOMS, MAX_EMBEDDING_DIMENSION,
+    AccessRule, ApiKeyRow, GovernanceRows, NewAccessRule, NewApiKey, OperationRate, RuleEffect, TenantSettings, UsageQuery, UsageRow,
 };
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
+/// The version `schema.sql` creates; a new store then takes the migrations after it, so each
+/// later change is written once.
+const BASE_SCHEMA_VERSION: i64 = 2;
 const SCHEMA: &str = include_str!("sqlite/schema.sql");
 const SCHEMA_DESCRIPTION: &str =
     "models (with their lineage), layers, tensor atoms and coefficients, content atoms, embeddings, lineage, usage";
@@ -182,6 +186,13 @@ fn u64_col(row: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
     u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(i, v))
 }
 
+fn opt_u64_col(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<u64>> {
+    match row.get::<_, Option<i64>>(i)? {
+        None => Ok(None),
+        Some(v) => u64::try_from(v).map(Some).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(i, v)),
+    }
+}
+
 
 /// Reads a row of the columns `statements::model_columns!` lists.
 fn model_row(row: &Row<'_>) -> rusqlite::Result<ModelRow> {
@@ -253,8 +264,10 @@ fn connect(ctx: &Ctx, create: bool) -> Result<Connection> {
 
 /// Upgrades from an earlier version, in order: the version reached, the name of the statements
 /// that reach it from the one before (for errors), its description, and the statements.
-const MIGRATIONS: &[(i64, &str, &str, &str)] =
-    &[(2, "MIGRATE_TO_2", "models' lineage: ParentModelId and DerivedBy", statements::MIGRATE_TO_2)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (2, "MIGRATE_TO_2", "models' lineage: ParentModelId and DerivedBy", statements::MIGRATE_TO_2),
+    (3, "MIGRATE_TO_3", "governance: tenants, API keys, access rules, rate plans; a ledger row per request", statements::MIGRATE_TO_3),
+];
 
 /// Creates the schema on first use, upgrades a file of an earlier version (each migration and
 /// its version row in the one transaction), and refuses a file written by a newer build. Reads
@@ -285,17 +298,14 @@ fn migrate(conn: &mut Connection, ctx: &Ctx) -> Result<()> {
     // Another process may have created or upgraded the schema while we waited for the lock.
     let found = version(&tx)?;
     if !check(found)? {
-        match found {
-            None => {
-                tx.execute_batch(SCHEMA).map_err(|e| ctx.sqlite("schema.sql", e))?;
-                st!(&tx, ctx, INSERT_SCHEMA_VERSION)?.execute(params![SCHEMA_VERSION, SCHEMA_DESCRIPTION])?;
-            }
-            Some(from) => {
-                for &(to, name, description, sql) in MIGRATIONS.iter().filter(|(to, ..)| *to > from) {
-                    tx.execute_batch(sql).map_err(|e| ctx.sqlite(name, e))?;
-                    st!(&tx, ctx, INSERT_SCHEMA_VERSION)?.execute(params![to, description])?;
-                }
-            }
+        if found.is_none() {
+            tx.execute_batch(SCHEMA).map_err(|e| ctx.sqlite("schema.sql", e))?;
+            st!(&tx, ctx, INSERT_SCHEMA_VERSION)?.execute(params![BASE_SCHEMA_VERSION, SCHEMA_DESCRIPTION])?;
+        }
+        let from = found.unwrap_or(BASE_SCHEMA_VERSION);
+        for &(to, name, description, sql) in MIGRATIONS.iter().filter(|(to, ..)| *to > from) {
+            tx.execute_batch(sql).map_err(|e| ctx.sqlite(name, e))?;
+            st!(&tx, ctx, INSERT_SCHEMA_VERSION)?.execute(params![to, description])?;
         }
     }
     tx.commit().map_err(|e| ctx.sqlite("COMMIT", e))
@@ -908,6 +918,11 @@ impl Store for SqliteStore {
                 db_int(u.input_tokens),
                 db_int(u.output_tokens),
                 u.compute_ms,
+                u.usage_key,
+                u.model_name,
+                db_int(u.vectors),
+                u.billing_units,
+                u.status_code,
             ])?;
             Ok(())
         })
@@ -992,13 +1007,18 @@ impl Store for SqliteStore {
             })?;
             let usage = st!(conn, ctx, SELECT_USAGE_OF_REQUEST)?.rows(params![request.0], |r| {
                 Ok(UsageRecord {
+                    usage_key: None,
                     tenant: r.get(0)?,
                     request: Some(request),
                     operation: r.get(1)?,
                     model: r.get::<_, Option<i64>>(2)?.map(ModelId),
+                    model_name: r.get(6)?,
                     input_tokens: u64_col(r, 3)?,
                     output_tokens: u64_col(r, 4)?,
+                    vectors: u64_col(r, 7)?,
                     compute_ms: r.get(5)?,
+                    billing_units: r.get(8)?,
+                    status_code: r.get(9)?,
                 })
             })?;
             Ok(Some(Lineage {
@@ -1010,6 +1030,142 @@ impl Store for SqliteStore {
                 edges,
                 usage,
             }))
+        })
+        .await
+    }
+
+    async fn governance(&self) -> Result<GovernanceRows> {
+        self.call(|conn, ctx| {
+            let tx = conn.transaction().map_err(|e| ctx.sqlite("BEGIN", e))?;
+            let tenants = st!(&tx, ctx, SELECT_TENANTS)?.rows([], |r| {
+                Ok(TenantSettings {
+                    name: r.get(0)?,
+                    plan: r.get(1)?,
+                    requests_per_minute: opt_u64_col(r, 2)?,
+                    tokens_per_minute: opt_u64_col(r, 3)?,
+                })
+            })?;
+            let keys = st!(&tx, ctx, SELECT_API_KEYS)?.rows([], |r| {
+                Ok(ApiKeyRow {
+                    key_id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    label: r.get(2)?,
+                    key_hash: hash_col(r, 3)?,
+                    created_at: r.get(4)?,
+                    revoked_at: r.get(5)?,
+                })
+            })?;
+            let rules = st!(&tx, ctx, SELECT_ACCESS_RULES)?.rows([], |r| {
+                let effect: String = r.get(3)?;
+                Ok(AccessRule {
+                    rule_id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    position: r.get(2)?,
+                    effect: RuleEffect::parse(&effect).ok_or_else(|| {
+                        rusqlite::Error::FromSqlConversionFailure(3, Type::Text, format!("unknown rule effect {effect:?}").into())
+                    })?,
+                    operation: r.get(4)?,
+                    model_pattern: r.get(5)?,
+                })
+            })?;
+            let rates = st!(&tx, ctx, SELECT_RATES)?.rows([], |r| {
+                Ok(OperationRate {
+                    plan: r.get(0)?,
+                    operation: r.get(1)?,
+                    per_request: r.get(2)?,
+                    per_1k_input_tokens: r.get(3)?,
+                    per_1k_output_tokens: r.get(4)?,
+                    per_vector: r.get(5)?,
+                })
+            })?;
+            Ok(GovernanceRows { tenants, keys, rules, rates })
+        })
+        .await
+    }
+
+    async fn put_tenant(&self, tenant: &TenantSettings) -> Result<()> {
+        let t = tenant.clone();
+        self.write(move |conn, ctx| {
+            st!(conn, ctx, UPSERT_TENANT)?.execute(params![
+                t.name,
+                t.plan,
+                t.requests_per_minute.map(db_int),
+                t.tokens_per_minute.map(db_int)
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_api_key(&self, key: &NewApiKey) -> Result<()> {
+        let k = key.clone();
+        self.write(move |conn, ctx| {
+            let taken = st!(conn, ctx, API_KEY_EXISTS)?.row(params![k.key_id, &k.key_hash.0[..]], |r| r.get::<_, bool>(0))?;
+            if taken.unwrap_or(false) {
+                return Err(ctx.invalid(format!("an API key with id {} (or the same secret) already exists", k.key_id)));
+            }
+            st!(conn, ctx, ENSURE_TENANT)?.execute(params![k.tenant])?;
+            st!(conn, ctx, INSERT_API_KEY)?.execute(params![k.key_id, k.tenant, k.label, &k.key_hash.0[..]])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, key_id: &str) -> Result<bool> {
+        let id = key_id.to_string();
+        self.write(move |conn, ctx| Ok(st!(conn, ctx, REVOKE_API_KEY)?.execute(params![id])? > 0)).await
+    }
+
+    async fn add_access_rule(&self, rule: &NewAccessRule) -> Result<i64> {
+        let r = rule.clone();
+        self.write(move |conn, ctx| {
+            st!(conn, ctx, ENSURE_TENANT)?.execute(params![r.tenant])?;
+            let id = st!(conn, ctx, INSERT_ACCESS_RULE)?
+                .row(params![r.tenant, r.effect.as_str(), r.operation, r.model_pattern], |row| row.get(0))?;
+            Ok(id.expect("INSERT ... RETURNING yields one row: this is a bug"))
+        })
+        .await
+    }
+
+    async fn remove_access_rule(&self, rule_id: i64) -> Result<bool> {
+        self.write(move |conn, ctx| Ok(st!(conn, ctx, DELETE_ACCESS_RULE)?.execute(params![rule_id])? > 0)).await
+    }
+
+    async fn put_rate(&self, rate: &OperationRate) -> Result<()> {
+        let r = rate.clone();
+        self.write(move |conn, ctx| {
+            st!(conn, ctx, UPSERT_RATE)?.execute(params![
+                r.plan,
+                r.operation,
+                r.per_request,
+                r.per_1k_input_tokens,
+                r.per_1k_output_tokens,
+                r.per_vector
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>> {
+        let q = query.clone();
+        self.call(move |conn, ctx| {
+            st!(conn, ctx, SELECT_USAGE)?.rows(params![q.tenant, q.since, db_int(q.limit as u64)], |r| {
+                Ok(UsageRow {
+                    usage_id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    request_id: r.get(2)?,
+                    operation: r.get(3)?,
+                    model: r.get(4)?,
+                    input_tokens: u64_col(r, 5)?,
+                    output_tokens: u64_col(r, 6)?,
+                    vectors: u64_col(r, 7)?,
+                    duration_ms: r.get(8)?,
+                    billing_units: r.get(9)?,
+                    status: r.get(10)?,
+                    recorded_at: r.get(11)?,
+                })
+            })
         })
         .await
     }

@@ -424,13 +424,18 @@ pub async fn lineage_is_idempotent(store: &dyn Store) {
         store.add_lineage_edge(e).await.expect("edge");
     }
     let usage = UsageRecord {
+        usage_key: None,
         tenant: "acme".into(),
         request: Some(id),
         operation: "embed".into(),
         model: Some(model.id),
+        model_name: "minilm".into(),
         input_tokens: 3,
         output_tokens: 0,
+        vectors: 1,
         compute_ms: 1.5,
+        billing_units: 0.25,
+        status_code: 200,
     };
     store.record_usage(&usage).await.expect("usage");
     store

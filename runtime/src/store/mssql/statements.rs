@@ -81,11 +81,20 @@ statements! {
     READ_REQUEST = "read_request" / 1;
     INSERT_STEP = "insert_step" / 9;
     STEPS_OF_REQUEST = "steps_of_request" / 1;
-    INSERT_USAGE = "insert_usage" / 7;
+    INSERT_USAGE = "insert_usage" / 12;
     USAGE_OF_REQUEST = "usage_of_request" / 1;
     UPSERT_GRAPH_NODE = "upsert_graph_node" / 2;
     INSERT_GRAPH_EDGE = "insert_graph_edge" / 7;
     EDGES_OF_REQUEST = "edges_of_request" / 1;
+    // Governance.
+    LIST_GOVERNANCE = "list_governance" / 0;
+    UPSERT_TENANT = "upsert_tenant" / 4;
+    INSERT_API_KEY = "insert_api_key" / 4;
+    REVOKE_API_KEY = "revoke_api_key" / 1;
+    INSERT_ACCESS_RULE = "insert_access_rule" / 4;
+    DELETE_ACCESS_RULE = "delete_access_rule" / 1;
+    UPSERT_OPERATION_RATE = "upsert_operation_rate" / 6;
+    LIST_USAGE = "list_usage" / 3;
 }
 
 /// The blocks of `sql/queries/store.sql` by name, parsed once.

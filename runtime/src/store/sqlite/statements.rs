@@ -29,6 +29,58 @@ pub const MIGRATE_TO_2: &str = "ALTER TABLE Models ADD COLUMN ParentModelId INTE
 ALTER TABLE Models ADD COLUMN DerivedBy TEXT NULL;
 CREATE INDEX IF NOT EXISTS IX_Models_ParentModelId ON Models (ParentModelId);";
 
+/// Version 2 → 3: governance. Tenants (plan and limits), API keys by SHA-256 (the secret is never
+/// stored), ordered access rules, per-operation rates of each plan (the `standard` plan seeded),
+/// and the ledger's columns for one row per request: the model as named, vectors, billing units,
+/// the status answered, and a unique key so that a retried write is not counted twice.
+pub const MIGRATE_TO_3: &str = "CREATE TABLE IF NOT EXISTS Tenants (
+    TenantName        TEXT    PRIMARY KEY,
+    RatePlan          TEXT    NOT NULL DEFAULT 'standard',
+    RequestsPerMinute INTEGER NULL CHECK (RequestsPerMinute IS NULL OR RequestsPerMinute > 0),
+    TokensPerMinute   INTEGER NULL CHECK (TokensPerMinute IS NULL OR TokensPerMinute > 0),
+    CreatedAt         TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+) STRICT;
+CREATE TABLE IF NOT EXISTS ApiKeys (
+    KeyId      TEXT PRIMARY KEY,
+    TenantName TEXT NOT NULL REFERENCES Tenants (TenantName),
+    Label      TEXT NOT NULL DEFAULT '',
+    KeyHash    BLOB NOT NULL UNIQUE CHECK (length(KeyHash) = 32),
+    CreatedAt  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    RevokedAt  TEXT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS AccessRules (
+    RuleId       INTEGER PRIMARY KEY,
+    TenantName   TEXT    NOT NULL REFERENCES Tenants (TenantName),
+    Position     INTEGER NOT NULL,
+    Effect       TEXT    NOT NULL CHECK (Effect IN ('allow', 'deny')),
+    Operation    TEXT    NOT NULL,
+    ModelPattern TEXT    NOT NULL,
+    CreatedAt    TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+) STRICT;
+CREATE INDEX IF NOT EXISTS IX_AccessRules_Tenant_Position ON AccessRules (TenantName, Position);
+CREATE TABLE IF NOT EXISTS OperationRates (
+    RatePlan          TEXT NOT NULL,
+    Operation         TEXT NOT NULL,
+    PerRequest        REAL NOT NULL DEFAULT 0 CHECK (PerRequest >= 0),
+    Per1kInputTokens  REAL NOT NULL DEFAULT 0 CHECK (Per1kInputTokens >= 0),
+    Per1kOutputTokens REAL NOT NULL DEFAULT 0 CHECK (Per1kOutputTokens >= 0),
+    PerVector         REAL NOT NULL DEFAULT 0 CHECK (PerVector >= 0),
+    PRIMARY KEY (RatePlan, Operation)
+) STRICT;
+INSERT OR IGNORE INTO OperationRates (RatePlan, Operation, PerRequest, Per1kInputTokens, Per1kOutputTokens, PerVector) VALUES
+    ('standard', 'embed', 0, 0.1, 0, 0),
+    ('standard', 'generate', 0, 0.5, 1.5, 0),
+    ('standard', 'ensemble', 0, 0.5, 1.5, 0.001),
+    ('standard', 'search', 0.01, 0.1, 0, 0.001),
+    ('standard', 'aggregate', 0.01, 0, 0, 0.0001);
+ALTER TABLE UsageLedger ADD COLUMN UsageKey TEXT NULL;
+ALTER TABLE UsageLedger ADD COLUMN ModelName TEXT NOT NULL DEFAULT '';
+ALTER TABLE UsageLedger ADD COLUMN Vectors INTEGER NOT NULL DEFAULT 0 CHECK (Vectors >= 0);
+ALTER TABLE UsageLedger ADD COLUMN BillingUnits REAL NOT NULL DEFAULT 0;
+ALTER TABLE UsageLedger ADD COLUMN StatusCode INTEGER NOT NULL DEFAULT 200;
+CREATE UNIQUE INDEX IF NOT EXISTS UQ_UsageLedger_UsageKey ON UsageLedger (UsageKey) WHERE UsageKey IS NOT NULL;
+CREATE INDEX IF NOT EXISTS IX_UsageLedger_RecordedAt ON UsageLedger (RecordedAt);";
+
 // ---- models -------------------------------------------------------------------------------
 
 /// The columns [`super::model_row`] reads, in its order.
@@ -236,11 +288,60 @@ pub const INSERT_STEP: &str = "INSERT INTO InferenceSteps (RequestId, Ordinal, O
 pub const SELECT_STEPS_OF_REQUEST: &str = "SELECT Ordinal, Operation, ModelId, WeightsRoot, ParametersJson, Status, \
      DurationMs, Tenant FROM InferenceSteps WHERE RequestId = ?1 ORDER BY Ordinal";
 
+/// A retried write of the same row (same UsageKey) changes nothing.
 pub const INSERT_USAGE: &str = "INSERT INTO UsageLedger (Tenant, RequestId, Operation, ModelId, InputTokens, \
-     OutputTokens, ComputeMs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+     OutputTokens, ComputeMs, UsageKey, ModelName, Vectors, BillingUnits, StatusCode) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+     ON CONFLICT (UsageKey) WHERE UsageKey IS NOT NULL DO NOTHING";
 
-pub const SELECT_USAGE_OF_REQUEST: &str = "SELECT Tenant, Operation, ModelId, InputTokens, OutputTokens, ComputeMs \
-     FROM UsageLedger WHERE RequestId = ?1 ORDER BY UsageId";
+pub const SELECT_USAGE_OF_REQUEST: &str = "SELECT Tenant, Operation, ModelId, InputTokens, OutputTokens, ComputeMs, \
+     ModelName, Vectors, BillingUnits, StatusCode FROM UsageLedger WHERE RequestId = ?1 ORDER BY UsageId";
+
+// ---- governance ---------------------------------------------------------------------------
+
+pub const SELECT_TENANTS: &str =
+    "SELECT TenantName, RatePlan, RequestsPerMinute, TokensPerMinute FROM Tenants ORDER BY TenantName";
+
+pub const SELECT_API_KEYS: &str =
+    "SELECT KeyId, TenantName, Label, KeyHash, CreatedAt, RevokedAt FROM ApiKeys ORDER BY TenantName, CreatedAt, KeyId";
+
+pub const SELECT_ACCESS_RULES: &str = "SELECT RuleId, TenantName, Position, Effect, Operation, ModelPattern \
+     FROM AccessRules ORDER BY TenantName, Position, RuleId";
+
+pub const SELECT_RATES: &str = "SELECT RatePlan, Operation, PerRequest, Per1kInputTokens, Per1kOutputTokens, PerVector \
+     FROM OperationRates ORDER BY RatePlan, Operation";
+
+/// A tenant named by a new key or rule, with the default plan and no limits.
+pub const ENSURE_TENANT: &str = "INSERT INTO Tenants (TenantName) VALUES (?1) ON CONFLICT (TenantName) DO NOTHING";
+
+pub const UPSERT_TENANT: &str = "INSERT INTO Tenants (TenantName, RatePlan, RequestsPerMinute, TokensPerMinute) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (TenantName) DO UPDATE SET RatePlan = excluded.RatePlan, \
+     RequestsPerMinute = excluded.RequestsPerMinute, TokensPerMinute = excluded.TokensPerMinute";
+
+pub const API_KEY_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM ApiKeys WHERE KeyId = ?1 OR KeyHash = ?2)";
+
+pub const INSERT_API_KEY: &str = "INSERT INTO ApiKeys (KeyId, TenantName, Label, KeyHash) VALUES (?1, ?2, ?3, ?4)";
+
+pub const REVOKE_API_KEY: &str = "UPDATE ApiKeys SET RevokedAt = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+     WHERE KeyId = ?1 AND RevokedAt IS NULL";
+
+pub const INSERT_ACCESS_RULE: &str = "INSERT INTO AccessRules (TenantName, Position, Effect, Operation, ModelPattern) \
+     VALUES (?1, (SELECT COALESCE(MAX(Position), 0) + 1 FROM AccessRules WHERE TenantName = ?1), ?2, ?3, ?4) \
+     RETURNING RuleId";
+
+pub const DELETE_ACCESS_RULE: &str = "DELETE FROM AccessRules WHERE RuleId = ?1";
+
+pub const UPSERT_RATE: &str = "INSERT INTO OperationRates (RatePlan, Operation, PerRequest, Per1kInputTokens, \
+     Per1kOutputTokens, PerVector) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (RatePlan, Operation) DO UPDATE SET \
+     PerRequest = excluded.PerRequest, Per1kInputTokens = excluded.Per1kInputTokens, \
+     Per1kOutputTokens = excluded.Per1kOutputTokens, PerVector = excluded.PerVector";
+
+/// Ledger rows newest first; ?1 tenant (NULL = all), ?2 since (NULL = all time), ?3 at most.
+pub const SELECT_USAGE: &str = "SELECT u.UsageId, u.Tenant, r.RequestKey, u.Operation, u.ModelName, u.InputTokens, \
+     u.OutputTokens, u.Vectors, u.ComputeMs, u.BillingUnits, u.StatusCode, u.RecordedAt \
+     FROM UsageLedger AS u LEFT JOIN InferenceRequests AS r ON r.RequestId = u.RequestId \
+     WHERE (?1 IS NULL OR u.Tenant = ?1) AND (?2 IS NULL OR u.RecordedAt >= ?2) \
+     ORDER BY u.UsageId DESC LIMIT ?3";
 
 /// Whether the row a graph node stands for exists (nodes refer to one of three tables).
 pub const GRAPH_NODE_TARGET_EXISTS: &str = "SELECT CASE ?1 \
