@@ -34,6 +34,11 @@ fn the_official_openai_python_client_calls_both_endpoints_over_https_whole_and_s
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("store.db");
     run_ok(&["ingest", "--db", s(&db), s(&smollm2_path()), "--name", MODEL]);
+    // With a key configured, as a production daemon runs: the client sends it as its api_key.
+    let created: serde_json::Value =
+        serde_json::from_str(run_ok(&["keys", "create", "--db", s(&db), "--tenant", "openai-client", "--json"]).trim()).expect("keys create --json");
+    let key = created["key"].as_str().expect("the key").to_string();
+    run_ok(&["policy", "allow", "--db", s(&db), "--tenant", "openai-client", "--operation", "generate", "--model", "SmolLM2*"]);
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_hartonomous"))
         .args(["serve", "--db", s(&db), "--listen", "127.0.0.1:0", "--models", MODEL])
@@ -74,7 +79,7 @@ fn the_official_openai_python_client_calls_both_endpoints_over_https_whole_and_s
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/openai_client_e2e.py");
     let out = Command::new(&python)
         .arg(&script)
-        .args(["--base-url", &format!("https://localhost:{port}/v1"), "--cert", s(&cert), "--model", MODEL])
+        .args(["--base-url", &format!("https://localhost:{port}/v1"), "--cert", s(&cert), "--model", MODEL, "--api-key", &key])
         .output()
         .expect("runs the OpenAI client script");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

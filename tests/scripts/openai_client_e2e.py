@@ -182,12 +182,13 @@ def main():
     parser.add_argument("--base-url", required=True, help="https://localhost:PORT/v1")
     parser.add_argument("--cert", required=True, help="the daemon's certificate (PEM), the only one trusted")
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
+    parser.add_argument("--api-key", default="unused", help="the tenant's key, sent as `Authorization: Bearer`")
     args = parser.parse_args()
 
     # TLS verified against the daemon's certificate alone (it names localhost), no system roots.
     tls = ssl.create_default_context(cafile=args.cert)
     client = openai.OpenAI(
-        base_url=args.base_url, api_key="unused", max_retries=0, timeout=600,
+        base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=600,
         http_client=openai.DefaultHttpxClient(verify=tls),
     )
     summary = {"openai": openai.__version__, "base_url": args.base_url, "model": args.model}
