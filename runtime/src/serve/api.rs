@@ -121,12 +121,93 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
+        let body = json!({"error": self.error_json()});
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+/// The gRPC code of an error answered with HTTP status `http`: the one table both front doors
+/// share (gRPC calls are answered by the REST router, whose status this maps).
+pub fn grpc_code(http: StatusCode) -> tonic::Code {
+    use tonic::Code;
+    match http.as_u16() {
+        // A body too large is the request's fault, and retrying it cannot help.
+        400 | 413 | 422 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        429 => Code::ResourceExhausted,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        _ => Code::Internal,
+    }
+}
+
+/// The gRPC status of an error answer: `http` its HTTP status, `error` OpenAI's error object
+/// (`{"message","type","param","code"}`), `retry_after` the seconds of its `Retry-After`.
+///
+/// The message is REST's. Metadata carries `x-error-type`, `x-error-code`, `x-error-param` and,
+/// with a retry time, `retry-after` (seconds) and `grpc-retry-pushback-ms` (gRPC's retry
+/// pushback); the status details carry the same as google.rpc `ErrorInfo` (reason: the code,
+/// else the type; domain `hartonomous`), `BadRequest` (the field, for INVALID_ARGUMENT) and
+/// `RetryInfo`.
+pub fn grpc_status(http: StatusCode, error: &Value, retry_after: Option<u64>) -> tonic::Status {
+    use tonic::metadata::{MetadataMap, MetadataValue};
+    use tonic_types::{ErrorDetails, StatusExt};
+    let text = |key: &str| error.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let code = grpc_code(http);
+    let message = text("message").unwrap_or_else(|| http.canonical_reason().unwrap_or("error"));
+    let mut metadata = MetadataMap::new();
+    let mut info = std::collections::HashMap::new();
+    for (key, field) in [("x-error-type", "type"), ("x-error-code", "code"), ("x-error-param", "param")] {
+        if let Some(value) = text(field) {
+            info.insert(field.to_string(), value.to_string());
+            // A value that is not a valid header (never one of ours) is left to the details.
+            if let Ok(v) = MetadataValue::try_from(value) {
+                metadata.insert(key, v);
+            }
+        }
+    }
+    let mut details = ErrorDetails::new();
+    let reason = text("code").or_else(|| text("type")).unwrap_or("error");
+    details.set_error_info(reason, "hartonomous", info);
+    if let (tonic::Code::InvalidArgument, Some(param)) = (code, text("param")) {
+        details.add_bad_request_violation(param, message);
+    }
+    if let Some(seconds) = retry_after {
+        metadata.insert("retry-after", MetadataValue::from(seconds));
+        metadata.insert("grpc-retry-pushback-ms", MetadataValue::from(seconds.saturating_mul(1000)));
+        details.set_retry_info(Some(std::time::Duration::from_secs(seconds)));
+    }
+    tonic::Status::with_error_details_and_metadata(code, message, details, metadata)
+}
+
+impl ApiError {
+    /// OpenAI's error object of this error, as the REST answer's `error`.
+    fn error_json(&self) -> Value {
+        json!({"message": self.message, "type": self.kind, "param": self.param, "code": self.code})
+    }
+
+    /// The HTTP status of an error object met inside a stream of server-sent events, which
+    /// carries none (the stream's 200 was sent before it): the inverse of [`Self::from_failure`],
+    /// the only source of such errors.
+    pub fn stream_error_status(error: &Value) -> StatusCode {
+        match (error.get("type").and_then(Value::as_str), error.get("code").and_then(Value::as_str)) {
+            (Some("invalid_request_error"), _) => StatusCode::BAD_REQUEST,
+            (_, Some("model_unhealthy" | "queue_full" | "gpu_stopped")) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// The same error answered to a gRPC caller.
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        grpc_status(e.status, &e.error_json(), e.retry_after.map(u64::from))
     }
 }
 
@@ -663,6 +744,60 @@ mod tests {
         assert_eq!(unix_seconds("2026-11-24T01:02:03.456Z"), 1_795_482_123);
         assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), 0);
         assert_eq!(unix_seconds("garbage"), 0);
+    }
+
+    #[test]
+    fn http_statuses_map_to_grpc_codes() {
+        use tonic::Code;
+        let table = [
+            (400, Code::InvalidArgument),
+            (401, Code::Unauthenticated),
+            (403, Code::PermissionDenied),
+            (404, Code::NotFound),
+            (413, Code::InvalidArgument),
+            (429, Code::ResourceExhausted),
+            (500, Code::Internal),
+            (503, Code::Unavailable),
+            (504, Code::DeadlineExceeded),
+            (502, Code::Internal),
+        ];
+        for (http, code) in table {
+            let status = StatusCode::from_u16(http).unwrap_or(StatusCode::IM_A_TEAPOT);
+            assert_eq!(grpc_code(status), code, "HTTP {http}");
+        }
+    }
+
+    #[test]
+    fn an_api_error_becomes_a_status_with_its_field_code_and_retry_time() {
+        use tonic_types::StatusExt;
+        let status = tonic::Status::from(ApiError::queue_full(4));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        let header = |k: &str| status.metadata().get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+        assert_eq!(header("retry-after").as_deref(), Some("1"));
+        assert_eq!(header("grpc-retry-pushback-ms").as_deref(), Some("1000"));
+        assert_eq!(header("x-error-code").as_deref(), Some("queue_full"));
+        assert_eq!(status.get_details_retry_info().and_then(|r| r.retry_delay), Some(std::time::Duration::from_secs(1)));
+        assert_eq!(status.get_details_error_info().map(|i| i.reason), Some("queue_full".to_string()));
+
+        let status = tonic::Status::from(ApiError::invalid("k", "`k` is 0"));
+        assert_eq!((status.code(), status.message()), (tonic::Code::InvalidArgument, "`k` is 0"));
+        assert_eq!(status.metadata().get("x-error-param").and_then(|v| v.to_str().ok()), Some("k"));
+        let fields: Vec<String> = status.get_details_bad_request().map(|b| b.field_violations.into_iter().map(|v| v.field).collect()).unwrap_or_default();
+        assert_eq!(fields, vec!["k".to_string()]);
+        assert!(status.metadata().get("retry-after").is_none());
+    }
+
+    #[test]
+    fn errors_inside_a_stream_get_the_status_their_failure_had() {
+        for failure in [
+            JobFailure::Corrupt("atom".into()),
+            JobFailure::Unhealthy("model".into()),
+            JobFailure::Input("too long".into()),
+            JobFailure::Internal("gone".into()),
+        ] {
+            let error = ApiError::from_failure(failure, "prompt");
+            assert_eq!(ApiError::stream_error_status(&error.error_json()), error.status, "{error:?}");
+        }
     }
 
     #[test]
