@@ -1,6 +1,6 @@
 //! The daemon (`hartonomous serve`): loads models from the store, makes their weights resident
-//! through the pager, and serves embeddings and text generation over HTTPS with lineage written
-//! back.
+//! through the pager, and serves embeddings and text generation over HTTPS (REST and gRPC on one
+//! port) with lineage written back.
 //!
 //! Threads and tasks: axum on tokio serves HTTP and tokenizes; one OS thread runs the embedding
 //! models ([`worker`]) and one per generation model runs its continuous batching ([`generate`]),
@@ -13,6 +13,7 @@ pub mod completions;
 pub mod ensemble;
 pub mod generate;
 pub mod governance;
+pub mod grpc;
 pub mod lineage;
 pub mod tls;
 pub mod vectors;
@@ -458,7 +459,9 @@ pub async fn start(store: Arc<dyn Store>, options: ServeOptions) -> Result<Daemo
     listener.set_nonblocking(true).map_err(|source| ServeError::Listen { addr: options.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: options.listen, source })?;
     let handle = axum_server::Handle::new();
-    let app = api::router(state.clone()).into_make_service();
+    // One port for both front doors: gRPC (HTTP/2) is routed by its service paths beside REST,
+    // and dispatches through the REST router ([`grpc`]).
+    let app = grpc::mount(api::router(state.clone())).await.into_make_service();
     let (scheme, tls, server) = if options.insecure_http {
         let server = axum_server::from_tcp(listener).handle(handle.clone());
         ("http", None, tokio::spawn(server.serve(app)))
