@@ -12,6 +12,8 @@ use tokio::sync::oneshot;
 pub struct TestDaemon {
     pub base: String,
     pub client: reqwest::Client,
+    /// The daemon's certificate (PEM), for clients other than `client` to trust.
+    pub certificate: Vec<u8>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<ShutdownReport>>,
 }
@@ -38,7 +40,7 @@ impl TestDaemon {
                 .await
                 .expect("clean shutdown")
         });
-        TestDaemon { base, client, shutdown: Some(tx), task: Some(task) }
+        TestDaemon { base, client, certificate: pem, shutdown: Some(tx), task: Some(task) }
     }
 
     /// POSTs `body` as JSON; the status and the JSON answer.
