@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hartonomous_runtime::pager::WeightsSource;
+use hartonomous_runtime::serve::grpc::pb;
+use hartonomous_runtime::serve::grpc::pb::hartonomous_client::HartonomousClient;
 use hartonomous_runtime::search::VectorStorage;
 use hartonomous_runtime::serve::{LineageMode, ServeOptions};
 use hartonomous_runtime::store::sqlite::SqliteStore;
@@ -51,6 +53,15 @@ async fn call(daemon: &TestDaemon, method: &str, path: &str, key: Option<&str>, 
     let text = response.text().await.expect("body");
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     Call { status, retry_after, www_authenticate, body }
+}
+
+/// An Embed RPC with `key` (if any) as its `authorization` metadata.
+fn grpc_embed(text: &str, key: Option<&str>) -> tonic::Request<pb::EmbedRequest> {
+    let mut request = tonic::Request::new(pb::EmbedRequest { model: MINILM.into(), input: vec![text.into()] });
+    if let Some(key) = key {
+        request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ASCII metadata"));
+    }
+    request
 }
 
 fn embed_body(text: &str) -> Value {
@@ -131,6 +142,21 @@ async fn keys_rules_limits_and_the_ledger_are_enforced_and_recorded() {
         acme_tokens.push(answer.body["usage"]["prompt_tokens"].as_u64().expect("usage"));
         acme_request_ids.push(answer.body["hartonomous"]["request_id"].as_str().expect("request id").to_string());
     }
+    // The same gate stands before gRPC: refusals as status codes, and an admitted call is
+    // ledgered like a REST one.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&daemon.certificate))
+        .domain_name("localhost");
+    let channel = tonic::transport::Channel::from_shared(daemon.base.clone()).expect("URI").tls_config(tls).expect("TLS").connect().await.expect("connects");
+    let mut grpc = HartonomousClient::new(channel);
+    let anonymous = grpc.embed(grpc_embed("hello", None)).await.expect_err("no key");
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated, "{anonymous:?}");
+    let forbidden = grpc.embed(grpc_embed("hello", Some(&globex))).await.expect_err("globex may not embed");
+    assert_eq!(forbidden.code(), tonic::Code::PermissionDenied, "{forbidden:?}");
+    let embedded = grpc.embed(grpc_embed("Refunds go to the original card.", Some(&acme))).await.expect("acme may embed").into_inner();
+    acme_tokens.push(u64::from(embedded.usage.expect("usage").prompt_tokens));
+    acme_request_ids.push(embedded.request_id);
+
     let searched = call(&daemon, "POST", "/v1/search", Some(&acme), Some(&json!({"model": MINILM, "query": "when to pay?", "k": 1}))).await;
     assert_eq!(searched.status, 403, "{}", searched.body);
     assert_eq!(searched.body["error"]["type"], "permission_error");
@@ -164,6 +190,9 @@ async fn keys_rules_limits_and_the_ledger_are_enforced_and_recorded() {
     let retry: u64 = limited_answer.retry_after.as_deref().and_then(|v| v.parse().ok()).expect("Retry-After in seconds");
     // 2 a minute refill one every 30 s.
     assert!((1..=30).contains(&retry), "Retry-After {retry}");
+    let exhausted = grpc.embed(grpc_embed("one more", Some(&limited))).await.expect_err("over the limit");
+    assert_eq!(exhausted.code(), tonic::Code::ResourceExhausted, "{exhausted:?}");
+    assert!(exhausted.metadata().get("retry-after").is_some(), "retry information in the metadata: {exhausted:?}");
 
     // Over the tokens a minute: the first request (more than 10 tokens) is let in and charged,
     // the next waits for the bucket to refill.
@@ -181,12 +210,12 @@ async fn keys_rules_limits_and_the_ledger_are_enforced_and_recorded() {
         let usage = call(&daemon, "GET", "/v1/usage", Some(&acme), None).await;
         assert_eq!(usage.status, 200, "{}", usage.body);
         let rows = usage.body["data"].as_array().cloned().unwrap_or_default();
-        if rows.len() >= 2 || Instant::now() > deadline {
+        if rows.len() >= 3 || Instant::now() > deadline {
             break rows;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(rows.len(), 2, "acme made two billable requests that were let in: {rows:?}");
+    assert_eq!(rows.len(), 3, "acme made three billable requests that were let in (two REST, one gRPC): {rows:?}");
     // Newest first.
     for (row, (tokens, request_id)) in rows.iter().rev().zip(acme_tokens.iter().zip(&acme_request_ids)) {
         assert_eq!(row["tenant"], "acme");
@@ -207,8 +236,8 @@ async fn keys_rules_limits_and_the_ledger_are_enforced_and_recorded() {
     // Per-tenant metrics.
     let metrics = call(&daemon, "GET", "/metrics", Some(&acme), None).await;
     let text = metrics.body.as_str().unwrap_or_default().to_string();
-    assert!(text.contains(r#"hartonomous_tenant_requests_total{operation="embed",status="200",tenant="acme"} 2"#), "{text}");
-    assert!(text.contains(r#"hartonomous_tenant_refusals_total{operation="embed",status="429",tenant="limited"} 1"#), "{text}");
+    assert!(text.contains(r#"hartonomous_tenant_requests_total{operation="embed",status="200",tenant="acme"} 3"#), "{text}");
+    assert!(text.contains(r#"hartonomous_tenant_refusals_total{operation="embed",status="429",tenant="limited"} 2"#), "{text}");
     daemon.stop().await;
 
     // The same ledger in SQL, read beside the store's own code: every tenant's rows and tokens.
@@ -222,7 +251,7 @@ async fn keys_rules_limits_and_the_ledger_are_enforced_and_recorded() {
         .expect("ledger query")
     };
     let (acme_rows, acme_input, _) = by_tenant("acme");
-    assert_eq!((acme_rows, acme_input), (2, acme_tokens.iter().sum::<u64>() as i64));
+    assert_eq!((acme_rows, acme_input), (3, acme_tokens.iter().sum::<u64>() as i64));
     assert_eq!(by_tenant("limited").0, 2, "the refused third request has no row");
     assert_eq!(by_tenant("metered").0, 1);
     assert_eq!(by_tenant("globex").0, 0, "listing models is not billed");

@@ -93,6 +93,7 @@ async fn every_rpc_answers_what_rest_answers_on_the_same_port_over_tls() {
         context: 128,
         search_storage: VectorStorage::F32,
         search_memory: 1 << 30,
+        governance_refresh: std::time::Duration::from_secs(5),
     };
     let daemon = TestDaemon::start(store, options).await;
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&daemon.certificate)).domain_name("localhost");
