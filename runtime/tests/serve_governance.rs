@@ -4,15 +4,12 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hartonomous_runtime::pager::WeightsSource;
 use hartonomous_runtime::serve::grpc::pb;
 use hartonomous_runtime::serve::grpc::pb::hartonomous_client::HartonomousClient;
-use hartonomous_runtime::search::VectorStorage;
-use hartonomous_runtime::serve::{LineageMode, ServeOptions};
+use hartonomous_runtime::serve::ServeOptions;
 use hartonomous_runtime::store::sqlite::SqliteStore;
 use serde_json::{json, Value};
 use support::daemon::TestDaemon;
@@ -103,22 +100,11 @@ async fn keys_rules_limits_and_the_ledger_are_enforced_and_recorded() {
 
     let store = Arc::new(SqliteStore::open(&db, false).await.expect("opens the store"));
     let options = ServeOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: None,
-        insecure_http: false,
-        data_dir: dir.path().join("data"),
-        gpu_memory: None,
         models: vec![MINILM.into()],
-        weights_source: WeightsSource::Atoms,
-        lineage: LineageMode::Sync,
-        max_batch_tokens: 8192,
-        queue_capacity: 64,
         max_sequences: 1,
-        context: 128,
-        search_storage: VectorStorage::F32,
-        search_memory: 1 << 30,
         // Re-read the rows on every request, so a revocation made by the CLI shows at once.
         governance_refresh: Duration::ZERO,
+        ..support::daemon::options(dir.path().join("data"))
     };
     let daemon = TestDaemon::start(store, options).await;
 

@@ -7,14 +7,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hartonomous_runtime::pager::WeightsSource;
-use hartonomous_runtime::search::VectorStorage;
 use hartonomous_runtime::serve::grpc::pb;
 use hartonomous_runtime::serve::grpc::pb::hartonomous_client::HartonomousClient;
-use hartonomous_runtime::serve::{LineageMode, ServeOptions};
 use hartonomous_runtime::store::sqlite::SqliteStore;
 use serde_json::{json, Value};
 use support::daemon::TestDaemon;
@@ -78,24 +74,7 @@ async fn every_rpc_answers_what_rest_answers_on_the_same_port_over_tls() {
     run_ok(&["student", "--db", s(&db), "--from", MINILM, "--name", STUDENT, "--layers", "0-2"]);
     run_ok(&["ingest", "--db", s(&db), s(&smollm2_path()), "--name", SMOLLM2]);
     let store = Arc::new(SqliteStore::open(&db, false).await.expect("opens the store"));
-    let options = ServeOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: None,
-        insecure_http: false,
-        data_dir: dir.path().join("data"),
-        gpu_memory: None,
-        models: Vec::new(),
-        weights_source: WeightsSource::Atoms,
-        lineage: LineageMode::Sync,
-        max_batch_tokens: 8192,
-        queue_capacity: 64,
-        max_sequences: 2,
-        context: 128,
-        search_storage: VectorStorage::F32,
-        search_memory: 1 << 30,
-        governance_refresh: std::time::Duration::from_secs(5),
-    };
-    let daemon = TestDaemon::start(store, options).await;
+    let daemon = TestDaemon::start(store, support::daemon::options(dir.path().join("data"))).await;
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&daemon.certificate)).domain_name("localhost");
     let channel = Channel::from_shared(daemon.base.clone()).expect("URI").tls_config(tls).expect("TLS").connect().await.expect("connects over TLS");
     let mut grpc = HartonomousClient::new(channel.clone());

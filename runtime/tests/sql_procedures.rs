@@ -9,12 +9,8 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hartonomous_runtime::pager::WeightsSource;
-use hartonomous_runtime::search::VectorStorage;
-use hartonomous_runtime::serve::{LineageMode, ServeOptions};
 use hartonomous_runtime::store::sqlite::SqliteStore;
 use serde_json::{json, Value};
 use support::daemon::TestDaemon;
@@ -179,24 +175,7 @@ async fn every_procedure_reads_what_the_daemon_answers_as_sql_server_wraps_it() 
     let key = created["key"].as_str().expect("the key").to_string();
     run_ok(&["policy", "allow", "--db", s(&db), "--tenant", "sqlserver", "--operation", "*", "--model", "*"]);
     let store = Arc::new(SqliteStore::open(&db, false).await.expect("opens the store"));
-    let options = ServeOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: None,
-        insecure_http: false,
-        data_dir: dir.path().join("data"),
-        gpu_memory: None,
-        models: Vec::new(),
-        weights_source: WeightsSource::Atoms,
-        lineage: LineageMode::Sync,
-        max_batch_tokens: 8192,
-        queue_capacity: 64,
-        max_sequences: 2,
-        context: 128,
-        search_storage: VectorStorage::F32,
-        search_memory: 1 << 30,
-        governance_refresh: std::time::Duration::from_secs(5),
-    };
-    let daemon = TestDaemon::start(store, options).await;
+    let daemon = TestDaemon::start(store, support::daemon::options(dir.path().join("data"))).await;
     let sql = procedures_sql();
 
     // sp_GenerateEmbedding: {"model":"…","input":"…"} to /v1/embeddings.

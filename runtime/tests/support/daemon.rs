@@ -1,13 +1,40 @@
 //! A daemon started in the test's process over HTTPS, with a reqwest client that trusts its
 //! generated certificate and calls it by the name the certificate holds (`localhost`).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hartonomous_runtime::serve::{self, ServeOptions, ShutdownReport};
+use hartonomous_runtime::pager::WeightsSource;
+use hartonomous_runtime::search::VectorStorage;
+use hartonomous_runtime::serve::{self, LineageMode, ServeOptions, ShutdownReport};
 use hartonomous_runtime::store::Store;
 use serde_json::Value;
 use tokio::sync::oneshot;
+
+/// What the serving tests start from: every ready model in the store, on a free loopback port,
+/// HTTPS with a certificate generated under `data_dir`, lineage stored before each answer, two
+/// sequences of 128 tokens, the search index in f32.
+pub fn options(data_dir: PathBuf) -> ServeOptions {
+    ServeOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls: None,
+        insecure_http: false,
+        data_dir,
+        gpu_memory: None,
+        models: Vec::new(),
+        weights_source: WeightsSource::Atoms,
+        lineage: LineageMode::Sync,
+        max_batch_tokens: 8192,
+        queue_capacity: 64,
+        max_sequences: 2,
+        context: 128,
+        search_storage: VectorStorage::F32,
+        search_memory: 1 << 30,
+        governance_refresh: Duration::from_secs(5),
+    }
+}
 
 pub struct TestDaemon {
     pub base: String,
