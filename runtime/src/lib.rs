@@ -6,6 +6,7 @@
 //!
 //! Invariant: only this crate knows the store, the wire protocols and the models.
 
+pub mod bench;
 pub mod governance;
 pub mod ingest;
 pub mod inspect;

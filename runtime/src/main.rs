@@ -166,6 +166,49 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
         governance_refresh: f64,
     },
+    /// Load a daemon the way its users do and report throughput, latency percentiles, time to
+    /// first token, errors by kind and the daemon's metrics. Without --target it starts a daemon
+    /// in this process over the store (--db, or the default store).
+    Bench {
+        /// The daemon's base URL (https://host:port); without it, an embedded daemon.
+        #[arg(long, value_name = "URL")]
+        target: Option<String>,
+        /// PEM certificate (or CA) to trust for --target; the system's roots otherwise.
+        #[arg(long, value_name = "PEM")]
+        cacert: Option<PathBuf>,
+        /// Bearer key for a daemon that requires one (or HARTONOMOUS_API_KEY).
+        #[arg(long)]
+        api_key: Option<String>,
+        #[arg(long, value_enum, default_value = "embed")]
+        scenario: hartonomous_runtime::bench::Scenario,
+        /// Concurrency levels, comma-separated: requests in flight at all times.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        concurrency: Vec<usize>,
+        /// Measured seconds per level.
+        #[arg(long, value_name = "SECONDS", conflicts_with = "requests")]
+        duration: Option<f64>,
+        /// Measured requests per level (default 100 when no --duration).
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Seconds of load before each level, not counted.
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+        warmup: f64,
+        #[arg(long)]
+        embed_model: Option<String>,
+        #[arg(long)]
+        generate_model: Option<String>,
+        /// Tokens per generated answer (generate, chat, mixed).
+        #[arg(long, default_value_t = 16)]
+        max_tokens: u32,
+        /// Write the report as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: Db,
+    },
     /// API keys (bearer tokens) of tenants: create, list, revoke.
     Keys {
         #[command(subcommand)]
@@ -261,6 +304,86 @@ async fn open_store(db: &Db, create: bool) -> anyhow::Result<Box<dyn Store>> {
     Ok(if create { store::open(&url).await? } else { store::open_existing(&url).await? })
 }
 
+/// Runs the harness against `target`, or against a daemon started here over the store.
+async fn bench_command(
+    target: Option<String>,
+    cacert: Option<PathBuf>,
+    api_key: Option<String>,
+    options: hartonomous_runtime::bench::BenchOptions,
+    db: &Db,
+) -> anyhow::Result<hartonomous_runtime::bench::BenchReport> {
+    use hartonomous_runtime::bench::{self, ProgressEvent, Target};
+    use hartonomous_runtime::serve;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let progress = |event: ProgressEvent| match event {
+        ProgressEvent::Setup(what) => bar.set_message(what.to_string()),
+        ProgressEvent::Level { concurrency, requests, duration } => {
+            bar.reset();
+            match (requests, duration) {
+                (_, Some(d)) => bar.set_message(format!("concurrency {concurrency}: {:.0} s measured", d.as_secs_f64())),
+                (r, None) => bar.set_message(format!("concurrency {concurrency}: {} requests measured", r.unwrap_or(100))),
+            }
+        }
+        ProgressEvent::Completed { errors } => {
+            bar.inc(1);
+            if errors > 0 {
+                bar.set_prefix(format!("{errors} errors"));
+            }
+        }
+        ProgressEvent::LevelDone => bar.println(format!("level done: {} requests", bar.position())),
+    };
+    let mut builder = reqwest::Client::builder().https_only(true);
+    let Some(base) = target else {
+        // An embedded daemon over the store, on a free loopback port, with its own certificate.
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(open_store(db, false).await?);
+        let data_dir = std::env::temp_dir().join(format!("hartonomous-bench-{}", std::process::id()));
+        let options_serve = serve::ServeOptions {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
+            insecure_http: false,
+            data_dir: data_dir.clone(),
+            gpu_memory: None,
+            models: Vec::new(),
+            weights_source: hartonomous_runtime::pager::WeightsSource::Atoms,
+            lineage: serve::LineageMode::Async,
+            max_batch_tokens: 16_384,
+            queue_capacity: 1024,
+            max_sequences: 8,
+            context: 2048,
+            search_storage: hartonomous_runtime::search::VectorStorage::F32,
+            search_memory: 1 << 30,
+            governance_refresh: std::time::Duration::from_secs(5),
+        };
+        bar.set_message("starting an embedded daemon");
+        let daemon = serve::start(store, options_serve).await?;
+        let tls = daemon.tls.clone().context("the embedded daemon serves HTTPS")?;
+        let pem = std::fs::read(&tls.cert).with_context(|| format!("reading {}", tls.cert.display()))?;
+        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        let target = Target { base: format!("https://localhost:{}", daemon.addr.port()), client: builder.build()?, api_key };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(daemon.run(
+            async {
+                let _ = stopped.await;
+            },
+            std::time::Duration::from_secs(30),
+        ));
+        let report = bench::run(target, options, &progress).await;
+        let _ = stop.send(());
+        let _ = running.await;
+        let _ = std::fs::remove_dir_all(&data_dir);
+        bar.finish_and_clear();
+        return Ok(report?);
+    };
+    if let Some(path) = &cacert {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+    }
+    let report = bench::run(Target { base: base.trim_end_matches('/').to_string(), client: builder.build()?, api_key }, options, &progress).await;
+    bar.finish_and_clear();
+    Ok(report?)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect { file, json, atom_bytes } => {
@@ -312,6 +435,50 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "removed {}: {} layers; freed {} atoms ({} bytes); {} atoms kept, still used by other models",
                 out.model, out.layers, out.atoms_freed, out.bytes_freed, out.atoms_kept
             );
+        }
+        Command::Bench {
+            target,
+            cacert,
+            api_key,
+            scenario,
+            concurrency,
+            duration,
+            requests,
+            warmup,
+            embed_model,
+            generate_model,
+            max_tokens,
+            out,
+            json,
+            db,
+        } => {
+            use hartonomous_runtime::bench::BenchOptions;
+            let api_key = api_key.or_else(|| std::env::var("HARTONOMOUS_API_KEY").ok().filter(|k| !k.is_empty()));
+            let seconds = |name: &str, v: f64| -> anyhow::Result<std::time::Duration> {
+                if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
+                    bail!("{name} is {v}; give seconds from 0 to 86400");
+                }
+                Ok(std::time::Duration::from_secs_f64(v))
+            };
+            let options = BenchOptions {
+                scenario,
+                concurrency,
+                duration: duration.map(|d| seconds("--duration", d)).transpose()?,
+                requests,
+                warmup: seconds("--warmup", warmup)?,
+                embed_model,
+                generate_model,
+                max_tokens,
+            };
+            let report = bench_command(target, cacert, api_key, options, &db).await?;
+            if let Some(path) = &out {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
         }
         Command::Keys { command, db } => {
             let store = open_store(&db, false).await?;

@@ -1,4 +1,4 @@
-//! The daemon's front gate: one axum layer, in front of every route but `/health`, that
+//! The daemon's front gate: one axum layer, in front of every route but `/health` and `/livez`, that
 //! authenticates the bearer key, applies the tenant's access rules to the operation and the
 //! models the body names, takes a request from the tenant's rate bucket, and after the answer
 //! writes the usage ledger row (through the lineage writer) and the per-tenant metrics. gRPC
@@ -79,10 +79,10 @@ impl Drop for ContextInner {
     }
 }
 
-/// The operation a route performs; `None` for the routes left open (`/health`).
+/// The operation a route performs; `None` for the routes left open (`/health`, `/livez`).
 pub fn operation_of(method: &Method, path: &str) -> Option<Operation> {
     match (method, path) {
-        (_, "/health") => None,
+        (_, "/health" | "/livez") => None,
         (&Method::POST, "/v1/embeddings") => Some(Operation::Embed),
         (&Method::POST, "/v1/completions" | "/v1/chat/completions") => Some(Operation::Generate),
         (&Method::POST, "/v1/ensemble") => Some(Operation::Ensemble),

@@ -1,0 +1,573 @@
+//! `hartonomous bench`: a closed-loop load generator that drives a daemon over HTTPS the way its
+//! users do, and reports throughput, latency percentiles, time to first token for streams,
+//! errors by kind, and the daemon's own metrics sampled during the run.
+//!
+//! At each concurrency C, C tasks send requests back to back (a closed loop): first for the
+//! warm-up, not counted (connections, paging, the batcher), then for the measured window (a
+//! duration, or a number of requests). A request counts in the window it completes in. Inputs
+//! are fixed and seeded: sentence `i` of the corpus shipped with the repository (3,921
+//! sentences from Python's documentation, `benches/data/python_doc_sentences.txt`), so runs are
+//! comparable. The `noop` scenario calls `GET /livez`, which does nothing, to show the rate the
+//! harness itself reaches.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// The corpus: one sentence a line after the two header lines (source and licence).
+const CORPUS: &str = include_str!("../../benches/data/python_doc_sentences.txt");
+
+pub fn corpus() -> Vec<&'static str> {
+    CORPUS.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("cannot reach the daemon at {base}: {what}")]
+    Unreachable { base: String, what: String },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What a run exercises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// `POST /v1/embeddings`, one sentence a request.
+    Embed,
+    /// `POST /v1/completions`, streamed, greedy, `--max-tokens` tokens.
+    Generate,
+    /// `POST /v1/chat/completions`, streamed, greedy.
+    Chat,
+    /// `POST /v1/search`: a sentence as the query, k = 10, over the corpus embedded first.
+    Search,
+    /// `POST /v1/ensemble`: the embedding model with itself, weights 1 and 1.
+    Ensemble,
+    /// Embed, search, generate and ensemble in turn.
+    Mixed,
+    /// `GET /livez`: the harness's own ceiling.
+    Noop,
+}
+
+impl Scenario {
+    /// What one request yields, for the throughput line.
+    fn unit(self) -> &'static str {
+        match self {
+            Scenario::Embed | Scenario::Ensemble => "sentences",
+            Scenario::Generate | Scenario::Chat => "tokens",
+            Scenario::Search => "queries",
+            Scenario::Mixed | Scenario::Noop => "requests",
+        }
+    }
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub scenario: Scenario,
+    pub concurrency: Vec<usize>,
+    /// The measured window per level: a duration, or else a number of requests.
+    pub duration: Option<Duration>,
+    pub requests: Option<u64>,
+    pub warmup: Duration,
+    pub embed_model: Option<String>,
+    pub generate_model: Option<String>,
+    pub max_tokens: u32,
+}
+
+/// Where the daemon is.
+#[derive(Clone)]
+pub struct Target {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub api_key: Option<String>,
+}
+
+impl Target {
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.auth(self.client.post(format!("{}{path}", self.base)))
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.auth(self.client.get(format!("{}{path}", self.base)))
+    }
+
+    fn auth(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `values` (milliseconds); zeros when there are none.
+    pub fn of(values: &mut [f64]) -> Self {
+        if values.is_empty() {
+            return Percentiles::default();
+        }
+        values.sort_by(f64::total_cmp);
+        let rank = |q: f64| values[((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
+        Percentiles {
+            p50: rank(0.50),
+            p90: rank(0.90),
+            p99: rank(0.99),
+            max: values[values.len() - 1],
+            mean: values.iter().sum::<f64>() / values.len() as f64,
+        }
+    }
+}
+
+/// The daemon's metrics sampled once a second during a level.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DaemonSample {
+    pub samples: u32,
+    /// Pager hits ÷ (hits + misses) over the level.
+    pub pager_hit_rate: Option<f64>,
+    pub resident_bytes_max: u64,
+    pub queue_depth_max: u64,
+    pub live_sequences_max: u64,
+}
+
+/// One concurrency level's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct LevelReport {
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub requests: u64,
+    pub requests_per_second: f64,
+    /// Sentences, tokens or queries a second (see `unit`).
+    pub items_per_second: f64,
+    pub unit: &'static str,
+    pub latency_ms: Percentiles,
+    /// Time to the first generated text, for streamed scenarios.
+    pub time_to_first_token_ms: Option<Percentiles>,
+    /// By kind: `http NNN code` or `transport`.
+    pub errors: BTreeMap<String, u64>,
+    pub first_error: Option<String>,
+    pub daemon: DaemonSample,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub scenario: Scenario,
+    pub target: String,
+    pub embed_model: Option<String>,
+    pub generate_model: Option<String>,
+    pub machine: Machine,
+    pub levels: Vec<LevelReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_bytes: Option<u64>,
+    pub adapter: Option<String>,
+}
+
+/// One request's outcome.
+struct Outcome {
+    latency: Duration,
+    first_token: Option<Duration>,
+    items: u64,
+}
+
+/// What the tasks of a level share.
+struct Level {
+    target: Target,
+    scenario: Scenario,
+    embed_model: String,
+    generate_model: String,
+    max_tokens: u32,
+    corpus: Vec<&'static str>,
+    next: AtomicU64,
+}
+
+impl Level {
+    async fn one(&self) -> Result<Outcome, String> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let sentence = self.corpus[(i % self.corpus.len() as u64) as usize];
+        let call = match self.scenario {
+            Scenario::Mixed => [Call::Embed, Call::Search, Call::Generate, Call::Ensemble][(i % 4) as usize],
+            Scenario::Embed => Call::Embed,
+            Scenario::Generate => Call::Generate,
+            Scenario::Chat => Call::Chat,
+            Scenario::Search => Call::Search,
+            Scenario::Ensemble => Call::Ensemble,
+            Scenario::Noop => Call::Noop,
+        };
+        let started = Instant::now();
+        let (path, body) = match call {
+            Call::Noop => {
+                let response = self.target.get("/livez").send().await.map_err(|e| format!("transport: {e}"))?;
+                let status = response.status();
+                response.bytes().await.map_err(|e| format!("transport: {e}"))?;
+                if !status.is_success() {
+                    return Err(format!("http {}", status.as_u16()));
+                }
+                return Ok(Outcome { latency: started.elapsed(), first_token: None, items: 1 });
+            }
+            Call::Embed => ("/v1/embeddings", json!({"model": self.embed_model, "input": sentence})),
+            Call::Search => ("/v1/search", json!({"model": self.embed_model, "query": sentence, "k": 10})),
+            Call::Ensemble => (
+                "/v1/ensemble",
+                json!({"models": [{"model": self.embed_model, "weight": 1}, {"model": self.embed_model, "weight": 1}], "input": sentence, "output": "embedding"}),
+            ),
+            Call::Generate => (
+                "/v1/completions",
+                json!({"model": self.generate_model, "prompt": sentence, "max_tokens": self.max_tokens, "temperature": 0,
+                       "stream": true, "stream_options": {"include_usage": true}}),
+            ),
+            Call::Chat => (
+                "/v1/chat/completions",
+                json!({"model": self.generate_model, "messages": [{"role": "user", "content": sentence}], "max_tokens": self.max_tokens,
+                       "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}),
+            ),
+        };
+        let mut response = self.target.post(path).json(&body).send().await.map_err(|e| format!("transport: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            let code = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["error"]["code"].as_str().map(str::to_string));
+            return Err(format!("http {}{}", status.as_u16(), code.map(|c| format!(" {c}")).unwrap_or_default()));
+        }
+        if matches!(call, Call::Generate | Call::Chat) {
+            // Server-sent events: the first chunk with text is the first token; the usage chunk
+            // says how many tokens came.
+            let (mut first_token, mut tokens, mut pending) = (None, 0u64, String::new());
+            while let Some(chunk) = response.chunk().await.map_err(|e| format!("transport: {e}"))? {
+                pending.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = pending.find("\n\n") {
+                    let event: String = pending.drain(..end + 2).collect();
+                    let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+                    if data == "[DONE]" {
+                        continue;
+                    }
+                    let v: Value = serde_json::from_str(data).map_err(|e| format!("bad event: {e}"))?;
+                    if v.get("error").is_some() {
+                        return Err("stream error".into());
+                    }
+                    let text = v["choices"][0]["text"].as_str().or_else(|| v["choices"][0]["delta"]["content"].as_str()).unwrap_or("");
+                    if first_token.is_none() && !text.is_empty() {
+                        first_token = Some(started.elapsed());
+                    }
+                    if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                        tokens = n;
+                    }
+                }
+            }
+            return Ok(Outcome { latency: started.elapsed(), first_token, items: tokens });
+        }
+        response.bytes().await.map_err(|e| format!("transport: {e}"))?;
+        Ok(Outcome { latency: started.elapsed(), first_token: None, items: 1 })
+    }
+}
+
+/// One request of a scenario (`Mixed` takes the others in turn).
+#[derive(Clone, Copy)]
+enum Call {
+    Noop,
+    Embed,
+    Search,
+    Ensemble,
+    Generate,
+    Chat,
+}
+
+/// The served models: the first embedding and generation models unless named.
+async fn discover(target: &Target, options: &BenchOptions) -> Result<(Option<String>, Option<String>), BenchError> {
+    let unreachable = |what: String| BenchError::Unreachable { base: target.base.clone(), what };
+    let response = target.get("/v1/models").send().await.map_err(|e| unreachable(format!("{e:#}")))?;
+    if !response.status().is_success() {
+        return Err(unreachable(format!("GET /v1/models answered {} (a key is needed? pass --api-key)", response.status())));
+    }
+    let models: Value = response.json().await.map_err(|e| unreachable(e.to_string()))?;
+    let first = |kind: &str| {
+        models["data"].as_array().and_then(|d| d.iter().find(|m| m["hartonomous"]["kind"] == kind)).and_then(|m| m["id"].as_str()).map(str::to_string)
+    };
+    Ok((options.embed_model.clone().or_else(|| first("embeddings")), options.generate_model.clone().or_else(|| first("generation"))))
+}
+
+/// Samples `/metrics` once a second until `stop`.
+async fn sample_metrics(target: Target, stop: Arc<tokio::sync::Notify>) -> DaemonSample {
+    let mut sample = DaemonSample::default();
+    let mut first_counts: Option<(f64, f64)> = None;
+    let mut last_counts = (0.0, 0.0);
+    loop {
+        if let Ok(response) = target.get("/metrics").send().await {
+            if let Ok(text) = response.text().await {
+                let value = |name: &str| {
+                    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok())).unwrap_or(0.0)
+                };
+                let counts = (value("hartonomous_pager_hits_total "), value("hartonomous_pager_misses_total "));
+                first_counts.get_or_insert(counts);
+                last_counts = counts;
+                sample.samples += 1;
+                sample.resident_bytes_max = sample.resident_bytes_max.max(value("hartonomous_pager_resident_bytes ") as u64);
+                sample.queue_depth_max = sample.queue_depth_max.max(value("hartonomous_queue_depth ") as u64);
+                sample.live_sequences_max = sample.live_sequences_max.max(value("hartonomous_generate_live_sequences ") as u64);
+            }
+        }
+        tokio::select! {
+            () = stop.notified() => break,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    if let Some((hits0, misses0)) = first_counts {
+        let (hits, misses) = (last_counts.0 - hits0, last_counts.1 - misses0);
+        if hits + misses > 0.0 {
+            sample.pager_hit_rate = Some(hits / (hits + misses));
+        }
+    }
+    sample
+}
+
+/// Runs every level; `progress` is told each level's start and each completion.
+pub async fn run(target: Target, options: BenchOptions, progress: &(dyn Fn(ProgressEvent) + Sync)) -> Result<BenchReport, BenchError> {
+    if options.concurrency.is_empty() || options.concurrency.contains(&0) {
+        return Err(BenchError::Setup("--concurrency takes levels of at least 1, e.g. 1,8,32".into()));
+    }
+    let (embed_model, generate_model) = discover(&target, &options).await?;
+    let needs_embed = matches!(options.scenario, Scenario::Embed | Scenario::Search | Scenario::Ensemble | Scenario::Mixed);
+    let needs_generate = matches!(options.scenario, Scenario::Generate | Scenario::Chat | Scenario::Mixed);
+    if needs_embed && embed_model.is_none() {
+        return Err(BenchError::Setup("the daemon serves no embedding model; this scenario needs one (--embed-model)".into()));
+    }
+    if needs_generate && generate_model.is_none() {
+        return Err(BenchError::Setup("the daemon serves no generation model; this scenario needs one (--generate-model)".into()));
+    }
+    let corpus = corpus();
+    if matches!(options.scenario, Scenario::Search | Scenario::Mixed) {
+        // The searched corpus: the first 512 sentences, embedded (and so stored) first.
+        progress(ProgressEvent::Setup("embedding 512 sentences for the search index"));
+        for chunk in corpus[..512.min(corpus.len())].chunks(64) {
+            let body = json!({"model": embed_model, "input": chunk});
+            let response = target.post("/v1/embeddings").json(&body).send().await.map_err(|e| BenchError::Setup(format!("embedding the search corpus: {e}")))?;
+            if !response.status().is_success() {
+                return Err(BenchError::Setup(format!("embedding the search corpus: HTTP {}", response.status())));
+            }
+        }
+    }
+    let adapter = adapter(&target).await;
+    let mut levels = Vec::new();
+    let next = Arc::new(AtomicU64::new(0));
+    for &concurrency in &options.concurrency {
+        let level = Arc::new(Level {
+            target: target.clone(),
+            scenario: options.scenario,
+            embed_model: embed_model.clone().unwrap_or_default(),
+            generate_model: generate_model.clone().unwrap_or_default(),
+            max_tokens: options.max_tokens,
+            corpus: corpus.clone(),
+            next: AtomicU64::new(next.load(Ordering::Relaxed)),
+        });
+        progress(ProgressEvent::Level { concurrency, requests: options.requests, duration: options.duration });
+        let report = run_level(level.clone(), concurrency, &options, progress).await;
+        next.store(level.next.load(Ordering::Relaxed), Ordering::Relaxed);
+        levels.push(report);
+    }
+    Ok(BenchReport {
+        scenario: options.scenario,
+        target: target.base.clone(),
+        embed_model,
+        generate_model,
+        machine: Machine { cores: std::thread::available_parallelism().map_or(1, |n| n.get()), memory_bytes: memory_bytes(), adapter },
+        levels,
+    })
+}
+
+/// What the progress display is told.
+pub enum ProgressEvent {
+    Setup(&'static str),
+    Level { concurrency: usize, requests: Option<u64>, duration: Option<Duration> },
+    Completed { errors: u64 },
+    LevelDone,
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<f64>,
+    first_tokens: Vec<f64>,
+    items: u64,
+    errors: BTreeMap<String, u64>,
+    first_error: Option<String>,
+}
+
+async fn run_level(level: Arc<Level>, concurrency: usize, options: &BenchOptions, progress: &(dyn Fn(ProgressEvent) + Sync)) -> LevelReport {
+    // Warm-up: every task sends until the warm-up has passed and it has had one answer.
+    let warm_until = Instant::now() + options.warmup;
+    let mut warmers = Vec::new();
+    for _ in 0..concurrency {
+        let level = level.clone();
+        warmers.push(tokio::spawn(async move {
+            loop {
+                let answered = level.one().await.is_ok();
+                if answered && Instant::now() >= warm_until {
+                    break;
+                }
+                if Instant::now() >= warm_until + Duration::from_secs(120) {
+                    break;
+                }
+            }
+        }));
+    }
+    for w in warmers {
+        let _ = w.await;
+    }
+    let stop_sampling = Arc::new(tokio::sync::Notify::new());
+    let sampler = tokio::spawn(sample_metrics(level.target.clone(), stop_sampling.clone()));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let issued = Arc::new(AtomicU64::new(0));
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let started = Instant::now();
+    let deadline = options.duration.map(|d| started + d);
+    let budget = if deadline.is_some() { None } else { Some(options.requests.unwrap_or(100)) };
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (level, tally, issued, events) = (level.clone(), tally.clone(), issued.clone(), events_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                if budget.is_some_and(|b| issued.fetch_add(1, Ordering::Relaxed) >= b) {
+                    break;
+                }
+                let outcome = level.one().await;
+                if deadline.is_some_and(|d| Instant::now() > d) {
+                    break; // completed after the window: not counted
+                }
+                let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+                match outcome {
+                    Ok(o) => {
+                        t.latencies.push(o.latency.as_secs_f64() * 1e3);
+                        if let Some(ft) = o.first_token {
+                            t.first_tokens.push(ft.as_secs_f64() * 1e3);
+                        }
+                        // A mixed run's requests yield different things: count requests.
+                        t.items += if level.scenario == Scenario::Mixed { 1 } else { o.items };
+                        let _ = events.send(false);
+                    }
+                    Err(kind) => {
+                        let key = kind.split(':').next().unwrap_or("error").to_string();
+                        *t.errors.entry(key).or_default() += 1;
+                        t.first_error.get_or_insert(kind);
+                        let _ = events.send(true);
+                    }
+                }
+            }
+        }));
+    }
+    drop(events_tx);
+    let mut errors = 0;
+    while let Some(failed) = events_rx.recv().await {
+        errors += u64::from(failed);
+        progress(ProgressEvent::Completed { errors });
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop_sampling.notify_one();
+    let daemon = sampler.await.unwrap_or_default();
+    progress(ProgressEvent::LevelDone);
+    let mut t = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
+    let requests = t.latencies.len() as u64;
+    LevelReport {
+        concurrency,
+        seconds,
+        requests,
+        requests_per_second: requests as f64 / seconds,
+        items_per_second: t.items as f64 / seconds,
+        unit: level.scenario.unit(),
+        latency_ms: Percentiles::of(&mut t.latencies),
+        time_to_first_token_ms: (!t.first_tokens.is_empty()).then(|| Percentiles::of(&mut t.first_tokens)),
+        errors: t.errors,
+        first_error: t.first_error,
+        daemon,
+    }
+}
+
+async fn adapter(target: &Target) -> Option<String> {
+    let health: Value = target.get("/health").send().await.ok()?.json().await.ok()?;
+    health["adapter"].as_str().map(str::to_string)
+}
+
+fn memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+impl BenchReport {
+    /// The report as a table for the terminal.
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "scenario {:?} against {} ({} cores, adapter {})\n",
+            self.scenario,
+            self.target,
+            self.machine.cores,
+            self.machine.adapter.as_deref().unwrap_or("?")
+        );
+        out.push_str("  conc   req/s    items/s           p50 ms   p90 ms   p99 ms   max ms   ttft p50  errors  pager hit  queue max\n");
+        for l in &self.levels {
+            let errors: u64 = l.errors.values().sum();
+            out.push_str(&format!(
+                "  {:>4} {:>7.2} {:>9.2} {:<9} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>7} {:>10} {:>10}\n",
+                l.concurrency,
+                l.requests_per_second,
+                l.items_per_second,
+                l.unit,
+                l.latency_ms.p50,
+                l.latency_ms.p90,
+                l.latency_ms.p99,
+                l.latency_ms.max,
+                l.time_to_first_token_ms.as_ref().map_or("-".into(), |t| format!("{:.1}", t.p50)),
+                errors,
+                l.daemon.pager_hit_rate.map_or("-".into(), |r| format!("{:.3}", r)),
+                l.daemon.queue_depth_max,
+            ));
+            if let Some(e) = &l.first_error {
+                out.push_str(&format!("         first error: {e}\n"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        let p = Percentiles::of(&mut v);
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (50.0, 90.0, 99.0, 100.0));
+        assert!((p.mean - 50.5).abs() < 1e-12);
+        let p = Percentiles::of(&mut [7.0]);
+        assert_eq!((p.p50, p.p99, p.max), (7.0, 7.0, 7.0));
+        assert_eq!(Percentiles::of(&mut []).max, 0.0);
+    }
+
+    #[test]
+    fn the_corpus_is_the_shipped_sentences_without_its_header() {
+        let c = corpus();
+        assert_eq!(c.len(), 3921, "the header says 3921 sentences");
+        assert!(c.iter().all(|s| !s.starts_with('#')));
+    }
+}

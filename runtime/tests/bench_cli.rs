@@ -1,0 +1,38 @@
+//! `hartonomous bench` end to end: the real binary with an embedded daemon over a fresh store,
+//! the no-op and embedding scenarios at two concurrencies, and the JSON report it writes.
+
+mod support;
+
+use serde_json::Value;
+use support::*;
+
+#[test]
+fn bench_runs_scenarios_against_an_embedded_daemon_and_writes_its_report() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("store.db");
+    run_ok(&["ingest", "--db", s(&db), s(&minilm_path()), "--name", "all-MiniLM-L6-v2"]);
+    for (scenario, unit) in [("noop", "requests"), ("embed", "sentences")] {
+        let out = dir.path().join(format!("{scenario}.json"));
+        let table = run_ok(&["bench", "--db", s(&db), "--scenario", scenario, "--concurrency", "1,3", "--requests", "6", "--warmup", "0", "--out", s(&out)]);
+        assert!(table.contains("p99 ms"), "the table is printed: {table}");
+        let report: Value = serde_json::from_slice(&std::fs::read(&out).expect("the report is written")).expect("JSON");
+        assert_eq!(report["scenario"], scenario);
+        let levels = report["levels"].as_array().expect("levels");
+        assert_eq!(levels.iter().map(|l| l["concurrency"].as_u64()).collect::<Vec<_>>(), vec![Some(1), Some(3)]);
+        for level in levels {
+            assert_eq!(level["requests"], 6, "exactly the requests asked for: {level}");
+            assert_eq!(level["errors"], serde_json::json!({}), "{level}");
+            assert_eq!(level["unit"], unit);
+            let latency = &level["latency_ms"];
+            let (p50, p99, max) = (latency["p50"].as_f64().unwrap_or(-1.0), latency["p99"].as_f64().unwrap_or(-1.0), latency["max"].as_f64().unwrap_or(-1.0));
+            assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "ordered percentiles: {latency}");
+        }
+        if scenario == "embed" {
+            assert!(levels[1]["daemon"]["samples"].as_u64().unwrap_or(0) >= 1, "the daemon's metrics were sampled: {}", levels[1]);
+        }
+    }
+    // Bad input is named.
+    let out = hartonomous(&["bench", "--db", s(&db), "--concurrency", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--concurrency"), "{}", String::from_utf8_lossy(&out.stderr));
+}
