@@ -140,6 +140,9 @@ pub struct DaemonSample {
     pub resident_bytes_max: u64,
     pub queue_depth_max: u64,
     pub live_sequences_max: u64,
+    /// The daemon's RSS at the level's first and last sample (flat memory shows as equal).
+    pub resident_set_first: Option<u64>,
+    pub resident_set_last: Option<u64>,
 }
 
 /// One concurrency level's results.
@@ -159,6 +162,11 @@ pub struct LevelReport {
     pub errors: BTreeMap<String, u64>,
     pub first_error: Option<String>,
     pub daemon: DaemonSample,
+    /// CPU seconds this process spent during the level (user + system), and as a share of one
+    /// core: the harness's own cost against `--target`; harness and daemon together when the
+    /// daemon is embedded.
+    pub process_cpu_seconds: Option<f64>,
+    pub process_cpu_cores: Option<f64>,
 }
 
 /// The whole run.
@@ -320,6 +328,11 @@ async fn sample_metrics(target: Target, stop: Arc<tokio::sync::Notify>) -> Daemo
                 sample.resident_bytes_max = sample.resident_bytes_max.max(value("hartonomous_pager_resident_bytes ") as u64);
                 sample.queue_depth_max = sample.queue_depth_max.max(value("hartonomous_queue_depth ") as u64);
                 sample.live_sequences_max = sample.live_sequences_max.max(value("hartonomous_generate_live_sequences ") as u64);
+                let rss = value("hartonomous_process_resident_bytes ") as u64;
+                if rss > 0 {
+                    sample.resident_set_first.get_or_insert(rss);
+                    sample.resident_set_last = Some(rss);
+                }
             }
         }
         tokio::select! {
@@ -433,6 +446,7 @@ async fn run_level(level: Arc<Level>, concurrency: usize, options: &BenchOptions
     let tally = Arc::new(Mutex::new(Tally::default()));
     let issued = Arc::new(AtomicU64::new(0));
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let cpu_at_start = process_cpu_seconds();
     let started = Instant::now();
     let deadline = options.duration.map(|d| started + d);
     let budget = if deadline.is_some() { None } else { Some(options.requests.unwrap_or(100)) };
@@ -482,6 +496,7 @@ async fn run_level(level: Arc<Level>, concurrency: usize, options: &BenchOptions
         let _ = t.await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_at_start.zip(process_cpu_seconds()).map(|(a, b)| b - a);
     stop_sampling.notify_one();
     let daemon = sampler.await.unwrap_or_default();
     progress(ProgressEvent::LevelDone);
@@ -499,12 +514,25 @@ async fn run_level(level: Arc<Level>, concurrency: usize, options: &BenchOptions
         errors: t.errors,
         first_error: t.first_error,
         daemon,
+        process_cpu_seconds: cpu,
+        process_cpu_cores: cpu.map(|c| c / seconds),
     }
 }
 
 async fn adapter(target: &Target) -> Option<String> {
     let health: Value = target.get("/health").send().await.ok()?.json().await.ok()?;
     health["adapter"].as_str().map(str::to_string)
+}
+
+/// User plus system CPU seconds of this process (Linux `/proc/self/stat`, in clock ticks of
+/// 1/100 s, the value of `sysconf(_SC_CLK_TCK)` on Linux).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    Some((utime + stime) / 100.0)
 }
 
 fn memory_bytes() -> Option<u64> {
@@ -523,11 +551,11 @@ impl BenchReport {
             self.machine.cores,
             self.machine.adapter.as_deref().unwrap_or("?")
         );
-        out.push_str("  conc   req/s    items/s           p50 ms   p90 ms   p99 ms   max ms   ttft p50  errors  pager hit  queue max\n");
+        out.push_str("  conc   req/s    items/s           p50 ms   p90 ms   p99 ms   max ms   ttft p50  errors  pager hit  queue max  cpu cores\n");
         for l in &self.levels {
             let errors: u64 = l.errors.values().sum();
             out.push_str(&format!(
-                "  {:>4} {:>7.2} {:>9.2} {:<9} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>7} {:>10} {:>10}\n",
+                "  {:>4} {:>7.2} {:>9.2} {:<9} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>7} {:>10} {:>10} {:>10}\n",
                 l.concurrency,
                 l.requests_per_second,
                 l.items_per_second,
@@ -540,7 +568,11 @@ impl BenchReport {
                 errors,
                 l.daemon.pager_hit_rate.map_or("-".into(), |r| format!("{:.3}", r)),
                 l.daemon.queue_depth_max,
+                l.process_cpu_cores.map_or("-".into(), |c| format!("{c:.2}")),
             ));
+            if let (Some(first), Some(last)) = (l.daemon.resident_set_first, l.daemon.resident_set_last) {
+                out.push_str(&format!("         daemon RSS {:.1} MiB at the first sample, {:.1} MiB at the last\n", first as f64 / 1048576.0, last as f64 / 1048576.0));
+            }
             if let Some(e) = &l.first_error {
                 out.push_str(&format!("         first error: {e}\n"));
             }

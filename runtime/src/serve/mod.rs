@@ -195,6 +195,9 @@ impl ServeMetrics {
         gauge("hartonomous_search_resident_bytes", "Bytes of the search index resident in GPU buffers.", ld(&s.resident_bytes) as i64)?;
         gauge("hartonomous_search_indexed_rows", "Stored embeddings held by the search index.", ld(&s.indexed_rows) as i64)?;
         render_tenants(&registry, &state.tenant_metrics).map_err(|e| e.to_string())?;
+        if let Some(rss) = resident_set_bytes() {
+            gauge("hartonomous_process_resident_bytes", "The daemon process's resident memory (RSS).", rss as i64)?;
+        }
         let healthy = state.models.iter().filter(|m| m.unhealthy().is_none()).count()
             + state.generators.iter().filter(|g| g.handle.unhealthy().is_none()).count();
         gauge("hartonomous_models_healthy", "Served models that are healthy.", healthy as i64)?;
@@ -202,6 +205,15 @@ impl ServeMetrics {
         TextEncoder::new().encode(&registry.gather(), &mut out).map_err(|e| e.to_string())?;
         String::from_utf8(out).map_err(|e| e.to_string())
     }
+}
+
+/// The process's resident set in bytes (Linux: `/proc/self/statm`); `None` elsewhere.
+fn resident_set_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // The page size is 4 KiB on every Linux target the daemon runs on (x86-64, and arm64 as
+    // distributions build it); `/proc/self/status`'s VmRSS would say it in kB at more cost.
+    Some(pages * 4096)
 }
 
 /// Per-tenant counters, labelled by tenant and operation (and status where it applies).
