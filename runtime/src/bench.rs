@@ -8,7 +8,8 @@
 //! are fixed and seeded: sentence `i` of the corpus shipped with the repository (3,921
 //! sentences from Python's documentation, `benches/data/python_doc_sentences.txt`), so runs are
 //! comparable. The `noop` scenario calls `GET /livez`, which does nothing, to show the rate the
-//! harness itself reaches.
+//! harness itself reaches. `--protocol grpc` sends the same requests as `hartonomous.v1` calls
+//! on the same port (the no-op is then the standard health check).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,12 +80,22 @@ pub struct BenchOptions {
     pub max_tokens: u32,
 }
 
-/// Where the daemon is.
+/// Which front door the requests use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Https,
+    Grpc,
+}
+
+/// Where the daemon is. Discovery and `/metrics` always go over HTTPS.
 #[derive(Clone)]
 pub struct Target {
     pub base: String,
     pub client: reqwest::Client,
     pub api_key: Option<String>,
+    /// A gRPC channel to the same daemon, for `--protocol grpc`.
+    pub grpc: Option<tonic::transport::Channel>,
 }
 
 impl Target {
@@ -173,6 +184,7 @@ pub struct LevelReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub scenario: Scenario,
+    pub protocol: Protocol,
     pub target: String,
     pub embed_model: Option<String>,
     pub generate_model: Option<String>,
@@ -209,7 +221,15 @@ impl Level {
     async fn one(&self) -> Result<Outcome, String> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         let sentence = self.corpus[(i % self.corpus.len() as u64) as usize];
-        let call = match self.scenario {
+        let call = self.call(i);
+        match &self.target.grpc {
+            Some(channel) => self.one_grpc(channel.clone(), call, sentence).await,
+            None => self.one_https(call, sentence).await,
+        }
+    }
+
+    fn call(&self, i: u64) -> Call {
+        match self.scenario {
             Scenario::Mixed => [Call::Embed, Call::Search, Call::Generate, Call::Ensemble][(i % 4) as usize],
             Scenario::Embed => Call::Embed,
             Scenario::Generate => Call::Generate,
@@ -217,7 +237,73 @@ impl Level {
             Scenario::Search => Call::Search,
             Scenario::Ensemble => Call::Ensemble,
             Scenario::Noop => Call::Noop,
+        }
+    }
+
+    fn grpc_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(value) = self.target.api_key.as_ref().and_then(|k| format!("Bearer {k}").parse().ok()) {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    async fn one_grpc(&self, channel: tonic::transport::Channel, call: Call, sentence: &str) -> Result<Outcome, String> {
+        use crate::serve::grpc::pb;
+        let status = |s: tonic::Status| format!("grpc {:?}", s.code());
+        let mut client = pb::hartonomous_client::HartonomousClient::new(channel.clone())
+            .max_decoding_message_size(crate::serve::api::MAX_BODY_BYTES);
+        let started = Instant::now();
+        let sampling = || Some(pb::Sampling { max_tokens: Some(self.max_tokens), temperature: Some(0.0), ..Default::default() });
+        let mut stream = match call {
+            Call::Noop => {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                health.check(self.grpc_request(tonic_health::pb::HealthCheckRequest { service: String::new() })).await.map_err(status)?;
+                return Ok(Outcome { latency: started.elapsed(), first_token: None, items: 1 });
+            }
+            Call::Embed => {
+                client.embed(self.grpc_request(pb::EmbedRequest { model: self.embed_model.clone(), input: vec![sentence.to_string()] })).await.map_err(status)?;
+                return Ok(Outcome { latency: started.elapsed(), first_token: None, items: 1 });
+            }
+            Call::Search => {
+                let request = pb::SearchRequest { model: self.embed_model.clone(), texts: vec![sentence.to_string()], k: Some(10), ..Default::default() };
+                client.search(self.grpc_request(request)).await.map_err(status)?;
+                return Ok(Outcome { latency: started.elapsed(), first_token: None, items: 1 });
+            }
+            Call::Ensemble => {
+                let member = || pb::EnsembleMember { model: self.embed_model.clone(), weight: Some(1.0) };
+                let request = pb::EnsembleRequest {
+                    models: vec![member(), member()],
+                    input: vec![sentence.to_string()],
+                    output: "embedding".into(),
+                    ..Default::default()
+                };
+                client.ensemble(self.grpc_request(request)).await.map_err(status)?;
+                return Ok(Outcome { latency: started.elapsed(), first_token: None, items: 1 });
+            }
+            Call::Generate => {
+                let request = pb::GenerateRequest { model: self.generate_model.clone(), prompt: sentence.to_string(), sampling: sampling() };
+                client.generate(self.grpc_request(request)).await.map_err(status)?.into_inner()
+            }
+            Call::Chat => {
+                let message = pb::ChatMessage { role: "user".into(), content: sentence.to_string() };
+                let request = pb::ChatRequest { model: self.generate_model.clone(), messages: vec![message], sampling: sampling() };
+                client.chat(self.grpc_request(request)).await.map_err(status)?.into_inner()
+            }
         };
+        let (mut first_token, mut tokens) = (None, 0u64);
+        while let Some(chunk) = stream.message().await.map_err(status)? {
+            if first_token.is_none() && !chunk.text.is_empty() {
+                first_token = Some(started.elapsed());
+            }
+            if let Some(usage) = chunk.usage {
+                tokens = u64::from(usage.completion_tokens);
+            }
+        }
+        Ok(Outcome { latency: started.elapsed(), first_token, items: tokens })
+    }
+
+    async fn one_https(&self, call: Call, sentence: &str) -> Result<Outcome, String> {
         let started = Instant::now();
         let (path, body) = match call {
             Call::Noop => {
@@ -395,6 +481,7 @@ pub async fn run(target: Target, options: BenchOptions, progress: &(dyn Fn(Progr
     }
     Ok(BenchReport {
         scenario: options.scenario,
+        protocol: if target.grpc.is_some() { Protocol::Grpc } else { Protocol::Https },
         target: target.base.clone(),
         embed_model,
         generate_model,
@@ -545,8 +632,9 @@ impl BenchReport {
     /// The report as a table for the terminal.
     pub fn to_text(&self) -> String {
         let mut out = format!(
-            "scenario {:?} against {} ({} cores, adapter {})\n",
+            "scenario {:?} over {:?} against {} ({} cores, adapter {})\n",
             self.scenario,
+            self.protocol,
             self.target,
             self.machine.cores,
             self.machine.adapter.as_deref().unwrap_or("?")

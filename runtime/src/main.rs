@@ -181,6 +181,10 @@ enum Command {
         api_key: Option<String>,
         #[arg(long, value_enum, default_value = "embed")]
         scenario: hartonomous_runtime::bench::Scenario,
+        /// The front door: REST over HTTPS, or gRPC on the same port (needs --cacert with
+        /// --target).
+        #[arg(long, value_enum, default_value = "https")]
+        protocol: hartonomous_runtime::bench::Protocol,
         /// Concurrency levels, comma-separated: requests in flight at all times.
         #[arg(long, value_delimiter = ',', default_value = "1,8")]
         concurrency: Vec<usize>,
@@ -309,10 +313,20 @@ async fn bench_command(
     target: Option<String>,
     cacert: Option<PathBuf>,
     api_key: Option<String>,
+    protocol: hartonomous_runtime::bench::Protocol,
     options: hartonomous_runtime::bench::BenchOptions,
     db: &Db,
 ) -> anyhow::Result<hartonomous_runtime::bench::BenchReport> {
-    use hartonomous_runtime::bench::{self, ProgressEvent, Target};
+    use hartonomous_runtime::bench::{self, Protocol, ProgressEvent, Target};
+    // A gRPC channel over TLS trusting `pem`, to `base`'s host and port.
+    let grpc = |base: &str, pem: &[u8]| -> anyhow::Result<Option<tonic::transport::Channel>> {
+        if protocol != Protocol::Grpc {
+            return Ok(None);
+        }
+        let host = base.trim_start_matches("https://").split([':', '/']).next().unwrap_or("localhost").to_string();
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)).domain_name(host);
+        Ok(Some(tonic::transport::Channel::from_shared(base.to_string())?.tls_config(tls)?.connect_lazy()))
+    };
     use hartonomous_runtime::serve;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -360,7 +374,8 @@ async fn bench_command(
         let tls = daemon.tls.clone().context("the embedded daemon serves HTTPS")?;
         let pem = std::fs::read(&tls.cert).with_context(|| format!("reading {}", tls.cert.display()))?;
         builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
-        let target = Target { base: format!("https://localhost:{}", daemon.addr.port()), client: builder.build()?, api_key };
+        let base = format!("https://localhost:{}", daemon.addr.port());
+        let target = Target { grpc: grpc(&base, &pem)?, base, client: builder.build()?, api_key };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn(daemon.run(
             async {
@@ -375,11 +390,16 @@ async fn bench_command(
         bar.finish_and_clear();
         return Ok(report?);
     };
+    let base = base.trim_end_matches('/').to_string();
+    let mut channel = None;
     if let Some(path) = &cacert {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        channel = grpc(&base, &pem)?;
+    } else if protocol == Protocol::Grpc {
+        bail!("--protocol grpc with --target needs --cacert (the PEM of the daemon's certificate or its CA)");
     }
-    let report = bench::run(Target { base: base.trim_end_matches('/').to_string(), client: builder.build()?, api_key }, options, &progress).await;
+    let report = bench::run(Target { base, client: builder.build()?, api_key, grpc: channel }, options, &progress).await;
     bar.finish_and_clear();
     Ok(report?)
 }
@@ -441,6 +461,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cacert,
             api_key,
             scenario,
+            protocol,
             concurrency,
             duration,
             requests,
@@ -470,7 +491,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 generate_model,
                 max_tokens,
             };
-            let report = bench_command(target, cacert, api_key, options, &db).await?;
+            let report = bench_command(target, cacert, api_key, protocol, options, &db).await?;
             if let Some(path) = &out {
                 std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
             }

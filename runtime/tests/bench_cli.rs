@@ -31,6 +31,14 @@ fn bench_runs_scenarios_against_an_embedded_daemon_and_writes_its_report() {
             assert!(levels[1]["daemon"]["samples"].as_u64().unwrap_or(0) >= 1, "the daemon's metrics were sampled: {}", levels[1]);
         }
     }
+    // The same scenario over gRPC, on the same port.
+    let out = dir.path().join("grpc.json");
+    run_ok(&["bench", "--db", s(&db), "--scenario", "embed", "--protocol", "grpc", "--concurrency", "2", "--requests", "4", "--warmup", "0", "--out", s(&out)]);
+    let report: Value = serde_json::from_slice(&std::fs::read(&out).expect("the report is written")).expect("JSON");
+    assert_eq!(report["protocol"], "grpc");
+    assert_eq!(report["levels"][0]["requests"], 4, "{report}");
+    assert_eq!(report["levels"][0]["errors"], serde_json::json!({}), "{report}");
+
     // Bad input is named.
     let out = hartonomous(&["bench", "--db", s(&db), "--concurrency", "0"]);
     assert!(!out.status.success());
