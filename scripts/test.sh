@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what is missing (a Vulkan driver, the
-# test models, the official OpenAI Python client, the T-SQL parser), then parse-checks the T-SQL
-# under sql/ and runs every test of the default workspace members. Benchmarks and fuzz targets are
-# not built here (see BENCHMARKS.md and loader/fuzz/README.md).
+# test models, a font for the benchmark plot, the official OpenAI Python client, the T-SQL
+# parser), then parse-checks the T-SQL under sql/ and runs every test of the default workspace
+# members. Benchmarks and fuzz targets are not built here (see BENCHMARKS.md and
+# loader/fuzz/README.md).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup)"
 ensure_vulkan
+ensure_plot_font
 ensure_models
 ensure_openai_client
 cd "$HARTONOMOUS_ROOT"

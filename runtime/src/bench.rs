@@ -632,9 +632,9 @@ impl BenchReport {
     /// The report as a table for the terminal.
     pub fn to_text(&self) -> String {
         let mut out = format!(
-            "scenario {:?} over {:?} against {} ({} cores, adapter {})\n",
-            self.scenario,
-            self.protocol,
+            "scenario {} over {} against {} ({} cores, adapter {})\n",
+            name(&self.scenario),
+            name(&self.protocol),
             self.target,
             self.machine.cores,
             self.machine.adapter.as_deref().unwrap_or("?")
@@ -667,6 +667,93 @@ impl BenchReport {
         }
         out
     }
+}
+
+
+/// A scenario's or protocol's name as the command line and the JSON report spell it.
+fn name(value: &impl Serialize) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// Where a TrueType font for the plot's text is looked for (Debian's fonts-dejavu-core first).
+const FONT_PATHS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/Library/Fonts/Arial Unicode.ttf",
+];
+
+/// Draws throughput and latency (p50, p99) against concurrency as a PNG: two panels side by side.
+pub fn plot(report: &BenchReport, path: &std::path::Path) -> Result<(), BenchError> {
+    use plotters::prelude::*;
+    let failed = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("plotting to {}: {what}: {e}", path.display()));
+    if report.levels.is_empty() {
+        return Err(BenchError::Setup("nothing to plot: the run has no levels".into()));
+    }
+    let font = FONT_PATHS.iter().find_map(|p| std::fs::read(p).ok()).ok_or_else(|| {
+        BenchError::Setup(format!("no font for the plot's text: install fonts-dejavu-core (looked in {})", FONT_PATHS.join(", ")))
+    })?;
+    // ab_glyph keeps the font for the process's life; one plot per run.
+    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font).map_err(|_| failed("the font", &"not a TrueType font"))?;
+    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| failed("the canvas", &e))?;
+    let (left, right) = root.split_horizontally(600);
+    let xs: Vec<f64> = report.levels.iter().map(|l| l.concurrency as f64).collect();
+    let x_max = xs.iter().copied().fold(1.0, f64::max) * 1.1;
+    let unit = report.levels[0].unit;
+    let title = format!("{} over {}", name(&report.scenario), name(&report.protocol));
+
+    let throughput: Vec<(f64, f64)> = report.levels.iter().map(|l| (l.concurrency as f64, l.items_per_second)).collect();
+    let y_max = throughput.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.15;
+    let mut chart = ChartBuilder::on(&left)
+        .caption(format!("{title}: throughput"), ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(|e| failed("the throughput chart", &e))?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrency")
+        .y_desc(format!("{unit} / s"))
+        .draw()
+        .map_err(|e| failed("the throughput axes", &e))?;
+    chart.draw_series(LineSeries::new(throughput.clone(), BLUE.stroke_width(2))).map_err(|e| failed("the throughput line", &e))?;
+    chart.draw_series(throughput.iter().map(|&p| Circle::new(p, 4, BLUE.filled()))).map_err(|e| failed("the throughput points", &e))?;
+
+    let p50: Vec<(f64, f64)> = report.levels.iter().map(|l| (l.concurrency as f64, l.latency_ms.p50)).collect();
+    let p99: Vec<(f64, f64)> = report.levels.iter().map(|l| (l.concurrency as f64, l.latency_ms.p99)).collect();
+    let y_max = p99.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.15;
+    let mut chart = ChartBuilder::on(&right)
+        .caption(format!("{title}: latency"), ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(|e| failed("the latency chart", &e))?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrency")
+        .y_desc("ms")
+        .draw()
+        .map_err(|e| failed("the latency axes", &e))?;
+    chart
+        .draw_series(LineSeries::new(p50, GREEN.stroke_width(2)))
+        .map_err(|e| failed("the p50 line", &e))?
+        .label("p50")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN.stroke_width(2)));
+    chart
+        .draw_series(LineSeries::new(p99, RED.stroke_width(2)))
+        .map_err(|e| failed("the p99 line", &e))?
+        .label("p99")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| failed("the legend", &e))?;
+    root.present().map_err(|e| failed("writing the file", &e))
 }
 
 #[cfg(test)]

@@ -207,6 +207,9 @@ enum Command {
         /// Write the report as JSON to this file.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Draw throughput and latency against concurrency to this PNG file.
+        #[arg(long, value_name = "PNG")]
+        plot: Option<PathBuf>,
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -470,6 +473,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             generate_model,
             max_tokens,
             out,
+            plot,
             json,
             db,
         } => {
@@ -494,6 +498,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = bench_command(target, cacert, api_key, protocol, options, &db).await?;
             if let Some(path) = &out {
                 std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = &plot {
+                hartonomous_runtime::bench::plot(&report, path)?;
             }
             if json {
                 println!("{}", serde_json::to_string(&report)?);

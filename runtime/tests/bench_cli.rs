@@ -31,9 +31,16 @@ fn bench_runs_scenarios_against_an_embedded_daemon_and_writes_its_report() {
             assert!(levels[1]["daemon"]["samples"].as_u64().unwrap_or(0) >= 1, "the daemon's metrics were sampled: {}", levels[1]);
         }
     }
-    // The same scenario over gRPC, on the same port.
+    // The same scenario over gRPC, on the same port, with its plot.
     let out = dir.path().join("grpc.json");
-    run_ok(&["bench", "--db", s(&db), "--scenario", "embed", "--protocol", "grpc", "--concurrency", "2", "--requests", "4", "--warmup", "0", "--out", s(&out)]);
+    let png = dir.path().join("grpc.png");
+    run_ok(&["bench", "--db", s(&db), "--scenario", "embed", "--protocol", "grpc", "--concurrency", "1,2", "--requests", "4", "--warmup", "0", "--out", s(&out), "--plot", s(&png)]);
+    let image = std::fs::read(&png).expect("the plot is written");
+    // A PNG (its signature), 1200 × 500 (IHDR's width and height, big-endian, after the signature
+    // and the chunk's length and type).
+    assert_eq!(&image[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(u32::from_be_bytes([image[16], image[17], image[18], image[19]]), 1200);
+    assert_eq!(u32::from_be_bytes([image[20], image[21], image[22], image[23]]), 500);
     let report: Value = serde_json::from_slice(&std::fs::read(&out).expect("the report is written")).expect("JSON");
     assert_eq!(report["protocol"], "grpc");
     assert_eq!(report["levels"][0]["requests"], 4, "{report}");
