@@ -214,7 +214,8 @@ struct Level {
     generate_model: String,
     max_tokens: u32,
     corpus: Vec<&'static str>,
-    next: AtomicU64,
+    /// Sentence of the next request: counts on across levels, so every request is new.
+    next: Arc<AtomicU64>,
 }
 
 impl Level {
@@ -472,12 +473,10 @@ pub async fn run(target: Target, options: BenchOptions, progress: &(dyn Fn(Progr
             generate_model: generate_model.clone().unwrap_or_default(),
             max_tokens: options.max_tokens,
             corpus: corpus.clone(),
-            next: AtomicU64::new(next.load(Ordering::Relaxed)),
+            next: next.clone(),
         });
         progress(ProgressEvent::Level { concurrency, requests: options.requests, duration: options.duration });
-        let report = run_level(level.clone(), concurrency, &options, progress).await;
-        next.store(level.next.load(Ordering::Relaxed), Ordering::Relaxed);
-        levels.push(report);
+        levels.push(run_level(level, concurrency, &options, progress).await);
     }
     Ok(BenchReport {
         scenario: options.scenario,

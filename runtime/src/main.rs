@@ -10,6 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use hartonomous_loader::atom::{AtomizeOptions, DEFAULT_ATOM_BYTES};
 use hartonomous_runtime::ingest::{ingest, IngestOptions, DEFAULT_GEOMETRY_MAX_POINTS};
+use hartonomous_runtime::serve;
 use hartonomous_runtime::store::{self, parse_model_ref, ModelRow, Store};
 
 /// Exit status of `verify` when it found damage (1 means the command itself failed).
@@ -139,19 +140,19 @@ enum Command {
         weights_source: hartonomous_runtime::pager::WeightsSource,
         /// Write lineage off the response path (async) or before responding (sync).
         #[arg(long, value_enum, default_value = "async")]
-        lineage: hartonomous_runtime::serve::LineageMode,
+        lineage: serve::LineageMode,
         /// Padded tokens (inputs × longest input) per forward pass.
-        #[arg(long, default_value_t = 8192)]
+        #[arg(long, default_value_t = serve::ServeOptions::DEFAULT_MAX_BATCH_TOKENS)]
         max_batch_tokens: usize,
         /// Requests waiting for the GPU before new ones are answered 503 with Retry-After.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = serve::ServeOptions::DEFAULT_QUEUE_CAPACITY)]
         queue: usize,
         /// Sequences a generation model decodes at once; each holds a KV cache of `--context`
         /// tokens, so GPU memory for caches is sequences × context × (2 · layers · kv_dim · 4) bytes.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = serve::ServeOptions::DEFAULT_MAX_SEQUENCES)]
         max_sequences: usize,
         /// Tokens per generated sequence, prompt and completion (clipped to the model's context).
-        #[arg(long, default_value_t = 2048)]
+        #[arg(long, default_value_t = serve::ServeOptions::DEFAULT_CONTEXT)]
         context: usize,
         /// How `/v1/search` holds stored embeddings on the GPU: f32 (exact) or f16 (half the
         /// bytes).
@@ -163,7 +164,7 @@ enum Command {
         search_memory: u64,
         /// Seconds between re-reads of keys, access rules and limits (a new key works at once;
         /// a revoked one is refused within this).
-        #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+        #[arg(long, value_name = "SECONDS", default_value_t = serve::ServeOptions::DEFAULT_GOVERNANCE_REFRESH_SECONDS)]
         governance_refresh: f64,
     },
     /// Load a daemon the way its users do and report throughput, latency percentiles, time to
@@ -330,7 +331,6 @@ async fn bench_command(
         let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)).domain_name(host);
         Ok(Some(tonic::transport::Channel::from_shared(base.to_string())?.tls_config(tls)?.connect_lazy()))
     };
-    use hartonomous_runtime::serve;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let progress = |event: ProgressEvent| match event {
@@ -364,13 +364,13 @@ async fn bench_command(
             models: Vec::new(),
             weights_source: hartonomous_runtime::pager::WeightsSource::Atoms,
             lineage: serve::LineageMode::Async,
-            max_batch_tokens: 16_384,
-            queue_capacity: 1024,
-            max_sequences: 8,
-            context: 2048,
+            max_batch_tokens: serve::ServeOptions::DEFAULT_MAX_BATCH_TOKENS,
+            queue_capacity: serve::ServeOptions::DEFAULT_QUEUE_CAPACITY,
+            max_sequences: serve::ServeOptions::DEFAULT_MAX_SEQUENCES,
+            context: serve::ServeOptions::DEFAULT_CONTEXT,
             search_storage: hartonomous_runtime::search::VectorStorage::F32,
-            search_memory: 1 << 30,
-            governance_refresh: std::time::Duration::from_secs(5),
+            search_memory: serve::ServeOptions::DEFAULT_SEARCH_MEMORY,
+            governance_refresh: std::time::Duration::from_secs_f64(serve::ServeOptions::DEFAULT_GOVERNANCE_REFRESH_SECONDS),
         };
         bar.set_message("starting an embedded daemon");
         let daemon = serve::start(store, options_serve).await?;
@@ -550,7 +550,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             search_memory,
             governance_refresh,
         } => {
-            use hartonomous_runtime::serve;
             if !governance_refresh.is_finite() || !(0.0..=3600.0).contains(&governance_refresh) {
                 bail!("--governance-refresh is {governance_refresh}; give seconds from 0 to 3600");
             }

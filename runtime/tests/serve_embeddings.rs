@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,23 +92,7 @@ struct Daemon {
 }
 
 fn options(stored: &Stored) -> ServeOptions {
-    ServeOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: None,
-        insecure_http: false,
-        data_dir: stored.data.clone(),
-        gpu_memory: None,
-        models: Vec::new(),
-        weights_source: WeightsSource::Atoms,
-        lineage: LineageMode::Sync,
-        max_batch_tokens: 8192,
-        queue_capacity: 64,
-        max_sequences: 8,
-        context: 512,
-        search_storage: hartonomous_runtime::search::VectorStorage::F32,
-        search_memory: 1 << 30,
-        governance_refresh: std::time::Duration::from_secs(5),
-    }
+    ServeOptions { max_sequences: 8, context: 512, ..support::daemon::options(stored.data.clone()) }
 }
 
 async fn open_store(db: &Path) -> Arc<SqliteStore> {

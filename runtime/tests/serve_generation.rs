@@ -8,13 +8,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hartonomous_runtime::pager::WeightsSource;
-use hartonomous_runtime::serve::{self, LineageMode, ServeOptions, ShutdownReport};
+use hartonomous_runtime::serve::{self, ServeOptions, ShutdownReport};
 use hartonomous_runtime::store::sqlite::SqliteStore;
 use hartonomous_runtime::store::Store;
 use serde_json::{json, Value};
@@ -39,23 +37,7 @@ fn stored_smollm2() -> Stored {
 }
 
 fn options(stored: &Stored, max_sequences: usize, queue_capacity: usize) -> ServeOptions {
-    ServeOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: None,
-        insecure_http: false,
-        data_dir: stored.data.clone(),
-        gpu_memory: None,
-        models: Vec::new(),
-        weights_source: WeightsSource::Atoms,
-        lineage: LineageMode::Sync,
-        max_batch_tokens: 8192,
-        queue_capacity,
-        max_sequences,
-        context: CONTEXT,
-        search_storage: hartonomous_runtime::search::VectorStorage::F32,
-        search_memory: 1 << 30,
-        governance_refresh: std::time::Duration::from_secs(5),
-    }
+    ServeOptions { queue_capacity, max_sequences, context: CONTEXT, ..support::daemon::options(stored.data.clone()) }
 }
 
 struct Daemon {

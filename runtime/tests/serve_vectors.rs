@@ -12,13 +12,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hartonomous_runtime::pager::WeightsSource;
-use hartonomous_runtime::search::VectorStorage;
-use hartonomous_runtime::serve::{LineageMode, ServeOptions};
+use hartonomous_runtime::serve::ServeOptions;
 use hartonomous_runtime::store::sqlite::SqliteStore;
 use hartonomous_runtime::store::{ContentAtom, ContentAtomId, Embedding, ModelId, Store};
 use rand::{Rng, SeedableRng};
@@ -91,23 +88,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn options(stored: &Stored, search_memory: u64) -> ServeOptions {
-    ServeOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: None,
-        insecure_http: false,
-        data_dir: stored.dir.path().join("data"),
-        gpu_memory: None,
-        models: Vec::new(),
-        weights_source: WeightsSource::Atoms,
-        lineage: LineageMode::Sync,
-        max_batch_tokens: 8192,
-        queue_capacity: 64,
-        max_sequences: 2,
-        context: 128,
-        search_storage: VectorStorage::F32,
-        search_memory,
-        governance_refresh: std::time::Duration::from_secs(5),
-    }
+    ServeOptions { search_memory, ..support::daemon::options(stored.dir.path().join("data")) }
 }
 
 fn floats(v: &Value) -> Vec<f32> {

@@ -81,6 +81,18 @@ impl ApiError {
         }
     }
 
+    /// 403: a rule or the caller's tenant does not allow it.
+    pub(super) fn forbidden(param: Option<&'static str>, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            kind: "permission_error",
+            message: message.into(),
+            param,
+            code: Some("access_denied"),
+            retry_after: None,
+        }
+    }
+
     pub(super) fn server(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, kind: "server_error", message: message.into(), param: None, code: Some(code), retry_after: None }
     }
@@ -708,14 +720,7 @@ async fn usage(
     }
     let tenant = match (state.governance.keys_configured().await, query.get("tenant")) {
         (true, Some(asked)) if *asked != context.tenant => {
-            return Err(ApiError {
-                status: StatusCode::FORBIDDEN,
-                kind: "permission_error",
-                message: format!("a key of tenant {:?} may read only its own usage, not {asked:?}", context.tenant),
-                param: Some("tenant"),
-                code: Some("access_denied"),
-                retry_after: None,
-            })
+            return Err(ApiError::forbidden(Some("tenant"), format!("a key of tenant {:?} may read only its own usage, not {asked:?}", context.tenant)))
         }
         (true, _) => Some(context.tenant.clone()),
         (false, asked) => asked.cloned(),

@@ -144,14 +144,7 @@ impl From<GovernanceError> for ApiError {
                 code: Some("invalid_api_key"),
                 retry_after: None,
             },
-            GovernanceError::Forbidden { message, .. } => ApiError {
-                status: StatusCode::FORBIDDEN,
-                kind: "permission_error",
-                message,
-                param: None,
-                code: Some("access_denied"),
-                retry_after: None,
-            },
+            GovernanceError::Forbidden { message, .. } => ApiError::forbidden(None, message),
             GovernanceError::RateLimited { what, retry_after, .. } => {
                 let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u32;
                 ApiError {

@@ -108,12 +108,14 @@ impl LineageWriter {
                         let _ = done.send(());
                     }
                     Message::Usage(usage, request_key) => {
-                        write_usage_until_stored(store.as_ref(), *usage, request_key.as_deref(), &task_metrics).await;
+                        let what = format!("usage row {}", usage.usage_key.as_deref().unwrap_or("(unkeyed)"));
+                        until_stored(&what, &task_metrics, || write_usage(store.as_ref(), &usage, request_key.as_deref())).await;
                         task_metrics.backlog.fetch_sub(1, Ordering::Relaxed);
                         task_metrics.written.fetch_add(1, Ordering::Relaxed);
                     }
                     Message::Record(record, done) => {
-                        write_until_stored(store.as_ref(), &record, &task_metrics).await;
+                        let what = format!("lineage of request {}", record.request_key);
+                        until_stored(&what, &task_metrics, || write(store.as_ref(), &record)).await;
                         task_metrics.backlog.fetch_sub(1, Ordering::Relaxed);
                         task_metrics.written.fetch_add(1, Ordering::Relaxed);
                         if let Some(done) = done {
@@ -161,39 +163,29 @@ impl LineageWriter {
     }
 }
 
-async fn write_usage_until_stored(store: &dyn Store, mut usage: UsageRecord, request_key: Option<&str>, metrics: &LineageMetrics) {
+/// Runs `attempt` until it succeeds, counting and logging each failure and backing off.
+async fn until_stored<F, Fut>(what: &str, metrics: &LineageMetrics, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
     let mut backoff = FIRST_BACKOFF;
-    loop {
-        let attempt = async {
-            if let (Some(key), None) = (request_key, usage.request) {
-                usage.request = store.find_request(key).await?;
-            }
-            store.record_usage(&usage).await
-        };
-        match attempt.await {
-            Ok(()) => return,
-            Err(e) => {
-                metrics.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(usage = ?usage.usage_key, error = %e, retry_in_ms = backoff.as_millis() as u64, "usage write failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
+    while let Err(e) = attempt().await {
+        metrics.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(what, error = %e, retry_in_ms = backoff.as_millis() as u64, "write failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-async fn write_until_stored(store: &dyn Store, record: &LineageRecord, metrics: &LineageMetrics) {
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        match write(store, record).await {
-            Ok(()) => return,
-            Err(e) => {
-                metrics.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(request = %record.request_key, error = %e, retry_in_ms = backoff.as_millis() as u64, "lineage write failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+/// A usage row, joined to its request's lineage (written before it, in the same queue).
+async fn write_usage(store: &dyn Store, usage: &UsageRecord, request_key: Option<&str>) -> Result<(), StoreError> {
+    match (request_key, usage.request) {
+        (Some(key), None) => {
+            let request = store.find_request(key).await?;
+            store.record_usage(&UsageRecord { request, ..usage.clone() }).await
         }
+        _ => store.record_usage(usage).await,
     }
 }
 

@@ -120,6 +120,16 @@ pub struct ServeOptions {
     pub governance_refresh: Duration,
 }
 
+impl ServeOptions {
+    /// `hartonomous serve`'s defaults, which the embedded daemon of `hartonomous bench` uses too.
+    pub const DEFAULT_MAX_BATCH_TOKENS: usize = 8192;
+    pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+    pub const DEFAULT_MAX_SEQUENCES: usize = 8;
+    pub const DEFAULT_CONTEXT: usize = 2048;
+    pub const DEFAULT_SEARCH_MEMORY: u64 = 1 << 30;
+    pub const DEFAULT_GOVERNANCE_REFRESH_SECONDS: f64 = 5.0;
+}
+
 /// Request counters, exported at `/metrics`.
 #[derive(Debug, Default)]
 pub struct ServeMetrics {
