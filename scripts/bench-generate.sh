@@ -13,17 +13,14 @@
 #     the roofline; it writes its prompts' token ids for llama.cpp;
 #   - benches/scripts/llamacpp_generate_bench.py on the same GGUF file and the same token ids,
 #     2 threads (or HARTONOMOUS_LLAMACPP_THREADS), no GPU layers, with the Python in
-#     HARTONOMOUS_LLAMACPP_PYTHON (default /tmp/stvenv/bin/python; its docstring says how to
-#     build llama-cpp-python on these machines);
+#     HARTONOMOUS_LLAMACPP_PYTHON, else one that scripts/lib.sh's ensure_llamacpp builds (minutes);
 #   - print the machine, the adapter, the date and both tables.
 # Run it on an idle machine: both sides share this CPU (lavapipe runs the kernels on it).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup)"
-python=${HARTONOMOUS_LLAMACPP_PYTHON:-/tmp/stvenv/bin/python}
-[ -x "$python" ] || die "no Python at $python: set HARTONOMOUS_LLAMACPP_PYTHON to one with llama-cpp-python (see benches/scripts/llamacpp_generate_bench.py)"
-"$python" -c 'import llama_cpp, numpy' 2>/dev/null \
-  || die "$python cannot import llama_cpp and numpy: build llama-cpp-python as benches/scripts/llamacpp_generate_bench.py's docstring says (no AVX-512, FACTS.md), or set HARTONOMOUS_LLAMACPP_PYTHON"
+ensure_llamacpp
+python=$HARTONOMOUS_LLAMACPP_PYTHON
 ensure_vulkan
 ensure_models
 cd "$HARTONOMOUS_ROOT"

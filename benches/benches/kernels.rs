@@ -5,6 +5,10 @@
 //! clock stops; each op records `REPS` dispatches per submission, as a forward pass does.
 //!
 //! Run: `cargo bench -p hartonomous-benches --bench kernels` (HARTONOMOUS_ADAPTER picks an adapter).
+//! On a hardware GPU set `HARTONOMOUS_BENCH_LARGE=1` as well: the shapes above fit in a data-centre
+//! GPU's L2 cache (50 MB on an H100), so alone they measure the cache; the large set adds a 1 GiB
+//! copy ceiling and shapes several times the L2 (a 4096³ matmul, 1×32768×8192 matvecs, a 1M-vector
+//! scan), which measure device memory.
 
 use std::time::{Duration, Instant};
 
@@ -37,8 +41,9 @@ struct Ceilings {
     fma_gflops: f64,
 }
 
-fn ceilings(gpu: &Gpu) -> Ceilings {
-    let n = 16 << 20; // 64 MiB each way
+fn ceilings(gpu: &Gpu, large: bool) -> Ceilings {
+    // 64 MiB each way; 1 GiB with the large set, far beyond any L2.
+    let n = if large { 256 << 20 } else { 16 << 20 };
     let src = gpu.upload_f32(&vec![1.0; n], &[n]).expect("upload");
     let dst = gpu.empty(&[n], DType::F32).expect("alloc");
     let secs = time_op(gpu, |rec| copy(rec, &src, &dst, 0));
@@ -50,7 +55,7 @@ fn ceilings(gpu: &Gpu) -> Ceilings {
         Ok(())
     });
     let fma_gflops = flops as f64 / secs / 1e9;
-    println!("ceiling: copy {copy_gbs:.2} GB/s (read + write), FMA {fma_gflops:.1} GFLOP/s");
+    println!("ceiling: copy {copy_gbs:.2} GB/s (read + write, {} MiB each way), FMA {fma_gflops:.1} GFLOP/s", n * 4 >> 20);
     Ceilings { copy_gbs, fma_gflops }
 }
 
@@ -83,7 +88,8 @@ fn benches(c: &mut Criterion) {
     println!("adapter: {}", gpu.report());
     // HARTONOMOUS_BENCH_REPORT_ONLY=1 prints the ceiling table and skips criterion's statistics.
     let report_only = std::env::var_os("HARTONOMOUS_BENCH_REPORT_ONLY").is_some();
-    let ceil = ceilings(&gpu);
+    let large = std::env::var_os("HARTONOMOUS_BENCH_LARGE").is_some();
+    let ceil = ceilings(&gpu, large);
     let mut group = c.benchmark_group("kernels");
     group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
 
@@ -158,7 +164,54 @@ fn benches(c: &mut Criterion) {
     let pieces = [CorpusPiece { vectors: &corpus, norms_sq: &norms }];
     let secs = time_op(&gpu, |rec| search(rec, &queries, &pieces, Metric::Cosine, 10).map(|_| ()));
     report("similarity_scan cosine 8q x 100k x 384 f16", secs, 2.0 * (nq * n * dim) as f64, (n * dim * 2) as f64, &ceil);
+    drop((corpus, norms));
+    if large {
+        large_shapes(&gpu, &ceil);
+    }
     group.finish();
+}
+
+/// Shapes several times a data-centre GPU's L2, reported only (no criterion statistics): they
+/// take seconds each on a software adapter.
+fn large_shapes(gpu: &Gpu, ceil: &Ceilings) {
+    let n = 4096;
+    let a = gpu.upload(&random_f32(n * n, 1), &[n, n], DType::F32).expect("upload");
+    let w = gpu.upload(&random_f32(n * n, 2), &[n, n], DType::F32).expect("upload");
+    let out = gpu.empty(&[n, n], DType::F32).expect("alloc");
+    let secs = time_op(gpu, |rec| matmul(rec, &a, &w, Epilogue::default(), &out));
+    report("matmul_f32 square_4096 (large)", secs, 2.0 * (n * n * n) as f64, 12.0 * (n * n) as f64, ceil);
+    drop((a, w, out));
+    let (rows, k) = (32768, 8192);
+    for dtype in [DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K] {
+        let bytes_w = dtype.bytes_for((rows * k) as u64) as usize;
+        let w = gpu.upload(&random_bytes(bytes_w, 11), &[rows, k], dtype).expect("upload");
+        let x = gpu.upload_f32(&random_f32(k, 3), &[1, k]).expect("upload");
+        let out = gpu.empty(&[1, rows], DType::F32).expect("alloc");
+        let secs = time_op(gpu, |rec| qmatmul(rec, &x, &w, Epilogue::default(), &out));
+        report(&format!("qmatmul_{} decode_1x32768x8192 (large)", dtype.name()), secs, 2.0 * (rows * k) as f64, bytes_w as f64, ceil);
+    }
+    let (nq, rows, dim) = (8, 1_000_000, 384);
+    let halves: Vec<u16> = random_f32(rows * dim, 5).iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+    let corpus = gpu.upload(&halves, &[rows, dim], DType::F16).expect("upload");
+    let norms = gpu.empty(&[rows], DType::F32).expect("alloc");
+    gpu.run(|rec| row_norms_sq(rec, &corpus, &norms)).expect("norms");
+    let queries = gpu.upload_f32(&random_f32(nq * dim, 6), &[nq, dim]).expect("upload");
+    let pieces = [CorpusPiece { vectors: &corpus, norms_sq: &norms }];
+    let secs = time_op(gpu, |rec| search(rec, &queries, &pieces, Metric::Cosine, 10).map(|_| ()));
+    report("similarity_scan cosine 8q x 1M x 384 f16 (large)", secs, 2.0 * (nq * rows * dim) as f64, (rows * dim * 2) as f64, ceil);
+}
+
+/// Uniform values in [-1, 1) from a xorshift stream: real-looking data, never all zeros.
+fn random_f32(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
 }
 
 criterion_group!(kernels, benches);

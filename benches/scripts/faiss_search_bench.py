@@ -9,10 +9,19 @@ The corpus is drawn here (numpy, seeded, L2-normalised), the same shape and dist
 Rust side's; a flat scan's time does not depend on the values. Latency is the median of repeated
 searches of 1 query and of a batch, until --seconds have passed (at least 3 times each).
 Prints one JSON object. faiss-cpu from PyPI (scripts/bench-search.sh installs it).
+
+With --job it is the search peer of `hartonomous bench --compare`: it reads the harness's job
+(JSON on stdin: the corpus vectors the daemon stored, how many vectors the daemon scanned, the
+query vectors it sent, k, the concurrency levels, the window), builds an IndexFlatIP over the
+same number of vectors (the given ones, then seeded random unit vectors for the rest of what the
+daemon scanned: a flat scan's time does not depend on the values), and at each level C searches
+batches of C of the queries back to back. The report is the last line of stdout:
+{"peer": ..., "levels": [{"concurrency": C, "items_per_second": queries/s}]}.
 """
 import argparse
 import json
 import os
+import sys
 import time
 
 import faiss
@@ -29,7 +38,44 @@ def median_time(seconds, fn):
     return times[len(times) // 2], len(times)
 
 
+def run_job():
+    job = json.load(sys.stdin)
+    corpus = np.asarray(job["corpus_vectors"], dtype=np.float32)
+    queries = np.asarray(job["query_vectors"], dtype=np.float32)
+    if corpus.ndim != 2 or queries.ndim != 2 or len(queries) == 0:
+        sys.exit("error: the job needs corpus_vectors and query_vectors")
+    dim, n = corpus.shape[1], max(job["scanned"], len(corpus))
+    if n > len(corpus):
+        rng = np.random.default_rng(0x5EED)
+        extra = rng.uniform(-1.0, 1.0, size=(n - len(corpus), dim)).astype(np.float32)
+        extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+        corpus = np.vstack([corpus, extra])
+    index = faiss.IndexFlatIP(dim)
+    index.add(corpus)
+    levels, nxt = [], 0
+    for c in job["levels"]:
+        def batch():
+            nonlocal nxt
+            rows = [(nxt + i) % len(queries) for i in range(c)]
+            nxt += c
+            index.search(queries[rows], job["k"])
+        end = time.perf_counter() + job["warmup_seconds"]
+        while time.perf_counter() < end:
+            batch()
+        done, start = 0, time.perf_counter()
+        while done == 0 or time.perf_counter() - start < job["seconds"]:
+            batch()
+            done += c
+        qps = done / (time.perf_counter() - start)
+        print(f"faiss: batch {c}: {qps:.1f} queries/s", file=sys.stderr)
+        levels.append({"concurrency": c, "items_per_second": qps})
+    print(json.dumps({"peer": f"faiss-cpu {faiss.__version__} IndexFlatIP, f32, {faiss.omp_get_max_threads()} threads, "
+                              f"{n} x {dim}, k={job['k']}, batch = concurrency, in process", "levels": levels}))
+
+
 def main():
+    if "--job" in sys.argv[1:]:
+        return run_job()
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=384)

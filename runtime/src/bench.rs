@@ -10,6 +10,15 @@
 //! comparable. The `noop` scenario calls `GET /livez`, which does nothing, to show the rate the
 //! harness itself reaches. `--protocol grpc` sends the same requests as `hartonomous.v1` calls
 //! on the same port (the no-op is then the standard health check).
+//!
+//! `--compare` then runs a peer on the same machine, after the daemon's levels (an embedded
+//! daemon is stopped first, so the peer has the machine to itself): a program that reads one
+//! [`PeerJob`] as JSON on stdin (the scenario, the exact inputs the harness sent, the levels and
+//! the window) and prints one [`PeerReport`] as the last line of its stdout. Each level C of the
+//! peer runs batches of C inputs back to back, which is what a batching server at concurrency C
+//! can at best do with the same engine in process. Peers: `benches/peer-candle` for embed (candle,
+//! CPU), `benches/scripts/llamacpp_generate_bench.py --job` for generate (llama.cpp),
+//! `benches/scripts/faiss_search_bench.py --job` for search (FAISS).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +87,48 @@ pub struct BenchOptions {
     pub embed_model: Option<String>,
     pub generate_model: Option<String>,
     pub max_tokens: u32,
+    /// The peer to compare with (a shell command speaking the [`PeerJob`] protocol), if any.
+    pub peer: Option<String>,
+}
+
+/// The neighbours a search request asks for.
+const SEARCH_K: usize = 10;
+/// Corpus sentences embedded (and so stored) before a search run; the queries are their vectors.
+const SEARCH_CORPUS: usize = 512;
+
+/// What a peer is asked to do: the same work the daemon was given.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerJob {
+    pub scenario: Scenario,
+    /// The inputs in the order the harness sent them (sentences, or prompts), cycled.
+    pub inputs: Vec<String>,
+    pub levels: Vec<usize>,
+    pub seconds: f64,
+    pub warmup_seconds: f64,
+    /// Generate: tokens per answer.
+    pub max_tokens: u32,
+    /// Search: neighbours per query, the vectors the daemon scanned (the stored corpus; the
+    /// first `corpus_vectors.len()` are given, the rest are other stored vectors the peer may
+    /// stand in for with random unit vectors: a flat scan's time does not depend on values),
+    /// and the query vectors sent.
+    pub k: usize,
+    pub scanned: usize,
+    pub corpus_vectors: Vec<Vec<f32>>,
+    pub query_vectors: Vec<Vec<f32>>,
+}
+
+/// What a peer answers, as the last line of its stdout.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PeerReport {
+    /// The peer's name, version and setup ("candle 0.9 CPU f32, 2 threads").
+    pub peer: String,
+    pub levels: Vec<PeerLevel>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PeerLevel {
+    pub concurrency: usize,
+    pub items_per_second: f64,
 }
 
 /// Which front door the requests use.
@@ -190,6 +241,12 @@ pub struct BenchReport {
     pub generate_model: Option<String>,
     pub machine: Machine,
     pub levels: Vec<LevelReport>,
+    /// `--compare`: the peer's figures on the same inputs, same machine, same run.
+    pub peer: Option<PeerReport>,
+    /// The job the peer was given, to run it again by hand (not in the JSON report: it holds
+    /// every input and vector).
+    #[serde(skip)]
+    pub peer_job: Option<PeerJob>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -214,6 +271,8 @@ struct Level {
     generate_model: String,
     max_tokens: u32,
     corpus: Vec<&'static str>,
+    /// Search queries: the stored vectors of the first corpus sentences.
+    query_vectors: Arc<Vec<Vec<f32>>>,
     /// Sentence of the next request: counts on across levels, so every request is new.
     next: Arc<AtomicU64>,
 }
@@ -223,9 +282,10 @@ impl Level {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         let sentence = self.corpus[(i % self.corpus.len() as u64) as usize];
         let call = self.call(i);
+        let query = self.query_vectors.get((i % self.query_vectors.len().max(1) as u64) as usize).map(Vec::as_slice).unwrap_or(&[]);
         match &self.target.grpc {
-            Some(channel) => self.one_grpc(channel.clone(), call, sentence).await,
-            None => self.one_https(call, sentence).await,
+            Some(channel) => self.one_grpc(channel.clone(), call, sentence, query).await,
+            None => self.one_https(call, sentence, query).await,
         }
     }
 
@@ -249,7 +309,7 @@ impl Level {
         request
     }
 
-    async fn one_grpc(&self, channel: tonic::transport::Channel, call: Call, sentence: &str) -> Result<Outcome, String> {
+    async fn one_grpc(&self, channel: tonic::transport::Channel, call: Call, sentence: &str, query: &[f32]) -> Result<Outcome, String> {
         use crate::serve::grpc::pb;
         let status = |s: tonic::Status| format!("grpc {:?}", s.code());
         let mut client = pb::hartonomous_client::HartonomousClient::new(channel.clone())
@@ -267,7 +327,12 @@ impl Level {
                 return Ok(Outcome { latency: started.elapsed(), first_token: None, items: 1 });
             }
             Call::Search => {
-                let request = pb::SearchRequest { model: self.embed_model.clone(), texts: vec![sentence.to_string()], k: Some(10), ..Default::default() };
+                let request = pb::SearchRequest {
+                    model: self.embed_model.clone(),
+                    vectors: vec![pb::Vector { values: query.to_vec() }],
+                    k: Some(SEARCH_K as u32),
+                    ..Default::default()
+                };
                 client.search(self.grpc_request(request)).await.map_err(status)?;
                 return Ok(Outcome { latency: started.elapsed(), first_token: None, items: 1 });
             }
@@ -304,7 +369,7 @@ impl Level {
         Ok(Outcome { latency: started.elapsed(), first_token, items: tokens })
     }
 
-    async fn one_https(&self, call: Call, sentence: &str) -> Result<Outcome, String> {
+    async fn one_https(&self, call: Call, sentence: &str, query: &[f32]) -> Result<Outcome, String> {
         let started = Instant::now();
         let (path, body) = match call {
             Call::Noop => {
@@ -317,7 +382,7 @@ impl Level {
                 return Ok(Outcome { latency: started.elapsed(), first_token: None, items: 1 });
             }
             Call::Embed => ("/v1/embeddings", json!({"model": self.embed_model, "input": sentence})),
-            Call::Search => ("/v1/search", json!({"model": self.embed_model, "query": sentence, "k": 10})),
+            Call::Search => ("/v1/search", json!({"model": self.embed_model, "query": query, "k": SEARCH_K})),
             Call::Ensemble => (
                 "/v1/ensemble",
                 json!({"models": [{"model": self.embed_model, "weight": 1}, {"model": self.embed_model, "weight": 1}], "input": sentence, "output": "embedding"}),
@@ -451,17 +516,32 @@ pub async fn run(target: Target, options: BenchOptions, progress: &(dyn Fn(Progr
         return Err(BenchError::Setup("the daemon serves no generation model; this scenario needs one (--generate-model)".into()));
     }
     let corpus = corpus();
+    let mut query_vectors = Vec::new();
+    let mut scanned = 0;
     if matches!(options.scenario, Scenario::Search | Scenario::Mixed) {
-        // The searched corpus: the first 512 sentences, embedded (and so stored) first.
+        // The searched corpus: the first 512 sentences, embedded (and so stored) first. Their
+        // vectors are the queries, so a search request measures the search alone (the embed
+        // scenario measures embedding).
         progress(ProgressEvent::Setup("embedding 512 sentences for the search index"));
-        for chunk in corpus[..512.min(corpus.len())].chunks(64) {
+        let setup = |what: String| BenchError::Setup(format!("embedding the search corpus: {what}"));
+        for chunk in corpus[..SEARCH_CORPUS.min(corpus.len())].chunks(64) {
             let body = json!({"model": embed_model, "input": chunk});
-            let response = target.post("/v1/embeddings").json(&body).send().await.map_err(|e| BenchError::Setup(format!("embedding the search corpus: {e}")))?;
+            let response = target.post("/v1/embeddings").json(&body).send().await.map_err(|e| setup(e.to_string()))?;
             if !response.status().is_success() {
-                return Err(BenchError::Setup(format!("embedding the search corpus: HTTP {}", response.status())));
+                return Err(setup(format!("HTTP {}", response.status())));
+            }
+            let answer: Value = response.json().await.map_err(|e| setup(e.to_string()))?;
+            for item in answer["data"].as_array().ok_or_else(|| setup("no `data` in the answer".into()))? {
+                let vector: Option<Vec<f32>> = item["embedding"].as_array().and_then(|v| v.iter().map(|x| x.as_f64().map(|x| x as f32)).collect());
+                query_vectors.push(vector.ok_or_else(|| setup("an `embedding` is not an array of numbers".into()))?);
             }
         }
+        // How many vectors a search scans: the stored corpus, which may hold more than these.
+        let body = json!({"model": embed_model, "query": query_vectors[0], "k": SEARCH_K});
+        let answer: Value = target.post("/v1/search").json(&body).send().await.map_err(|e| setup(e.to_string()))?.json().await.map_err(|e| setup(e.to_string()))?;
+        scanned = answer["data"][0]["candidates_scanned"].as_u64().unwrap_or(0) as usize;
     }
+    let query_vectors = Arc::new(query_vectors);
     let adapter = adapter(&target).await;
     let mut levels = Vec::new();
     let next = Arc::new(AtomicU64::new(0));
@@ -473,12 +553,27 @@ pub async fn run(target: Target, options: BenchOptions, progress: &(dyn Fn(Progr
             generate_model: generate_model.clone().unwrap_or_default(),
             max_tokens: options.max_tokens,
             corpus: corpus.clone(),
+            query_vectors: query_vectors.clone(),
             next: next.clone(),
         });
         progress(ProgressEvent::Level { concurrency, requests: options.requests, duration: options.duration });
         levels.push(run_level(level, concurrency, &options, progress).await);
     }
+    let peer_job = options.peer.as_ref().map(|_| PeerJob {
+        scenario: options.scenario,
+        inputs: if options.scenario == Scenario::Search { Vec::new() } else { corpus.iter().map(|s| s.to_string()).collect() },
+        levels: options.concurrency.clone(),
+        seconds: options.duration.map_or(10.0, |d| d.as_secs_f64()),
+        warmup_seconds: options.warmup.as_secs_f64(),
+        max_tokens: options.max_tokens,
+        k: SEARCH_K,
+        scanned,
+        corpus_vectors: if options.scenario == Scenario::Search { query_vectors.to_vec() } else { Vec::new() },
+        query_vectors: if options.scenario == Scenario::Search { query_vectors.to_vec() } else { Vec::new() },
+    });
     Ok(BenchReport {
+        peer: None,
+        peer_job,
         scenario: options.scenario,
         protocol: if target.grpc.is_some() { Protocol::Grpc } else { Protocol::Https },
         target: target.base.clone(),
@@ -487,6 +582,42 @@ pub async fn run(target: Target, options: BenchOptions, progress: &(dyn Fn(Progr
         machine: Machine { cores: std::thread::available_parallelism().map_or(1, |n| n.get()), memory_bytes: memory_bytes(), adapter },
         levels,
     })
+}
+
+/// Runs `command` (through `sh -c`) as the peer of `job`: the job as JSON on its stdin, its
+/// report as the last line of its stdout; its stderr passes through, so its progress shows.
+pub fn run_peer(command: &str, job: &PeerJob) -> Result<PeerReport, BenchError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let failed = |what: String| BenchError::Setup(format!("the peer `{command}` {what}"));
+    if !matches!(job.scenario, Scenario::Embed | Scenario::Generate | Scenario::Chat | Scenario::Search) {
+        return Err(BenchError::Setup(format!("--compare runs a peer for embed, generate, chat or search, not {}", name(&job.scenario))));
+    }
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| failed(format!("could not start: {e}")))?;
+    let input = serde_json::to_vec(job).map_err(|e| failed(e.to_string()))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // Written from a thread: a peer that prints before reading all of stdin must not deadlock.
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().map_err(|e| failed(format!("could not be waited for: {e}")))?;
+    let _ = writer.join();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let tail: Vec<&str> = stdout.lines().rev().take(5).collect();
+        return Err(failed(format!("exited with {} (its stderr is above; last lines of stdout: {:?})", output.status, tail)));
+    }
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let report: PeerReport = serde_json::from_str(last).map_err(|e| failed(format!("did not end its stdout with a report ({e}): {last:?}")))?;
+    if report.levels.len() != job.levels.len() || report.levels.iter().zip(&job.levels).any(|(l, &c)| l.concurrency != c) {
+        return Err(failed(format!("answered levels {:?} for {:?}", report.levels.iter().map(|l| l.concurrency).collect::<Vec<_>>(), job.levels)));
+    }
+    Ok(report)
 }
 
 /// What the progress display is told.
@@ -662,6 +793,19 @@ impl BenchReport {
             }
             if let Some(e) = &l.first_error {
                 out.push_str(&format!("         first error: {e}\n"));
+            }
+        }
+        if let Some(peer) = &self.peer {
+            out.push_str(&format!("peer: {}\n", peer.peer));
+            out.push_str(&format!("  conc  ours {0:<10}  peer {0:<10}  ours / peer\n", format!("{}/s", self.levels.first().map_or("items", |l| l.unit))));
+            for (ours, theirs) in self.levels.iter().zip(&peer.levels) {
+                out.push_str(&format!(
+                    "  {:>4} {:>15.2} {:>15.2} {:>12.3}\n",
+                    ours.concurrency,
+                    ours.items_per_second,
+                    theirs.items_per_second,
+                    ours.items_per_second / theirs.items_per_second
+                ));
             }
         }
         out

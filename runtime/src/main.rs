@@ -214,6 +214,17 @@ enum Command {
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// After the run, run the scenario's peer on the same machine on the same inputs and
+        /// print ratios: candle for embed, llama.cpp (llama-cpp-python) for generate and chat,
+        /// FAISS for search. The peers are found beside this binary and in the checkout it was
+        /// built from; --peer names another.
+        #[arg(long)]
+        compare: bool,
+        /// The peer to compare with: a shell command that reads the job (JSON) on stdin and
+        /// prints its report (JSON) last on stdout (see `hartonomous_runtime::bench::PeerJob`).
+        /// Implies --compare.
+        #[arg(long, value_name = "COMMAND")]
+        peer: Option<String>,
         #[command(flatten)]
         db: Db,
     },
@@ -313,6 +324,40 @@ async fn open_store(db: &Db, create: bool) -> anyhow::Result<Box<dyn Store>> {
 }
 
 /// Runs the harness against `target`, or against a daemon started here over the store.
+/// The peer `--compare` runs for `scenario`: the candle peer built beside this binary for embed,
+/// the llama.cpp and FAISS scripts of the checkout this binary was built from (with the Python
+/// in HARTONOMOUS_LLAMACPP_PYTHON or HARTONOMOUS_FAISS_PYTHON, which scripts/lib.sh sets up).
+fn default_peer(scenario: hartonomous_runtime::bench::Scenario) -> anyhow::Result<String> {
+    use hartonomous_runtime::bench::Scenario;
+    let quote = |p: &std::path::Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+    let script = |name: &str| -> anyhow::Result<PathBuf> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/scripts").join(name);
+        anyhow::ensure!(path.is_file(), "the peer script {} is not there (it ships in the repository, not with the binary): pass --peer", path.display());
+        Ok(path)
+    };
+    let python = |var: &str| -> anyhow::Result<String> {
+        let value = std::env::var(var).ok().filter(|p| !p.is_empty());
+        value.ok_or_else(|| anyhow::anyhow!("set {var} to a Python with the peer's packages (scripts/lib.sh sets it up), or pass --peer"))
+    };
+    Ok(match scenario {
+        Scenario::Embed => {
+            let exe = std::env::current_exe().context("finding this binary")?;
+            let candle = exe.with_file_name("minilm_candle");
+            anyhow::ensure!(
+                candle.is_file(),
+                "the candle peer is not beside this binary ({}): build it with `cargo build --release -p hartonomous-peer-candle`, or pass --peer",
+                candle.display()
+            );
+            format!("{} --job", quote(&candle))
+        }
+        Scenario::Generate | Scenario::Chat => {
+            format!("{} {} --job", quote(std::path::Path::new(&python("HARTONOMOUS_LLAMACPP_PYTHON")?)), quote(&script("llamacpp_generate_bench.py")?))
+        }
+        Scenario::Search => format!("{} {} --job", quote(std::path::Path::new(&python("HARTONOMOUS_FAISS_PYTHON")?)), quote(&script("faiss_search_bench.py")?)),
+        other => bail!("--compare has peers for embed, generate, chat and search, not {other:?}"),
+    })
+}
+
 async fn bench_command(
     target: Option<String>,
     cacert: Option<PathBuf>,
@@ -475,9 +520,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             plot,
             json,
+            compare,
+            peer,
             db,
         } => {
             use hartonomous_runtime::bench::BenchOptions;
+            let peer = match peer {
+                Some(command) => Some(command),
+                None if compare => Some(default_peer(scenario)?),
+                None => None,
+            };
             let api_key = api_key.or_else(|| std::env::var("HARTONOMOUS_API_KEY").ok().filter(|k| !k.is_empty()));
             let seconds = |name: &str, v: f64| -> anyhow::Result<std::time::Duration> {
                 if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
@@ -494,8 +546,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 embed_model,
                 generate_model,
                 max_tokens,
+                peer: peer.clone(),
             };
-            let report = bench_command(target, cacert, api_key, protocol, options, &db).await?;
+            let mut report = bench_command(target, cacert, api_key, protocol, options, &db).await?;
+            if let (Some(command), Some(job)) = (peer, report.peer_job.clone()) {
+                eprintln!("running the peer: {command}");
+                let peer_report = tokio::task::spawn_blocking(move || hartonomous_runtime::bench::run_peer(&command, &job)).await??;
+                report.peer = Some(peer_report);
+            }
             if let Some(path) = &out {
                 std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
             }

@@ -113,10 +113,10 @@ fn qmatmul_routed(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epil
     // A few tokens (decoding): the bandwidth-bound matvec, which needs K in whole 32-element chunks.
     // CPU adapters: the rows kernel for any number of tokens, MATVEC_MAX_M at a time. On
     // lavapipe it beats the tiled kernel even on full 64-row tiles (1.5 against 0.4 GFLOP/s for
-    // Q4_1, BENCHMARKS.md), since its cost is the count of weight loads, shared by 8 tokens.
+    // Q4_1, benches/NOTES.md), since its cost is the count of weight loads, shared by 8 tokens.
     if !tiled && k % 32 == 0 && rec.gpu().report().software {
         let tokens = m.min(MATVEC_MAX_M);
-        // Measured on lavapipe (BENCHMARKS.md): 16 rows share each x load best for 1–2 and 5–8
+        // Measured on lavapipe (benches/NOTES.md): 16 rows share each x load best for 1–2 and 5–8
         // tokens (8 tokens: 8.0 tokens/s of SmolLM2 decode against 7.3 with 8 rows and 5.1 with 4).
         let rows = match tokens {
             3 | 4 => 8,

@@ -14,6 +14,12 @@
 //! exits nonzero, so the peer is known to compute the same function.
 //!
 //! Run: `cargo run --release -p hartonomous-peer-candle --bin minilm_candle -- --seconds 10`.
+//!
+//! With `--job` it is the embed peer of `hartonomous bench --compare`: it reads the harness's job
+//! (JSON on stdin: the sentences the daemon was sent, the concurrency levels, the window), embeds
+//! batches of C of those sentences back to back at each level C (padded to the batch's longest,
+//! as a batching server does), and prints `{"peer": ..., "levels": [{"concurrency", "items_per_second"}]}`
+//! as its last line.
 //! candle spreads each matmul over all cores (`RAYON_NUM_THREADS` limits it).
 
 use std::path::{Path, PathBuf};
@@ -30,6 +36,8 @@ use tokenizers::Tokenizer;
 
 /// The sentence-transformers reference for sentence 0, checked in beside this crate.
 const REFERENCE: &str = include_str!("../../reference/sentence0.json");
+/// all-MiniLM-L6-v2's `max_seq_length` (sentence_bert_config.json): longer texts are truncated.
+const MAX_TOKENS: usize = 256;
 /// The least cosine to the reference that counts as the same function (f32 on both sides).
 const MIN_COSINE: f64 = 0.9999;
 
@@ -56,6 +64,18 @@ struct Args {
     /// Print sentence N of the benchmark and exit (to regenerate the reference).
     #[arg(long, value_name = "N")]
     print_sentence: Option<u64>,
+    /// Be the peer of `hartonomous bench --compare`: the job on stdin, the report last on stdout.
+    #[arg(long)]
+    job: bool,
+}
+
+/// The part of `hartonomous bench`'s peer job this peer reads (the harness's `PeerJob`).
+#[derive(serde::Deserialize)]
+struct Job {
+    inputs: Vec<String>,
+    levels: Vec<usize>,
+    seconds: f64,
+    warmup_seconds: f64,
 }
 
 /// The model and its tokenizer, ready to embed.
@@ -86,25 +106,24 @@ impl Embedder {
         Ok(Self { model, tokenizer, device })
     }
 
-    /// Tokenizes, encodes, mean-pools over the attention mask and L2-normalises `texts`, which
-    /// must all be [`SENTENCE_TOKENS`] tokens long (so they stack without padding).
+    /// Tokenizes (truncating at the model's 256 tokens, as sentence-transformers does), pads to
+    /// the batch's longest, encodes, mean-pools over the attention mask and L2-normalises `texts`.
     fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
         let n = texts.len();
         let encodings = self.tokenizer.encode_batch(texts, true).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-        let mut ids = Vec::with_capacity(n * SENTENCE_TOKENS);
-        let mut mask = Vec::with_capacity(n * SENTENCE_TOKENS);
+        let len = encodings.iter().map(|e| e.get_ids().len().min(MAX_TOKENS)).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(n * len);
+        let mut mask = Vec::with_capacity(n * len);
         for e in &encodings {
-            ensure!(
-                e.get_ids().len() == SENTENCE_TOKENS,
-                "a benchmark sentence is {} tokens, not {SENTENCE_TOKENS}: the sentence generator and this tokenizer disagree",
-                e.get_ids().len()
-            );
-            ids.extend_from_slice(e.get_ids());
-            mask.extend_from_slice(e.get_attention_mask());
+            let kept = e.get_ids().len().min(MAX_TOKENS);
+            ids.extend_from_slice(&e.get_ids()[..kept]);
+            mask.extend_from_slice(&e.get_attention_mask()[..kept]);
+            ids.resize(ids.len() + len - kept, 0);
+            mask.resize(mask.len() + len - kept, 0);
         }
-        let ids = Tensor::from_vec(ids, (n, SENTENCE_TOKENS), &self.device)?;
+        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
         let types = ids.zeros_like()?;
-        let mask = Tensor::from_vec(mask, (n, SENTENCE_TOKENS), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
         let hidden = self.model.forward(&ids, &types, Some(&mask))?;
         // Mean pooling over real tokens (sentence-transformers' Pooling, mode "mean").
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
@@ -125,11 +144,18 @@ struct Measured {
     p99_ms: f64,
 }
 
-fn measure(embedder: &Embedder, batch: usize, warmup: Duration, seconds: Duration, next: &mut u64) -> Result<Measured> {
+fn measure(
+    embedder: &Embedder,
+    batch: usize,
+    warmup: Duration,
+    seconds: Duration,
+    next: &mut u64,
+    text: &dyn Fn(u64) -> String,
+) -> Result<Measured> {
     let mut run = |until: Instant, latencies: &mut Vec<f64>| -> Result<()> {
         while Instant::now() < until {
             // New sentences every batch, as the load client sends.
-            let texts: Vec<String> = (*next..*next + batch as u64).map(sentence).collect();
+            let texts: Vec<String> = (*next..*next + batch as u64).map(text).collect();
             *next += batch as u64;
             let start = Instant::now();
             let out = embedder.embed(texts)?;
@@ -183,6 +209,30 @@ fn check_reference(embedder: &Embedder) -> Result<f64> {
     Ok(cosine)
 }
 
+/// `--job`: the harness's sentences at its levels; the report as the last line of stdout.
+fn run_job(embedder: &Embedder) -> Result<()> {
+    let job: Job = serde_json::from_reader(std::io::stdin().lock()).context("reading the job (JSON) from stdin")?;
+    ensure!(!job.inputs.is_empty(), "the job has no inputs");
+    ensure!(job.seconds > 0.0 && job.warmup_seconds >= 0.0, "the job's seconds must be positive and its warm-up not negative");
+    check_reference(embedder)?;
+    let threads = candle_core::utils::get_num_threads();
+    let inputs = &job.inputs;
+    let text = |i: u64| inputs[(i % inputs.len() as u64) as usize].clone();
+    let mut next = 0;
+    let mut levels = Vec::new();
+    for &concurrency in &job.levels {
+        ensure!(concurrency > 0, "a level of concurrency 0");
+        let m = measure(embedder, concurrency, Duration::from_secs_f64(job.warmup_seconds), Duration::from_secs_f64(job.seconds), &mut next, &text)?;
+        eprintln!("candle: batch {concurrency}: {:.2} sentences/s", m.sentences_per_s);
+        levels.push(serde_json::json!({"concurrency": concurrency, "items_per_second": m.sentences_per_s}));
+    }
+    println!(
+        "{}",
+        serde_json::json!({"peer": format!("candle 0.11.1 BertModel, CPU, f32, {threads} threads, batch = concurrency, in process"), "levels": levels})
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(n) = args.print_sentence {
@@ -197,6 +247,9 @@ fn main() -> Result<()> {
             .context("all-MiniLM-L6-v2 not found: run scripts/fetch-models.sh, set HARTONOMOUS_MODELS_DIR, or pass --model-dir")?,
     };
     let embedder = Embedder::load(&dir)?;
+    if args.job {
+        return run_job(&embedder);
+    }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let threads = candle_core::utils::get_num_threads();
     println!("candle on the CPU, f32; {threads} threads (available_parallelism {cores})");
@@ -211,6 +264,7 @@ fn main() -> Result<()> {
             Duration::from_secs_f64(args.warmup_seconds),
             Duration::from_secs_f64(args.seconds),
             &mut next,
+            &sentence,
         )?;
         results.push(m);
     }
