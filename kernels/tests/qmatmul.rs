@@ -7,7 +7,7 @@ mod common;
 
 use common::{assert_close, gpu, poisoned, random, upload};
 use hartonomous_kernels::ops::matmul::Epilogue;
-use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_tiled};
+use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_matvec, qmatmul_tiled};
 use hartonomous_kernels::{reference, DType, Tensor};
 use hartonomous_loader::DType as Stored;
 use proptest::prelude::*;
@@ -90,6 +90,13 @@ fn check(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, bytes: &[u8
     gpu().run(|rec| qmatmul_tiled(rec, &at, &wt, epilogue, &tiled)).expect("tiled qmatmul runs");
     let got = gpu().download_f32(&tiled).expect("download");
     assert_close(&got, &want, |i| 1e-5 * scale[i] + 1e-7, &format!("tiled qmatmul {} {m}x{n}x{k}", dtype.name()));
+    // And the matvec that GPUs take for up to 8 rows (here in groups of 8 for any m).
+    if k % 32 == 0 {
+        let matvec = poisoned(&[m, n]);
+        gpu().run(|rec| qmatmul_matvec(rec, &at, &wt, epilogue, &matvec)).expect("matvec qmatmul runs");
+        let got = gpu().download_f32(&matvec).expect("download");
+        assert_close(&got, &want, |i| 1e-5 * scale[i] + 1e-7, &format!("matvec qmatmul {} {m}x{n}x{k}", dtype.name()));
+    }
 }
 
 proptest! {

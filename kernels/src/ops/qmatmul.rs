@@ -61,16 +61,34 @@ pub(crate) fn format_id(dtype: DType) -> Option<u32> {
 /// `out` [M, N]. Up to [`MATVEC_MAX_M`] rows (decoding) run the bandwidth-bound matvec; more run
 /// the tiled matmul on GPUs and the rows kernel in groups of 8 on CPU adapters.
 pub fn qmatmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor) -> Result<()> {
-    qmatmul_routed(rec, a, w, epilogue, out, false)
+    qmatmul_routed(rec, a, w, epilogue, out, Route::Auto)
 }
 
 /// [`qmatmul`] always through the tiled kernel (GPUs' path for more than 8 rows), so that tests
 /// and benchmarks on a CPU adapter still check and measure it.
 pub fn qmatmul_tiled(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor) -> Result<()> {
-    qmatmul_routed(rec, a, w, epilogue, out, true)
+    qmatmul_routed(rec, a, w, epilogue, out, Route::Tiled)
 }
 
-fn qmatmul_routed(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor, tiled: bool) -> Result<()> {
+/// [`qmatmul`] always through the GPU matvec (`qmatvec.wgsl`, GPUs' path for up to 8 rows; more
+/// rows run in groups of 8), so that tests on a CPU adapter check it too. K must be a multiple
+/// of 32.
+pub fn qmatmul_matvec(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor) -> Result<()> {
+    qmatmul_routed(rec, a, w, epilogue, out, Route::Matvec)
+}
+
+/// Which kernel runs a qmatmul: chosen by the adapter and the shape, or forced (tests, benches).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Auto,
+    Tiled,
+    Matvec,
+}
+
+/// Invocations per output row of the GPU matvec (see `qmatvec.wgsl`).
+const MATVEC_TPR: usize = 32;
+
+fn qmatmul_routed(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor, route: Route) -> Result<()> {
     const NAME: &str = "qmatmul";
     expect_dtype(NAME, "a", a, DType::F32)?;
     expect_dtype(NAME, "out", out, DType::F32)?;
@@ -114,7 +132,7 @@ fn qmatmul_routed(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epil
     // CPU adapters: the rows kernel for any number of tokens, MATVEC_MAX_M at a time. On
     // lavapipe it beats the tiled kernel even on full 64-row tiles (1.5 against 0.4 GFLOP/s for
     // Q4_1, benches/NOTES.md), since its cost is the count of weight loads, shared by 8 tokens.
-    if !tiled && k % 32 == 0 && rec.gpu().report().software {
+    if route == Route::Auto && k % 32 == 0 && rec.gpu().report().software {
         let tokens = m.min(MATVEC_MAX_M);
         // Measured on lavapipe (benches/NOTES.md): 16 rows share each x load best for 1–2 and 5–8
         // tokens (8 tokens: 8.0 tokens/s of SmolLM2 decode against 7.3 with 8 rows and 5.1 with 4).
@@ -133,10 +151,23 @@ fn qmatmul_routed(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epil
         groups[2] = as_u32(NAME, "M", m.div_ceil(tokens))?;
         return rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, groups);
     }
-    if !tiled && m <= MATVEC_MAX_M && k % 32 == 0 {
-        let label = format!("qmatvec_{}_f32_tpr8_rows32_wg256", w.dtype().name());
-        let kernel = rec.gpu().kernel(&label, "qmatvec", &storage, || source(include_str!("../wgsl/qmatvec.wgsl")))?;
-        return rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, crate::ops::grid(n, 32));
+    if route == Route::Matvec && k % 32 != 0 {
+        return Err(KernelError::ShapeMismatch {
+            op: NAME,
+            what: "a",
+            expected: "K a multiple of 32 for the matvec kernel".into(),
+            got: a.shape().to_vec(),
+        });
+    }
+    if (route == Route::Matvec || (route == Route::Auto && m <= MATVEC_MAX_M)) && k % 32 == 0 {
+        let tokens = m.min(MATVEC_MAX_M);
+        let label = format!("qmatvec_{}_f32_tpr{MATVEC_TPR}_tokens{tokens}_wg256", w.dtype().name());
+        let kernel = rec.gpu().kernel(&label, "qmatvec", &storage, || {
+            format!("const TPR: u32 = {MATVEC_TPR}u;\nconst TOKENS: u32 = {tokens}u;\n{}", source(include_str!("../wgsl/qmatvec.wgsl")))
+        })?;
+        let mut groups = crate::ops::grid(n, 256 / MATVEC_TPR);
+        groups[2] = as_u32(NAME, "M", m.div_ceil(tokens))?;
+        return rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, groups);
     }
     let label = format!("qmatmul_{}_f32_nt_tile64x64x16_wg16x16", w.dtype().name());
     let kernel = rec.gpu().kernel(&label, "qmatmul", &storage, || source(include_str!("../wgsl/qmatmul.wgsl")))?;

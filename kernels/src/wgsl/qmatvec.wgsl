@@ -1,8 +1,15 @@
-// out[m, n] = Σ_k x[m, k] · W[n, k] (+ bias) (+ residual) for a few tokens (M <= 8: decoding),
-// W in a stored format read straight from its blocks. Each output row is shared by 8 invocations
-// striding over 32-element chunks of K; a chunk is decoded once into eight vec4s of registers and
-// dotted with every token's activations, so batched decoding reads the weights once. Q8_0, Q4_0,
-// Q4_1, F16 and F32 decode whole words; other formats fall back to quant.wgsl's decode().
+// out[m, n] = Σ_k x[m, k] · W[n, k] (+ bias) (+ residual) for a few tokens (decoding) on GPUs,
+// W in a stored format read straight from its blocks. The launcher prepends TPR (invocations per
+// output row) and TOKENS (tokens per dispatch along z, 1..8; loops over tokens have that constant
+// bound so the accumulators stay in registers). Each row's TPR invocations stride over its
+// 32-element chunks of K, so neighbouring invocations read neighbouring blocks (coalesced); a
+// chunk is decoded once into eight vec4s of registers and dotted with every token's activations,
+// so batched decoding reads the weights once. The row's partial sums meet in a fixed tree in
+// workgroup memory. Q8_0, Q4_0, Q4_1, F16 and F32 decode whole words; other formats fall back to
+// quant.wgsl's decode().
+// Why TPR = 32 on GPUs (was 8): SmolLM2's 1536×576 matrices made 48 workgroups of 32 rows for the
+// 132 multiprocessors of an H100, and each decode matvec took 50–60 µs (benches/results). A
+// token's sum runs in the same order whatever TOKENS is, so batching does not change results.
 // Napkin math: bandwidth-bound on the weight bytes (N·K·bytes-per-element); x stays in cache.
 
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;   // [M, K]
@@ -14,10 +21,9 @@
 
 struct QMatvecParams { m: u32, n: u32, k: u32, flags: u32 }
 
-const TPR: u32 = 8u;          // invocations per output row
-const ROWS: u32 = 32u;        // rows per workgroup (256 / TPR)
-const MAX_M: u32 = 8u;
-var<workgroup> partial: array<f32, 2048>; // [MAX_M][256]
+const WG: u32 = 256u;
+const ROWS: u32 = WG / TPR;   // rows per workgroup
+var<workgroup> partial: array<f32, WG * TOKENS>; // [TOKENS][WG]
 
 var<private> wv: array<vec4<f32>, 8>;
 
@@ -76,7 +82,9 @@ fn decode_chunk(bb: u32, e0: u32) {
 fn qmatvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = (wid.y * ng.x + wid.x) * ROWS + lid / TPR;
     let t = lid % TPR;
-    var acc: array<f32, 8>;
+    let m0 = wid.z * TOKENS;                   // this dispatch's first token
+    let tokens = min(TOKENS, p.m - m0);        // uniform: the last group along z may be short
+    var acc: array<f32, TOKENS>;
     if (row < p.n) {
         let chunks = p.k / 32u;
         for (var c = t; c < chunks; c += TPR) {
@@ -84,23 +92,34 @@ fn qmatvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: v
             let element = row * p.k + k0;
             let block = element / BLOCK_ELEMENTS;
             decode_chunk(block * BLOCK_BYTES, element % BLOCK_ELEMENTS);
-            for (var mi = 0u; mi < p.m; mi++) {
-                let xb = (mi * p.k + k0) / 4u;
-                var s = 0.0;
-                for (var i = 0u; i < 8u; i++) { s += dot(wv[i], x[xb + i]); }
-                acc[mi] += s;
+            for (var mi = 0u; mi < TOKENS; mi++) {
+                if (mi < tokens) {
+                    let xb = ((m0 + mi) * p.k + k0) / 4u;
+                    var s = 0.0;
+                    for (var i = 0u; i < 8u; i++) { s += dot(wv[i], x[xb + i]); }
+                    acc[mi] += s;
+                }
             }
         }
     }
-    for (var mi = 0u; mi < MAX_M; mi++) { partial[mi * 256u + lid] = acc[mi]; }
+    for (var mi = 0u; mi < TOKENS; mi++) { partial[mi * WG + lid] = acc[mi]; }
     workgroupBarrier();
+    // The TPR partial sums of each row, pairwise in a fixed order.
+    for (var stride = TPR / 2u; stride > 0u; stride >>= 1u) {
+        if (t < stride) {
+            for (var mi = 0u; mi < TOKENS; mi++) { partial[mi * WG + lid] += partial[mi * WG + lid + stride]; }
+        }
+        workgroupBarrier();
+    }
     if (t == 0u && row < p.n) {
-        for (var mi = 0u; mi < p.m; mi++) {
-            var v = 0.0;
-            for (var j = 0u; j < TPR; j++) { v += partial[mi * 256u + lid + j]; }
-            if ((p.flags & 1u) != 0u) { v += bias[row]; }
-            if ((p.flags & 2u) != 0u) { v += residual[mi * p.n + row]; }
-            out[mi * p.n + row] = v;
+        for (var mi = 0u; mi < TOKENS; mi++) {
+            if (mi < tokens) {
+                let m = m0 + mi;
+                var v = partial[mi * WG + lid];
+                if ((p.flags & 1u) != 0u) { v += bias[row]; }
+                if ((p.flags & 2u) != 0u) { v += residual[m * p.n + row]; }
+                out[m * p.n + row] = v;
+            }
         }
     }
 }
