@@ -48,10 +48,11 @@ run() {
 }
 run noop --scenario noop --concurrency 1,8,32 --duration 10 --warmup 1
 run noop-grpc --scenario noop --protocol grpc --concurrency 32 --duration 10 --warmup 1
-run embed --scenario embed --concurrency 1,8,32 --duration "$seconds" --warmup 3 --compare
-# A generated answer takes seconds on a software adapter: windows of at least a minute, so that
-# each level completes many requests (a closed loop counts only what completes in the window).
+# An answer can take seconds on a software adapter (a batch of 32 embeddings, a generated
+# answer): those scenarios get windows of at least a minute, so that each level completes many
+# requests (a closed loop counts only what completes in the window).
 slow=$(( seconds > 60 ? seconds : 60 ))
+run embed --scenario embed --concurrency 1,8,32 --duration "$slow" --warmup 3 --compare
 run generate --scenario generate --concurrency 1,8 --duration "$slow" --warmup 3 --max-tokens 16 --compare
 run search --scenario search --concurrency 1,8,32 --duration "$seconds" --warmup 3 --compare
 run mixed-sweep --scenario mixed --concurrency 1,2,4,8,16 --duration "$slow" --warmup 3
@@ -68,7 +69,7 @@ run mixed-long --scenario mixed --concurrency "$saturation" --duration "$long" -
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo "## The benchmark harness, \`hartonomous bench\` ($(date -u '+%Y-%m-%d %H:%M UTC'))"
 echo
-echo "\`scripts/bench-harness.sh $seconds $long\` at commit $commit (windows of $seconds s, $slow s for generate and mixed): an embedded daemon over a fresh store"
+echo "\`scripts/bench-harness.sh $seconds $long\` at commit $commit (windows of $seconds s, $slow s for embed, generate and mixed): an embedded daemon over a fresh store"
 echo "holding both test models, TLS on loopback; the harness in the same process (so its CPU figure"
 echo "is harness and daemon together, except for the no-op route, where the daemon does nothing)."
 echo "Each level runs closed-loop for the window after a warm-up. The peers run after the daemon"

@@ -13,8 +13,10 @@
 #   - ingest into SQLite beside the disk's sequential write rate (scripts/bench-ingest.sh);
 #   - the harness: every scenario of `hartonomous bench` with candle, llama.cpp and FAISS beside
 #     it, the no-op ceiling, a saturation sweep and a 10-minute mixed run (scripts/bench-harness.sh);
-#   - in-process embedding, generation and search beside the same peers, with the bandwidth
-#     roofline (scripts/bench-serve.sh, bench-generate.sh, bench-search.sh).
+#   - in-process generation and search beside the same peers, with the bandwidth roofline
+#     (scripts/bench-generate.sh, bench-search.sh). scripts/bench-serve.sh (the older HTTPS load
+#     client beside candle) is left out: the harness's embed scenario with --compare measures the
+#     same thing.
 # Figures that need another machine cannot be measured here: they are kept, each with its own
 # command, machine and date, in benches/results/*.md (a GPU's from scripts/bench-gpu.sh, the
 # hybrid-search recall from `scripts/bench-search.sh recall`), and appended as they are.
@@ -41,7 +43,7 @@ cargo bench --locked -p hartonomous-peer-burn --bench matmul_vs_burn >"$parts/bu
 log "loader (criterion)"
 cargo bench --locked -p hartonomous-benches --bench loader -- --warm-up-time 1 --measurement-time 3 >"$parts/loader.log" 2>&1 \
   || { tail -30 "$parts/loader.log" >&2; die "the loader benchmarks failed (above)"; }
-for script in bench-ingest bench-harness bench-serve bench-generate bench-search; do
+for script in bench-ingest bench-harness bench-generate bench-search; do
   log "scripts/$script.sh"
   "scripts/$script.sh" >"$parts/$script.md" || die "scripts/$script.sh failed"
 done
@@ -96,7 +98,7 @@ for line in sys.stdin:
   echo '```'
   grep -E 'time:|thrpt:' -B1 "$parts/loader.log" | grep -v '^--$' | sed 's/^ *//'
   echo '```'
-  for script in bench-ingest bench-harness bench-serve bench-generate bench-search; do
+  for script in bench-ingest bench-harness bench-generate bench-search; do
     echo
     if grep -q '^## ' "$parts/$script.md"; then
       sed -n '/^## /,$p' "$parts/$script.md"
