@@ -55,7 +55,7 @@ fn ceilings(gpu: &Gpu, large: bool) -> Ceilings {
         Ok(())
     });
     let fma_gflops = flops as f64 / secs / 1e9;
-    println!("ceiling: copy {copy_gbs:.2} GB/s (read + write, {} MiB each way), FMA {fma_gflops:.1} GFLOP/s", n * 4 >> 20);
+    println!("ceiling: copy {copy_gbs:.2} GB/s (read + write, {} MiB each way), FMA {fma_gflops:.1} GFLOP/s", (n * 4) >> 20);
     Ceilings { copy_gbs, fma_gflops }
 }
 

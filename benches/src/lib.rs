@@ -34,18 +34,6 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn quantile_is_nearest_rank() {
-        let values: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(super::quantile(&values, 0.50), 50.0);
-        assert_eq!(super::quantile(&values, 0.99), 99.0);
-        assert_eq!(super::quantile(&values[..1], 0.99), 1.0);
-        assert!(super::quantile(&[], 0.5).is_nan());
-    }
-}
-
 /// The kernels' vec4 copy bandwidth in bytes/s (read + written), the median of 5 submissions of
 /// 8 copies of 64 MiB each way (lavapipe binds at most 128 MiB), as `benches/benches/kernels.rs`
 /// measures it: the ceiling a bandwidth-bound kernel is reported against.
@@ -64,4 +52,16 @@ pub fn copy_bandwidth(gpu: &Gpu) -> hartonomous_kernels::Result<f64> {
     let mut times = (0..5).map(|_| run()).collect::<hartonomous_kernels::Result<Vec<f64>>>()?;
     times.sort_by(f64::total_cmp);
     Ok(2.0 * (n * 4) as f64 / times[2])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quantile_is_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(super::quantile(&values, 0.50), 50.0);
+        assert_eq!(super::quantile(&values, 0.99), 99.0);
+        assert_eq!(super::quantile(&values[..1], 0.99), 1.0);
+        assert!(super::quantile(&[], 0.5).is_nan());
+    }
 }

@@ -1,5 +1,6 @@
 //! `hartonomous bench` end to end: the real binary with an embedded daemon over a fresh store,
-//! the no-op and embedding scenarios at two concurrencies, and the JSON report it writes.
+//! the no-op and embedding scenarios at two concurrencies, the JSON report it writes, and the
+//! peer protocol of --compare with a stand-in peer.
 
 mod support;
 
@@ -50,4 +51,42 @@ fn bench_runs_scenarios_against_an_embedded_daemon_and_writes_its_report() {
     let out = hartonomous(&["bench", "--db", s(&db), "--concurrency", "0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--concurrency"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // --peer: the job goes to the peer's stdin; its last stdout line is its report, and the
+    // ratios are ours over its figures. The peer here is a shell line that keeps the job and
+    // answers a fixed 2.5 sentences/s at both levels.
+    let job_file = dir.path().join("job.json");
+    let answer = r#"{"peer":"fixed test peer","levels":[{"concurrency":1,"items_per_second":2.5},{"concurrency":2,"items_per_second":2.5}]}"#;
+    let peer = format!("cat > '{}'; echo 'progress line, not the report'; echo '{answer}'", job_file.display());
+    let out = dir.path().join("compare.json");
+    let table = run_ok(&["bench", "--db", s(&db), "--scenario", "embed", "--concurrency", "1,2", "--requests", "4", "--warmup", "0", "--peer", &peer, "--out", s(&out)]);
+    let job: Value = serde_json::from_slice(&std::fs::read(&job_file).expect("the peer got the job")).expect("JSON job");
+    assert_eq!(job["scenario"], "embed");
+    assert_eq!(job["levels"], serde_json::json!([1, 2]));
+    let inputs = job["inputs"].as_array().expect("inputs");
+    let corpus_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/data/python_doc_sentences.txt");
+    let corpus: Vec<Value> = std::fs::read_to_string(corpus_file)
+        .expect("the shipped corpus")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| Value::String(l.to_string()))
+        .collect();
+    assert_eq!(inputs.len(), 3921);
+    assert!(inputs == &corpus, "the job's inputs are the shipped corpus, in the order the harness sends it");
+    let report: Value = serde_json::from_slice(&std::fs::read(&out).expect("the report is written")).expect("JSON");
+    assert_eq!(report["peer"]["peer"], "fixed test peer");
+    assert_eq!(report["peer"]["levels"][1]["items_per_second"], 2.5);
+    let ours = report["levels"][1]["items_per_second"].as_f64().expect("ours");
+    let peer_rows: Vec<&str> = table.lines().skip_while(|l| !l.starts_with("peer: fixed test peer")).collect();
+    let ratio_line = peer_rows.iter().find(|l| l.trim_start().starts_with("2 ")).unwrap_or_else(|| panic!("a ratio row for level 2: {table}"));
+    let ratio: f64 = ratio_line.split_whitespace().last().and_then(|r| r.parse().ok()).expect("a ratio");
+    assert!((ratio - ours / 2.5).abs() < 1e-3, "ratio {ratio} is ours ({ours}) over 2.5: {table}");
+
+    // A peer that fails, or answers other levels, fails the run with the reason.
+    for (peer, reason) in [("exit 3", "exited with"), ("cat > /dev/null; echo '{\"peer\":\"p\",\"levels\":[]}'", "answered levels")] {
+        let out = hartonomous(&["bench", "--db", s(&db), "--scenario", "embed", "--concurrency", "1", "--requests", "1", "--warmup", "0", "--peer", peer]);
+        assert!(!out.status.success(), "a failing peer fails the run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(reason), "stderr names the reason ({reason}): {stderr}");
+    }
 }
