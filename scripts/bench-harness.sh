@@ -84,17 +84,17 @@ def table(name, title, with_peer=False):
     r = load(name)
     print(f"\n### {title}\n")
     print(f"`hartonomous bench --scenario {r['scenario']} --protocol {r['protocol']}` — {r['machine']['cores']} cores, adapter {r['machine']['adapter']}\n")
-    head = "| concurrency | requests/s | " + r["levels"][0]["unit"] + "/s | p50 ms | p90 ms | p99 ms | max ms | ttft p50 ms | errors | cpu cores |"
+    unit = r["levels"][0]["unit"]
+    head = "| concurrency | requests/s | " + (f"{unit}/s | " if unit != "requests" else "") + "p50 ms | p90 ms | p99 ms | max ms | ttft p50 ms | errors | cpu cores |"
     if with_peer and r.get("peer"):
         head += " peer " + r["levels"][0]["unit"] + "/s | ours / peer |"
     print(head)
     print("|" + "---:|" * (head.count("|") - 1))
     for i, l in enumerate(r["levels"]):
         lat, ttft = l["latency_ms"], l.get("time_to_first_token_ms")
-        row = (f"| {l['concurrency']} | {l['requests_per_second']:.2f} | {l['items_per_second']:.2f} | {lat['p50']:.1f} | {lat['p90']:.1f} | "
-               f"{lat['p99']:.1f} | {lat['max']:.1f} | {ttft['p50']:.1f} |" if ttft else
-               f"| {l['concurrency']} | {l['requests_per_second']:.2f} | {l['items_per_second']:.2f} | {lat['p50']:.1f} | {lat['p90']:.1f} | "
-               f"{lat['p99']:.1f} | {lat['max']:.1f} | - |")
+        items = f" {l['items_per_second']:.2f} |" if unit != "requests" else ""
+        row = (f"| {l['concurrency']} | {l['requests_per_second']:.2f} |{items} {lat['p50']:.1f} | {lat['p90']:.1f} | "
+               f"{lat['p99']:.1f} | {lat['max']:.1f} | " + (f"{ttft['p50']:.1f} |" if ttft else "- |"))
         cores = l.get("process_cpu_cores")
         row += f" {sum(l['errors'].values())} | {cores:.2f} |" if cores is not None else f" {sum(l['errors'].values())} | - |"
         if with_peer and r.get("peer"):

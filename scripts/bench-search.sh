@@ -40,12 +40,27 @@ log "building search_bench (release)"
 cargo build --locked --release -p hartonomous-benches --bin search_bench
 
 log "search_bench: $rows x $dim $storage"
-"$target/release/search_bench" --rows "$rows" --dim "$dim" --storage "$storage" --seconds "$seconds" --json | tee /dev/stderr | tail -1 >"${TMPDIR:-/tmp}/search-ours.json"
+ours=$(mktemp "${TMPDIR:-/tmp}/search-ours.XXXXXX")
+faiss_out=$(mktemp "${TMPDIR:-/tmp}/search-faiss.XXXXXX")
+trap 'rm -f "$ours" "$faiss_out"' EXIT
+"$target/release/search_bench" --rows "$rows" --dim "$dim" --storage "$storage" --seconds "$seconds" --json | tee "$ours" >&2
 
 log "FAISS ($HARTONOMOUS_FAISS_PYTHON): the same shape"
-"$HARTONOMOUS_FAISS_PYTHON" benches/scripts/faiss_search_bench.py --rows "$rows" --dim "$dim" --seconds "$seconds" | tee "${TMPDIR:-/tmp}/search-faiss.json"
+"$HARTONOMOUS_FAISS_PYTHON" benches/scripts/faiss_search_bench.py --rows "$rows" --dim "$dim" --seconds "$seconds" | tee "$faiss_out" >&2
 
 echo
 echo "## Similarity search beside FAISS, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "commit: $(git rev-parse --short HEAD)"
+echo
+echo "\`scripts/bench-search.sh $rows $dim $storage $seconds\`. Ours (search_bench: the kernels' scan and top-k on the adapter, the copy ceiling measured in the same process):"
+echo
+echo '```'
+grep -v '^{' "$ours"
+echo '```'
+echo
+echo "FAISS on the CPU, the same shape (median latency of 1 query and of a batch; JSON as the peer printed it):"
+echo
+echo '```'
+cat "$faiss_out"
+echo '```'

@@ -48,6 +48,34 @@ for script in bench-ingest bench-harness bench-generate bench-search; do
   "scripts/$script.sh" >"$parts/$script.md" || die "scripts/$script.sh failed"
 done
 
+# criterion_figures LOG: each benchmark's name, time and throughput lines from criterion's output,
+# without its progress lines and its comparison with an earlier run ("change:").
+criterion_figures() {
+  python3 - "$1" <<'PY'
+import re, sys
+name = None
+for line in open(sys.argv[1]):
+    line = line.rstrip()
+    if line.startswith("Benchmarking") or not line.strip():
+        continue
+    m = re.match(r"^(\S+)\s+time:\s+(.*)$", line)
+    if m:  # a short name and its time on one line
+        name, rest = m.group(1), m.group(2)
+        print(name)
+        print("time:   " + rest)
+        continue
+    s = line.strip()
+    if s.startswith("change:"):
+        name = None  # what follows compares with the last run on this machine: not a figure
+    elif s.startswith("time:") or s.startswith("thrpt:"):
+        if name is not None:
+            print(s)
+    elif not line.startswith(" ") and re.match(r"^[\w/.\-]+$", s):
+        name = s
+        print(s)
+PY
+}
+
 adapter=$(grep -m1 '^adapter: ' "$parts/kernels.log" | sed 's/^adapter: //')
 {
   echo "# Benchmarks"
@@ -87,7 +115,7 @@ for line in sys.stdin:
   echo "stops, and a product element is checked afterwards. burn's autotuner runs in the warm-up."
   echo
   echo '```'
-  grep -E 'time:|thrpt:' -B1 "$parts/burn.log" | grep -v '^--$' | sed 's/^ *//'
+  criterion_figures "$parts/burn.log"
   echo '```'
   echo
   echo "## Loader"
@@ -95,8 +123,10 @@ for line in sys.stdin:
   echo "\`cargo bench -p hartonomous-benches --bench loader -- --warm-up-time 1 --measurement-time 3\`; the"
   echo "ceiling is a memcpy in the same process."
   echo
+  grep '^ceiling' "$parts/loader.log" | sed 's/^/- /'
+  echo
   echo '```'
-  grep -E 'time:|thrpt:' -B1 "$parts/loader.log" | grep -v '^--$' | sed 's/^ *//'
+  criterion_figures "$parts/loader.log"
   echo '```'
   for script in bench-ingest bench-harness bench-generate bench-search; do
     echo
