@@ -62,8 +62,10 @@ import json, sys
 levels = json.load(open(sys.argv[1]))["levels"]
 best = max(l["items_per_second"] for l in levels)
 print(min(l["concurrency"] for l in levels if l["items_per_second"] >= 0.95 * best))' "$out/mixed-sweep.json")
-# A minute of warm-up first: the daemon's pools, caches and compiled pipelines fill there.
-run mixed-long --scenario mixed --concurrency "$saturation" --duration "$long" --warmup 60
+# Five minutes of warm-up first: the daemon's RSS rises for its first 4 minutes of mixed load
+# (buffer pools and caches filling: +12% over 2 minutes, then under 0.3% over 8; NOTES.md) and
+# the window should see the steady state.
+run mixed-long --scenario mixed --concurrency "$saturation" --duration "$long" --warmup 300
 
 # Markdown: each run's table, the compare lines, and the long run's RSS.
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -121,7 +123,7 @@ d = l["daemon"]
 mib = lambda b: b / 1048576
 errors = sum(l["errors"].values())
 print(f"\n### {int(long_s) // 60}-minute mixed run at concurrency {saturation}\n")
-print(f"`hartonomous bench --scenario mixed --concurrency {saturation} --duration {long_s} --warmup 60`: "
+print(f"`hartonomous bench --scenario mixed --concurrency {saturation} --duration {long_s} --warmup 300`: "
       f"{l['requests']} requests in {l['seconds']:.0f} s ({l['requests_per_second']:.2f}/s), **{errors} errors**, "
       f"latency p50 {l['latency_ms']['p50']:.0f} ms, p99 {l['latency_ms']['p99']:.0f} ms, max {l['latency_ms']['max']:.0f} ms.")
 if d.get("resident_set_first") and d.get("resident_set_last"):
