@@ -11,8 +11,8 @@ searches of 1 query and of a batch, until --seconds have passed (at least 3 time
 Prints one JSON object. faiss-cpu from PyPI (scripts/bench-search.sh installs it).
 
 With --job it is the search peer of `hartonomous bench --compare`: it reads the harness's job
-(JSON on stdin: the corpus vectors the daemon stored, how many vectors the daemon scanned, the
-query vectors it sent, k, the concurrency levels, the window), builds an IndexFlatIP over the
+(JSON on stdin: the stored vectors the daemon was queried with, how many vectors it scanned, k,
+the concurrency levels, the window), builds an IndexFlatIP over the
 same number of vectors (the given ones, then seeded random unit vectors for the rest of what the
 daemon scanned: a flat scan's time does not depend on the values), and at each level C searches
 batches of C of the queries back to back. The report is the last line of stdout:
@@ -40,10 +40,11 @@ def median_time(seconds, fn):
 
 def run_job():
     job = json.load(sys.stdin)
-    corpus = np.asarray(job["corpus_vectors"], dtype=np.float32)
-    queries = np.asarray(job["query_vectors"], dtype=np.float32)
-    if corpus.ndim != 2 or queries.ndim != 2 or len(queries) == 0:
-        sys.exit("error: the job needs corpus_vectors and query_vectors")
+    # The stored vectors the daemon was queried with: the queries, and the corpus's first rows.
+    queries = np.asarray(job["vectors"], dtype=np.float32)
+    if queries.ndim != 2 or len(queries) == 0:
+        sys.exit("error: the job needs `vectors`")
+    corpus = queries
     dim, n = corpus.shape[1], max(job["scanned"], len(corpus))
     if n > len(corpus):
         rng = np.random.default_rng(0x5EED)

@@ -107,14 +107,13 @@ pub struct PeerJob {
     pub warmup_seconds: f64,
     /// Generate: tokens per answer.
     pub max_tokens: u32,
-    /// Search: neighbours per query, the vectors the daemon scanned (the stored corpus; the
-    /// first `corpus_vectors.len()` are given, the rest are other stored vectors the peer may
-    /// stand in for with random unit vectors: a flat scan's time does not depend on values),
-    /// and the query vectors sent.
+    /// Search: neighbours per query; how many vectors the daemon scanned (the stored corpus);
+    /// and `vectors`, the stored vectors of the first corpus sentences, which are both the
+    /// queries sent and the first `vectors.len()` of the scanned corpus (the peer may stand in
+    /// for the rest with random unit vectors: a flat scan's time does not depend on values).
     pub k: usize,
     pub scanned: usize,
-    pub corpus_vectors: Vec<Vec<f32>>,
-    pub query_vectors: Vec<Vec<f32>>,
+    pub vectors: Vec<Vec<f32>>,
 }
 
 /// What a peer answers, as the last line of its stdout.
@@ -537,7 +536,8 @@ pub async fn run(target: Target, options: BenchOptions, progress: &(dyn Fn(Progr
             }
         }
         // How many vectors a search scans: the stored corpus, which may hold more than these.
-        let body = json!({"model": embed_model, "query": query_vectors[0], "k": SEARCH_K});
+        let first = query_vectors.first().ok_or_else(|| setup("the daemon returned no embeddings".into()))?;
+        let body = json!({"model": embed_model, "query": first, "k": SEARCH_K});
         let answer: Value = target.post("/v1/search").json(&body).send().await.map_err(|e| setup(e.to_string()))?.json().await.map_err(|e| setup(e.to_string()))?;
         scanned = answer["data"][0]["candidates_scanned"].as_u64().unwrap_or(0) as usize;
     }
@@ -568,8 +568,7 @@ pub async fn run(target: Target, options: BenchOptions, progress: &(dyn Fn(Progr
         max_tokens: options.max_tokens,
         k: SEARCH_K,
         scanned,
-        corpus_vectors: if options.scenario == Scenario::Search { query_vectors.to_vec() } else { Vec::new() },
-        query_vectors: if options.scenario == Scenario::Search { query_vectors.to_vec() } else { Vec::new() },
+        vectors: if options.scenario == Scenario::Search { query_vectors.to_vec() } else { Vec::new() },
     });
     Ok(BenchReport {
         peer: None,
