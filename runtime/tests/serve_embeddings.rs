@@ -301,8 +301,9 @@ async fn https_end_to_end_answers_the_openai_contract_and_records_lineage() {
         .await
         .expect("sent");
     assert_eq!(raw_response.status().as_u16(), 400);
-    // On its own client: the server closes a connection whose body it refused unread, and a
-    // pooled connection closed that way would fail the next request sent on it.
+    // An oversized body is read to its end before the 413 (a server that answers with bytes
+    // unread resets the connection, and the client sees a broken pipe instead of the answer);
+    // the same connection then carries the next request.
     let pem = std::fs::read(stored.data.join("tls/hartonomous-cert.pem")).expect("certificate");
     let separate = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"))
@@ -318,6 +319,15 @@ async fn https_end_to_end_answers_the_openai_contract_and_records_lineage() {
     assert_eq!(too_large.status().as_u16(), 413);
     let refused: Value = too_large.json().await.expect("OpenAI error JSON for an oversized body");
     assert_eq!(refused["error"]["param"], "body", "{refused}");
+    let message = refused["error"]["message"].as_str().expect("message");
+    assert!(message.contains("16777216") && !message.contains("not read"), "drained, and says the limit: {message}");
+    let after = separate
+        .post(format!("{}/v1/embeddings", daemon.base))
+        .json(&json!({"model": MODEL, "input": "after the refusal"}))
+        .send()
+        .await
+        .expect("the connection that carried the refused body carries the next request");
+    assert_eq!(after.status().as_u16(), 200);
 
     // A request past 16 KiB of text is tokenized on the blocking pool: same contract.
     let many: Vec<String> = (0..40).map(|i| format!("paragraph {i}: {}", "several plain words in a row ".repeat(20))).collect();

@@ -161,6 +161,63 @@ impl From<GovernanceError> for ApiError {
     }
 }
 
+/// How much of an over-limit body the gate reads and throws away before it answers 413.
+///
+/// A client that sends its whole body before it reads the answer (reqwest, curl, SQL Server's
+/// `sp_invoke_external_rest_endpoint`) sees a 413 only if the server reads what it sends: a
+/// server that answers and closes with unread bytes in its socket resets the connection, and
+/// the client reports a broken pipe instead of the answer (RFC 9112 §9.6 on tear-down). SQL
+/// Server sends at most 100 MB (FACTS.md), so a body up to that size is drained, within
+/// [`DRAIN_DEADLINE`]; past either bound the gate answers at once and the connection closes.
+const DRAIN_LIMIT_BYTES: usize = 100_000_000;
+
+/// How long the gate goes on draining an over-limit body.
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why the gate did not hand a body on.
+enum BodyRefusal {
+    /// Past [`MAX_BODY_BYTES`]; `drained` when the whole body was read (the connection stays
+    /// usable).
+    TooLarge { drained: bool },
+    /// The transport failed mid-body.
+    Unreadable(axum::Error),
+}
+
+/// The request body whole, within [`MAX_BODY_BYTES`]; an over-limit body is drained (see
+/// [`DRAIN_LIMIT_BYTES`]) so that the client can read the refusal.
+async fn read_body(body: Body) -> Result<Bytes, BodyRefusal> {
+    let declared = axum::body::HttpBody::size_hint(&body).exact();
+    let mut stream = body.into_data_stream();
+    if declared.is_some_and(|n| n > DRAIN_LIMIT_BYTES as u64) {
+        return Err(BodyRefusal::TooLarge { drained: false });
+    }
+    let mut whole = Vec::with_capacity(declared.map_or(0, |n| n.min(MAX_BODY_BYTES as u64) as usize));
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(BodyRefusal::Unreadable)?;
+        seen += chunk.len();
+        if seen > MAX_BODY_BYTES {
+            let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+                while let Some(chunk) = stream.next().await {
+                    match chunk {
+                        Ok(chunk) => seen += chunk.len(),
+                        Err(_) => return false,
+                    }
+                    if seen > DRAIN_LIMIT_BYTES {
+                        return false;
+                    }
+                }
+                true
+            })
+            .await
+            .unwrap_or(false);
+            return Err(BodyRefusal::TooLarge { drained });
+        }
+        whole.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(whole))
+}
+
 /// The axum layer (`axum::middleware::from_fn_with_state`).
 pub async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let Some(operation) = operation_of(request.method(), request.uri().path()) else {
@@ -174,21 +231,31 @@ pub async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Ne
     // the handlers apply) and hand it on unchanged.
     let (parts, body) = request.into_parts();
     let (body, models) = if parts.method == Method::POST {
-        match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        match read_body(body).await {
             Ok(bytes) => {
                 let models = models_named(&bytes);
                 (Body::from(bytes), models)
             }
-            Err(_) => {
+            Err(refusal) => {
+                let (status, message) = match refusal {
+                    BodyRefusal::TooLarge { drained } => (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "the body is larger than the limit of {MAX_BODY_BYTES} bytes{}",
+                            if drained { "" } else { " (the rest was not read; the connection closes)" }
+                        ),
+                    ),
+                    BodyRefusal::Unreadable(e) => (StatusCode::BAD_REQUEST, format!("the body could not be read: {e}")),
+                };
                 return ApiError {
-                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    status,
                     kind: "invalid_request_error",
-                    message: format!("the body could not be read whole (the limit is {MAX_BODY_BYTES} bytes)"),
+                    message,
                     param: Some("body"),
                     code: Some("body_rejected"),
                     retry_after: None,
                 }
-                .into_response()
+                .into_response();
             }
         }
     } else {
