@@ -91,22 +91,27 @@ adapter=$(grep -m1 '^adapter: ' "$parts/kernels.log" | sed 's/^adapter: //')
   echo "## Kernels"
   echo
   echo "\`HARTONOMOUS_BENCH_REPORT_ONLY=1 cargo bench -p hartonomous-benches --bench kernels\` (drop the"
-  echo "variable for criterion's statistics as well). Each time is the median of 5 submissions of 8"
-  echo "dispatches, the device synchronized before the clock stops. Ceilings from the same process: a"
-  echo "vec4 copy kernel (bytes read + written) and an FMA probe. Matvec rows count the weight bytes read."
+  echo "variable for criterion's statistics as well). Each time is the median of 5 submissions of 8 to"
+  echo "64 dispatches (small ops more, about 50 ms a submission), the device synchronized before the"
+  echo "clock stops. Each op's fractions are of ceilings measured beside it (the op, the vec4 copy and"
+  echo "the wide copy in turn, 5 rounds): a vec4 copy kernel (bytes read + written), a u64 copy kernel"
+  echo "(the wide copy, where shaders have 64-bit integers: the CPU matvec reads weights as u64), and"
+  echo "an FMA probe. The ceiling lines are the copies alone, before the ops. Matvec rows count the"
+  echo "weight bytes read."
   echo
   grep '^ceiling' "$parts/kernels.log" | sed 's/^/- /'
   echo
-  echo "| kernel | shape | time per op | GFLOP/s | of FMA | GB/s | of copy |"
-  echo "|---|---|---:|---:|---:|---:|---:|"
+  echo "| kernel | shape | time per op | GFLOP/s | of FMA | GB/s | of copy | of wide copy |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|"
   grep -E '^(matmul|qmatmul|attention|similarity)' "$parts/kernels.log" | python3 -c '
 import re, sys
 for line in sys.stdin:
-    m = re.match(r"(\S+) (.+?)\s+([\d.]+) us\s+([\d.]+) GFLOP/s \(\s*([\d.]+)% of FMA\)\s+([\d.]+) GB/s \(\s*([\d.]+)% of copy\)", line)
+    m = re.match(r"(\S+) (.+?)\s+([\d.]+) us\s+([\d.]+) GFLOP/s \(\s*([\d.]+)% of FMA\)\s+([\d.]+) GB/s \(\s*([\d.]+)% of copy\)(?: \(\s*([\d.]+)% of wide copy\))?", line)
     if m:
-        k, shape, us, gf, pf, gb, pc = m.groups()
+        k, shape, us, gf, pf, gb, pc, pw = m.groups()
         t = f"{float(us) / 1000:.2f} ms" if float(us) >= 1000 else f"{float(us):.1f} us"
-        print(f"| {k} | {shape} | {t} | {gf} | {pf}% | {gb} | {pc}% |")'
+        wide = f"{pw}%" if pw else "n/a"
+        print(f"| {k} | {shape} | {t} | {gf} | {pf}% | {gb} | {pc}% | {wide} |")'
   echo
   echo "## Peer: burn 0.22 wgpu matmul"
   echo

@@ -2,7 +2,7 @@
 //! measured ceilings: a vec4 copy kernel's GB/s (read + write) and an FMA probe's GFLOP/s.
 //! Shapes are the transformer shapes the daemon runs (MiniLM at 512 tokens, SmolLM2 decode and
 //! its tied output layer) plus square 1024³. Every timing synchronises the device before the
-//! clock stops; each op records `REPS` dispatches per submission, as a forward pass does.
+//! clock stops; each op records at least `REPS` dispatches per submission, as a forward pass does.
 //!
 //! Run: `cargo bench -p hartonomous-benches --bench kernels` (HARTONOMOUS_ADAPTER picks an adapter).
 //! On a hardware GPU set `HARTONOMOUS_BENCH_LARGE=1` as well: the shapes above fit in a data-centre
@@ -14,59 +14,118 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hartonomous_kernels::ops::attention::{attention, AttentionMask};
-use hartonomous_kernels::ops::ceiling::{copy, fma_peak};
+use hartonomous_kernels::ops::ceiling::{copy, copy_wide, fma_peak};
 use hartonomous_kernels::ops::matmul::{matmul, Epilogue};
 use hartonomous_kernels::ops::qmatmul::qmatmul;
 use hartonomous_kernels::ops::similarity::{row_norms_sq, search, CorpusPiece, Metric};
-use hartonomous_kernels::{DType, Gpu, Recorder, Result};
+use hartonomous_kernels::{DType, Gpu, Recorder, Result, Tensor};
 
 const REPS: usize = 8;
 
-/// Seconds per op, the median of 5 timed submissions of `REPS` ops each.
-fn time_op(gpu: &Gpu, mut op: impl FnMut(&mut Recorder<'_>) -> Result<()>) -> f64 {
-    let mut run = || {
-        let start = Instant::now();
-        gpu.run(|rec| (0..REPS).try_for_each(|_| op(rec))).expect("op runs");
-        gpu.sync().expect("sync");
-        start.elapsed().as_secs_f64() / REPS as f64
-    };
-    run(); // compile and warm up
-    let mut times: Vec<f64> = (0..5).map(|_| run()).collect();
-    times.sort_by(f64::total_cmp);
-    times[2]
+/// Runs `op` in one submission `reps` times, the device synchronized before the clock stops;
+/// seconds per op.
+fn submit_timed(gpu: &Gpu, reps: usize, op: &mut impl FnMut(&mut Recorder<'_>) -> Result<()>) -> f64 {
+    let start = Instant::now();
+    gpu.run(|rec| (0..reps).try_for_each(|_| op(rec))).expect("op runs");
+    gpu.sync().expect("sync");
+    start.elapsed().as_secs_f64() / reps as f64
 }
 
+/// Submissions of at least `REPS` ops: small ops get more (up to 64, about 50 ms a submission),
+/// since a forward pass records hundreds of dispatches a submission and the fixed cost of one
+/// submission and wait (about 0.3 ms on lavapipe) is not the op's. The first run compiles.
+fn reps_for(gpu: &Gpu, op: &mut impl FnMut(&mut Recorder<'_>) -> Result<()>) -> usize {
+    let first = submit_timed(gpu, REPS, op);
+    ((0.05 / first).ceil() as usize).clamp(REPS, 64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Seconds per op, the median of 5 submissions.
+fn time_op(gpu: &Gpu, mut op: impl FnMut(&mut Recorder<'_>) -> Result<()>) -> f64 {
+    let reps = reps_for(gpu, &mut op);
+    median((0..5).map(|_| submit_timed(gpu, reps, &mut op)).collect())
+}
+
+/// The copy ceilings' buffers (64 MiB each way; 1 GiB with the large set, far beyond any L2)
+/// and the FMA ceiling.
 struct Ceilings {
-    copy_gbs: f64,
+    src: Tensor,
+    dst: Tensor,
     fma_gflops: f64,
 }
 
-fn ceilings(gpu: &Gpu, large: bool) -> Ceilings {
-    // 64 MiB each way; 1 GiB with the large set, far beyond any L2.
-    let n = if large { 256 << 20 } else { 16 << 20 };
-    let src = gpu.upload_f32(&vec![1.0; n], &[n]).expect("upload");
-    let dst = gpu.empty(&[n], DType::F32).expect("alloc");
-    let secs = time_op(gpu, |rec| copy(rec, &src, &dst, 0));
-    let copy_gbs = 2.0 * (n * 4) as f64 / secs / 1e9;
-    let out = gpu.empty(&[256 * 1024], DType::F32).expect("alloc");
-    let mut flops = 0;
-    let secs = time_op(gpu, |rec| {
-        flops = fma_peak(rec, &out, 512)?;
-        Ok(())
-    });
-    let fma_gflops = flops as f64 / secs / 1e9;
-    println!("ceiling: copy {copy_gbs:.2} GB/s (read + write, {} MiB each way), FMA {fma_gflops:.1} GFLOP/s", (n * 4) >> 20);
-    Ceilings { copy_gbs, fma_gflops }
+/// An op's time and the copy ceilings measured beside it: each of 5 rounds submits the op, the
+/// vec4 copy and the wide copy in turn, so the three see the same machine (a VM's speed drifts
+/// by 20% over seconds; measured apart, the fractions moved with it).
+struct Timing {
+    secs: f64,
+    copy_gbs: f64,
+    /// The u64 copy's, where the adapter has 64-bit shader integers (`copy_wide.wgsl`).
+    wide_copy_gbs: Option<f64>,
 }
 
-fn report(name: &str, secs: f64, flops: f64, bytes: f64, c: &Ceilings) {
+impl Ceilings {
+    fn new(gpu: &Gpu, large: bool) -> Ceilings {
+        let n = if large { 256 << 20 } else { 16 << 20 };
+        let src = gpu.upload_f32(&vec![1.0; n], &[n]).expect("upload");
+        let dst = gpu.empty(&[n], DType::F32).expect("alloc");
+        let out = gpu.empty(&[256 * 1024], DType::F32).expect("alloc");
+        let mut flops = 0;
+        let secs = time_op(gpu, |rec| {
+            flops = fma_peak(rec, &out, 512)?;
+            Ok(())
+        });
+        let ceil = Ceilings { src, dst, fma_gflops: flops as f64 / secs / 1e9 };
+        let idle = ceil.measure(gpu, |_| Ok(()));
+        println!(
+            "ceiling: copy {:.2} GB/s (vec4 f32, read + write, {} MiB each way), FMA {:.1} GFLOP/s",
+            idle.copy_gbs,
+            (n * 4) >> 20,
+            ceil.fma_gflops
+        );
+        if let Some(wide) = idle.wide_copy_gbs {
+            println!("ceiling: wide copy {wide:.2} GB/s (u64 pairs, 64 bytes an invocation, read + write, {} MiB each way)", (n * 4) >> 20);
+        }
+        ceil
+    }
+
+    fn measure(&self, gpu: &Gpu, mut op: impl FnMut(&mut Recorder<'_>) -> Result<()>) -> Timing {
+        let mut copy_op = |rec: &mut Recorder<'_>| copy(rec, &self.src, &self.dst, 0);
+        let mut wide_op = |rec: &mut Recorder<'_>| copy_wide(rec, &self.src, &self.dst);
+        let wide = gpu.report().shader_int64;
+        let reps = reps_for(gpu, &mut op);
+        let copy_reps = reps_for(gpu, &mut copy_op);
+        let wide_reps = if wide { reps_for(gpu, &mut wide_op) } else { 0 };
+        let (mut secs, mut copies, mut wides) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..5 {
+            secs.push(submit_timed(gpu, reps, &mut op));
+            copies.push(submit_timed(gpu, copy_reps, &mut copy_op));
+            if wide {
+                wides.push(submit_timed(gpu, wide_reps, &mut wide_op));
+            }
+        }
+        let moved = 2.0 * self.src.byte_len() as f64 / 1e9;
+        Timing {
+            secs: median(secs),
+            copy_gbs: moved / median(copies),
+            wide_copy_gbs: wide.then(|| moved / median(wides)),
+        }
+    }
+}
+
+fn report(name: &str, t: Timing, flops: f64, bytes: f64, c: &Ceilings) {
+    let gbs = bytes / t.secs / 1e9;
+    let wide = t.wide_copy_gbs.map(|w| format!(" ({:>5.1}% of wide copy)", 100.0 * gbs / w)).unwrap_or_default();
     println!(
-        "{name:<44} {:>9.1} us  {:>8.2} GFLOP/s ({:>5.1}% of FMA)  {:>7.2} GB/s ({:>5.1}% of copy)",
-        secs * 1e6,
-        flops / secs / 1e9,
-        100.0 * flops / secs / 1e9 / c.fma_gflops,
-        bytes / secs / 1e9,
-        100.0 * bytes / secs / 1e9 / c.copy_gbs
+        "{name:<44} {:>9.1} us  {:>8.2} GFLOP/s ({:>5.1}% of FMA)  {gbs:>7.2} GB/s ({:>5.1}% of copy){wide}",
+        t.secs * 1e6,
+        flops / t.secs / 1e9,
+        100.0 * flops / t.secs / 1e9 / c.fma_gflops,
+        100.0 * gbs / t.copy_gbs
     );
 }
 
@@ -89,7 +148,7 @@ fn benches(c: &mut Criterion) {
     // HARTONOMOUS_BENCH_REPORT_ONLY=1 prints the ceiling table and skips criterion's statistics.
     let report_only = std::env::var_os("HARTONOMOUS_BENCH_REPORT_ONLY").is_some();
     let large = std::env::var_os("HARTONOMOUS_BENCH_LARGE").is_some();
-    let ceil = ceilings(&gpu, large);
+    let ceil = Ceilings::new(&gpu, large);
     let mut group = c.benchmark_group("kernels");
     group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
 
@@ -105,7 +164,7 @@ fn benches(c: &mut Criterion) {
         let out = gpu.empty(&[m, n], DType::F32).expect("alloc");
         let flops = 2.0 * (m * n * k) as f64;
         let bytes = 4.0 * (m * k + n * k + m * n) as f64;
-        report(&format!("matmul_f32 {name}"), time_op(&gpu, |rec| matmul(rec, &a, &w, Epilogue::default(), &out)), flops, bytes, &ceil);
+        report(&format!("matmul_f32 {name}"), ceil.measure(&gpu, |rec| matmul(rec, &a, &w, Epilogue::default(), &out)), flops, bytes, &ceil);
         if report_only {
             continue;
         }
@@ -122,7 +181,7 @@ fn benches(c: &mut Criterion) {
     // K-quant blocks hold 256 elements, so those formats take SmolLM2's ffn_down shape (K = 1536).
     for dtype in [DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K] {
         let shapes: &[(&str, usize, usize, usize)] = if dtype.block().0 == 256 {
-            &[("decode_1x576x1536", 1, 576, 1536), ("prefill_512x576x1536", 512, 576, 1536)]
+            &[("decode_1x576x1536", 1, 576, 1536), ("output_size_1x49152x1536", 1, 49152, 1536), ("prefill_512x576x1536", 512, 576, 1536)]
         } else {
             &[("decode_1x1536x576", 1, 1536, 576), ("tied_output_1x49152x576", 1, 49152, 576), ("prefill_512x1536x576", 512, 1536, 576)]
         };
@@ -131,8 +190,8 @@ fn benches(c: &mut Criterion) {
             let w = gpu.upload(&random_bytes(bytes_w, 7), &[n, k], dtype).expect("upload");
             let a = gpu.upload_f32(&vec![0.5; m * k], &[m, k]).expect("upload");
             let out = gpu.empty(&[m, n], DType::F32).expect("alloc");
-            let secs = time_op(&gpu, |rec| qmatmul(rec, &a, &w, Epilogue::default(), &out));
-            report(&format!("qmatmul_{} {name}", dtype.name()), secs, 2.0 * (m * n * k) as f64, bytes_w as f64, &ceil);
+            let timing = ceil.measure(&gpu, |rec| qmatmul(rec, &a, &w, Epilogue::default(), &out));
+            report(&format!("qmatmul_{} {name}", dtype.name()), timing, 2.0 * (m * n * k) as f64, bytes_w as f64, &ceil);
             if m == 1 && n != 49152 && !report_only {
                 group.throughput(Throughput::Bytes(bytes_w as u64 * REPS as u64));
                 group.bench_function(BenchmarkId::new("qmatvec_weight_bytes", format!("{}_{name}", dtype.name())), |b| {
@@ -151,8 +210,8 @@ fn benches(c: &mut Criterion) {
     let kv = gpu.upload_f32(&vec![0.1; cap * kv_heads * d], &[1, cap, kv_heads, d]).expect("upload");
     let out = gpu.empty(&[1, 1, heads, d], DType::F32).expect("alloc");
     let mask = AttentionMask { causal: true, q_pos0: cap - 1, key_mask: None, rows: None };
-    let secs = time_op(&gpu, |rec| attention(rec, &q, &kv, &kv, cap, mask, 0.125, &out));
-    report("attention_decode smollm2 kv1024", secs, 4.0 * (heads * cap * d) as f64, 2.0 * 4.0 * (cap * kv_heads * d) as f64, &ceil);
+    let timing = ceil.measure(&gpu, |rec| attention(rec, &q, &kv, &kv, cap, mask, 0.125, &out));
+    report("attention_decode smollm2 kv1024", timing, 4.0 * (heads * cap * d) as f64, 2.0 * 4.0 * (cap * kv_heads * d) as f64, &ceil);
 
     // Similarity scan: 8 queries against 100,000 × 384 f16 vectors, top-10 cosine.
     let (nq, n, dim) = (8, 100_000, 384);
@@ -162,8 +221,8 @@ fn benches(c: &mut Criterion) {
     gpu.run(|rec| row_norms_sq(rec, &corpus, &norms)).expect("norms");
     let queries = gpu.upload_f32(&vec![0.1; nq * dim], &[nq, dim]).expect("upload");
     let pieces = [CorpusPiece { vectors: &corpus, norms_sq: &norms }];
-    let secs = time_op(&gpu, |rec| search(rec, &queries, &pieces, Metric::Cosine, 10).map(|_| ()));
-    report("similarity_scan cosine 8q x 100k x 384 f16", secs, 2.0 * (nq * n * dim) as f64, (n * dim * 2) as f64, &ceil);
+    let timing = ceil.measure(&gpu, |rec| search(rec, &queries, &pieces, Metric::Cosine, 10).map(|_| ()));
+    report("similarity_scan cosine 8q x 100k x 384 f16", timing, 2.0 * (nq * n * dim) as f64, (n * dim * 2) as f64, &ceil);
     drop((corpus, norms));
     if large {
         large_shapes(&gpu, &ceil);
@@ -178,8 +237,8 @@ fn large_shapes(gpu: &Gpu, ceil: &Ceilings) {
     let a = gpu.upload(&random_f32(n * n, 1), &[n, n], DType::F32).expect("upload");
     let w = gpu.upload(&random_f32(n * n, 2), &[n, n], DType::F32).expect("upload");
     let out = gpu.empty(&[n, n], DType::F32).expect("alloc");
-    let secs = time_op(gpu, |rec| matmul(rec, &a, &w, Epilogue::default(), &out));
-    report("matmul_f32 square_4096 (large)", secs, 2.0 * (n * n * n) as f64, 12.0 * (n * n) as f64, ceil);
+    let timing = ceil.measure(gpu, |rec| matmul(rec, &a, &w, Epilogue::default(), &out));
+    report("matmul_f32 square_4096 (large)", timing, 2.0 * (n * n * n) as f64, 12.0 * (n * n) as f64, ceil);
     drop((a, w, out));
     let (rows, k) = (32768, 8192);
     for dtype in [DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K] {
@@ -187,8 +246,8 @@ fn large_shapes(gpu: &Gpu, ceil: &Ceilings) {
         let w = gpu.upload(&random_bytes(bytes_w, 11), &[rows, k], dtype).expect("upload");
         let x = gpu.upload_f32(&random_f32(k, 3), &[1, k]).expect("upload");
         let out = gpu.empty(&[1, rows], DType::F32).expect("alloc");
-        let secs = time_op(gpu, |rec| qmatmul(rec, &x, &w, Epilogue::default(), &out));
-        report(&format!("qmatmul_{} decode_1x32768x8192 (large)", dtype.name()), secs, 2.0 * (rows * k) as f64, bytes_w as f64, ceil);
+        let timing = ceil.measure(gpu, |rec| qmatmul(rec, &x, &w, Epilogue::default(), &out));
+        report(&format!("qmatmul_{} decode_1x32768x8192 (large)", dtype.name()), timing, 2.0 * (rows * k) as f64, bytes_w as f64, ceil);
     }
     let (nq, rows, dim) = (8, 1_000_000, 384);
     let halves: Vec<u16> = random_f32(rows * dim, 5).iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
@@ -197,8 +256,8 @@ fn large_shapes(gpu: &Gpu, ceil: &Ceilings) {
     gpu.run(|rec| row_norms_sq(rec, &corpus, &norms)).expect("norms");
     let queries = gpu.upload_f32(&random_f32(nq * dim, 6), &[nq, dim]).expect("upload");
     let pieces = [CorpusPiece { vectors: &corpus, norms_sq: &norms }];
-    let secs = time_op(gpu, |rec| search(rec, &queries, &pieces, Metric::Cosine, 10).map(|_| ()));
-    report("similarity_scan cosine 8q x 1M x 384 f16 (large)", secs, 2.0 * (nq * rows * dim) as f64, (rows * dim * 2) as f64, ceil);
+    let timing = ceil.measure(gpu, |rec| search(rec, &queries, &pieces, Metric::Cosine, 10).map(|_| ()));
+    report("similarity_scan cosine 8q x 1M x 384 f16 (large)", timing, 2.0 * (nq * rows * dim) as f64, (rows * dim * 2) as f64, ceil);
 }
 
 /// Uniform values in [-1, 1) from a xorshift stream: real-looking data, never all zeros.

@@ -29,7 +29,11 @@ pub struct AdapterReport {
     pub driver: String,
     pub software: bool,
     pub subgroups: bool,
+    /// The subgroup size when the adapter has exactly one (lavapipe: 8 lanes of 256-bit SIMD).
+    pub subgroup_size: Option<u32>,
     pub shader_f16: bool,
+    /// 64-bit integers in shaders: CPU adapters' kernels load weights 8 bytes at a time with them.
+    pub shader_int64: bool,
     pub max_storage_buffer_binding_size: u64,
     pub max_buffer_size: u64,
     pub max_compute_workgroup_storage_size: u32,
@@ -40,7 +44,7 @@ impl std::fmt::Display for AdapterReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} ({}, {}{}; driver {}; subgroups {}, f16 {}; storage binding {} MiB)",
+            "{} ({}, {}{}; driver {}; subgroups {}, f16 {}, int64 {}; storage binding {} MiB)",
             self.name,
             self.backend,
             self.device_type,
@@ -48,6 +52,7 @@ impl std::fmt::Display for AdapterReport {
             self.driver,
             self.subgroups,
             self.shader_f16,
+            self.shader_int64,
             self.max_storage_buffer_binding_size >> 20
         )
     }
@@ -283,7 +288,7 @@ impl Gpu {
             None => adapters.into_iter().next().ok_or_else(|| KernelError::NoAdapter { tried: String::new() })?,
         };
         let info = adapter.get_info();
-        let features = adapter.features() & (wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16);
+        let features = adapter.features() & (wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16 | wgpu::Features::SHADER_INT64);
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("hartonomous"),
@@ -307,7 +312,10 @@ impl Gpu {
             driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
             software: info.device_type == wgpu::DeviceType::Cpu,
             subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_size: (features.contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size == info.subgroup_max_size)
+                .then_some(info.subgroup_min_size),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            shader_int64: features.contains(wgpu::Features::SHADER_INT64),
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,

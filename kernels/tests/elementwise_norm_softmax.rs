@@ -174,3 +174,23 @@ fn copy_appends_at_an_offset_and_the_fma_probe_runs() {
     assert_eq!(flops, 256 * 10 * 64);
     assert!(gpu().download_f32(&out).expect("download").iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn wide_copy_moves_whole_groups_and_the_tail() {
+    use hartonomous_kernels::ops::ceiling::copy_wide;
+    if !gpu().report().shader_int64 {
+        eprintln!("skipped: the adapter has no 64-bit shader integers, which the wide copy needs");
+        return;
+    }
+    // 4 units of 16 bytes an invocation: 9 units are two whole groups and a tail of one, and the
+    // destination's last unit must stay untouched.
+    let values: Vec<f32> = (0..36).map(|i| i as f32 + 0.5).collect();
+    let src = upload(&values, &[36]);
+    let dst = poisoned(&[40]);
+    gpu().run(|rec| copy_wide(rec, &src, &dst)).expect("wide copy");
+    let got = gpu().download_f32(&dst).expect("download");
+    assert_eq!(&got[..36], &values[..]);
+    assert!(got[36..].iter().all(|v| v.is_nan()), "wrote past the source's length: {:?}", &got[36..]);
+    let short = upload(&[0.0; 8], &[8]);
+    assert!(gpu().run(|rec| copy_wide(rec, &src, &short)).is_err(), "a destination shorter than the source");
+}

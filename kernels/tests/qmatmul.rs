@@ -7,7 +7,7 @@ mod common;
 
 use common::{assert_close, gpu, poisoned, random, upload};
 use hartonomous_kernels::ops::matmul::Epilogue;
-use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_matvec, qmatmul_tiled};
+use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_matvec, qmatmul_rows_local_x, qmatmul_tiled};
 use hartonomous_kernels::{reference, DType, Tensor};
 use hartonomous_loader::DType as Stored;
 use proptest::prelude::*;
@@ -96,6 +96,13 @@ fn check(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, bytes: &[u8
         gpu().run(|rec| qmatmul_matvec(rec, &at, &wt, epilogue, &matvec)).expect("matvec qmatmul runs");
         let got = gpu().download_f32(&matvec).expect("download");
         assert_close(&got, &want, |i| 1e-5 * scale[i] + 1e-7, &format!("matvec qmatmul {} {m}x{n}x{k}", dtype.name()));
+        // And the CPU rows kernel's variant for adapters whose subgroups are not 8 wide.
+        if gpu().report().shader_int64 {
+            let rows = poisoned(&[m, n]);
+            gpu().run(|rec| qmatmul_rows_local_x(rec, &at, &wt, epilogue, &rows)).expect("rows qmatmul runs");
+            let got = gpu().download_f32(&rows).expect("download");
+            assert_close(&got, &want, |i| 1e-5 * scale[i] + 1e-7, &format!("rows (x per invocation) qmatmul {} {m}x{n}x{k}", dtype.name()));
+        }
     }
 }
 

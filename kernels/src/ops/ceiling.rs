@@ -1,6 +1,7 @@
 //! The adapter's ceilings, so benchmarks can print the fraction of them a kernel reaches: memory
-//! bandwidth through a vec4 copy (also a real op: appending rows to a cache) and the FMA rate
-//! through independent FMA chains.
+//! bandwidth through a vec4 copy (also a real op: appending rows to a cache) and, where shaders
+//! have 64-bit integers, through a u64 copy (CPU adapters load a u64 for the price of a u32, and
+//! the CPU matvec reads its weights so), and the FMA rate through independent FMA chains.
 
 use crate::error::{KernelError, Result};
 use crate::gpu::{Access, DType, Recorder, Tensor};
@@ -40,6 +41,45 @@ pub fn copy(rec: &mut Recorder<'_>, src: &Tensor, dst: &Tensor, dst_offset: usiz
         _pad: [0; 2],
     };
     rec.dispatch(&kernel, &[src, dst], &params, grid(src.len() / 4, 256))
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CopyWideParams {
+    n16: u32,
+    _pad: [u32; 3],
+}
+
+/// Copies all of `src` into the start of `dst` as u64 pairs, 64 bytes an invocation: the
+/// bandwidth ceiling for kernels that load u64 words. Both f32, `src`'s length a multiple of 4;
+/// needs 64-bit shader integers ([`AdapterReport::shader_int64`](crate::AdapterReport)).
+pub fn copy_wide(rec: &mut Recorder<'_>, src: &Tensor, dst: &Tensor) -> Result<()> {
+    const NAME: &str = "copy_wide";
+    expect_dtype(NAME, "src", src, DType::F32)?;
+    expect_dtype(NAME, "dst", dst, DType::F32)?;
+    if !rec.gpu().report().shader_int64 {
+        return Err(KernelError::InvalidArgument {
+            op: NAME,
+            what: "adapter",
+            reason: "the adapter has no 64-bit shader integers".into(),
+        });
+    }
+    if src.len() % 4 != 0 || src.len() > dst.len() {
+        return Err(KernelError::InvalidArgument {
+            op: NAME,
+            what: "range",
+            reason: format!("{} elements must be whole 16-byte units that fit the destination's {}", src.len(), dst.len()),
+        });
+    }
+    expect_distinct(NAME, dst, &[src])?;
+    expect_bindable(rec.gpu(), NAME, &[("src", src), ("dst", dst)])?;
+    let kernel = rec.gpu().kernel("copy_wide_u64x2x4_wg64", "copy_wide", &[Access::Read, Access::ReadWrite], || wgsl_source!("copy_wide.wgsl").into())?;
+    let units = src.len() / 4;
+    let params = CopyWideParams {
+        n16: as_u32(NAME, "src", units)?,
+        _pad: [0; 3],
+    };
+    rec.dispatch(&kernel, &[src, dst], &params, grid(units.div_ceil(4), 64))
 }
 
 #[repr(C)]

@@ -77,12 +77,21 @@ pub fn qmatmul_matvec(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: 
     qmatmul_routed(rec, a, w, epilogue, out, Route::Matvec)
 }
 
+/// [`qmatmul`] through the CPU adapters' rows kernel with every invocation loading x itself, as
+/// adapters whose subgroups are not 8 lanes wide run it (lavapipe's are, and shares x through
+/// them), so that tests on lavapipe check that variant too. Needs 64-bit shader integers and K a
+/// multiple of 32.
+pub fn qmatmul_rows_local_x(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor) -> Result<()> {
+    qmatmul_routed(rec, a, w, epilogue, out, Route::RowsLocalX)
+}
+
 /// Which kernel runs a qmatmul: chosen by the adapter and the shape, or forced (tests, benches).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
     Auto,
     Tiled,
     Matvec,
+    RowsLocalX,
 }
 
 /// Invocations per output row of the GPU matvec (see `qmatvec.wgsl`).
@@ -129,23 +138,65 @@ fn qmatmul_routed(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epil
     let storage = [Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     let source = |kernel: &str| quant_kernel_source(w.dtype(), kernel).expect("format checked above");
     // A few tokens (decoding): the bandwidth-bound matvec, which needs K in whole 32-element chunks.
-    // CPU adapters: the rows kernel for any number of tokens, MATVEC_MAX_M at a time. On
-    // lavapipe it beats the tiled kernel even on full 64-row tiles (1.5 against 0.4 GFLOP/s for
-    // Q4_1, benches/NOTES.md), since its cost is the count of weight loads, shared by 8 tokens.
-    if route == Route::Auto && k % 32 == 0 && rec.gpu().report().software {
+    // CPU adapters with 64-bit shader integers: the rows kernel for any number of tokens,
+    // MATVEC_MAX_M at a time. On lavapipe it beats the tiled kernel even on full 64-row tiles
+    // (Q4_1 at 512 tokens: 15 GFLOP/s, the tiled kernel 0.4 when last measured; BENCHMARKS.md and
+    // benches/NOTES.md), since its cost is the count of weight loads, shared by 8 tokens. A CPU
+    // adapter without int64 takes the GPU kernels below.
+    let report = rec.gpu().report();
+    if route == Route::RowsLocalX && (k % 32 != 0 || !report.shader_int64) {
+        return Err(KernelError::InvalidArgument {
+            op: NAME,
+            what: "route",
+            reason: format!("the rows kernel needs K a multiple of 32 (got {k}) and 64-bit shader integers (adapter: {})", report.shader_int64),
+        });
+    }
+    let rows_kernel = route == Route::Auto && k % 32 == 0 && report.software && report.shader_int64;
+    if rows_kernel || route == Route::RowsLocalX {
         let tokens = m.min(MATVEC_MAX_M);
-        // Measured on lavapipe (benches/NOTES.md): 16 rows share each x load best for 1–2 and 5–8
-        // tokens (8 tokens: 8.0 tokens/s of SmolLM2 decode against 7.3 with 8 rows and 5.1 with 4).
-        let rows = match tokens {
-            3 | 4 => 8,
-            _ => 16,
+        // Elements a row's step decodes: those that share loaded bytes (qmatvec_rows.wgsl); two
+        // blocks of Q8_0, Q4_0 and Q4_1 where K holds whole pairs, which aligns them.
+        let paired = matches!(w.dtype(), DType::Q8_0 | DType::Q4_0 | DType::Q4_1) && k % 64 == 0;
+        // Q4_K and Q5_K load each row's block header once per block (BLOCKED), not per step.
+        let blocked = matches!(w.dtype(), DType::Q4K | DType::Q5K);
+        let step = match w.dtype() {
+            DType::Q4K | DType::Q5K => 64,
+            DType::Q6K => 128,
+            _ if paired => 64,
+            _ => 32,
         };
-        let label = format!("qmatvec_rows_{}_f32_rows{rows}_tokens{tokens}_wg8", w.dtype().name());
+        // Rows per invocation: 16 share the decoding work best on large matrices (Q4_1 tied
+        // output: 72% of the vec4 copy against 53% with 8); below 4096 rows, 8 leave enough
+        // workgroups for every core (Q4_1 1536×576: 55% against 40% with 16; benches/NOTES.md).
+        let rows = if n >= 4096 && !(3..=4).contains(&tokens) { 16 } else { 8 };
+        // The 8-lane workgroup is one subgroup only where the adapter's subgroups are 8 wide.
+        let shared_x = report.subgroup_size == Some(8) && route == Route::Auto;
+        let x_mode = if shared_x { "xshared" } else { "xlocal" };
+        let label = format!("qmatvec_rows_{}_f32_u64_step{step}_rows{rows}_tokens{tokens}_{x_mode}_wg8", w.dtype().name());
         let kernel = rec.gpu().kernel_generated(&label, "qmatvec_rows", &storage, || {
-            crate::unroll::expand(
-                &source(include_str!("../wgsl/qmatvec_rows.wgsl")),
-                &[("ROWS", rows), ("TOKENS", tokens), ("EIGHT", 8), ("FOUR", 4)],
-            )
+            let (block_elements, block_bytes) = w.dtype().block();
+            let format = format_id(w.dtype()).expect("format checked above") as usize;
+            let source = format!(
+                "const BLOCK_ELEMENTS: u32 = {block_elements}u;\nconst BLOCK_BYTES: u32 = {block_bytes}u;\n{}",
+                crate::ops::wgsl_source!("qmatvec_rows.wgsl")
+            );
+            let section = if paired { format!("F{format}_PAIR") } else { format!("F{format}") };
+            let formats = ["F0", "F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8", "F9", "F2_PAIR", "F3_PAIR", "F4_PAIR"]
+                .map(|name| (name, usize::from(name == section)));
+            let counts = [
+                ("ROWS", rows),
+                ("TOKENS", tokens),
+                ("STEP", step),
+                ("VECS", step / 4),
+                ("GROUPS", step / 32),
+                ("EIGHT", 8),
+                ("FOUR", 4),
+                ("SHARED_X", usize::from(shared_x)),
+                ("LOCAL_X", usize::from(!shared_x)),
+                ("BLOCKED", usize::from(blocked)),
+                ("FLAT", usize::from(!blocked)),
+            ];
+            crate::unroll::expand(&source, &[&counts[..], &formats[..]].concat())
         })?;
         let mut groups = crate::ops::grid(n, 8 * rows);
         groups[2] = as_u32(NAME, "M", m.div_ceil(tokens))?;

@@ -3,17 +3,28 @@
 // from its stored blocks. GPUs take qmatvec.wgsl and, for more than 8 tokens, qmatmul.wgsl.
 // Each (row, token) sums its products in the same order whatever ROWS and TOKENS are, so a
 // token's result does not depend on how many others share its dispatch.
-// Why a second matvec: lavapipe (Mesa 22.3) loads memory one SIMD lane at a time and runs
-// barriers as coroutine switches, so a matvec there is bound by the count of load instructions,
-// not by bytes. Here each invocation owns ROWS whole rows and walks K in 32-element chunks: the
-// chunk of x (8 vec4 per token) is loaded once and reused by all ROWS rows, and each row's chunk
-// is decoded from whole u32 words (a Q4_1 chunk is 5 loads, a Q8_0 chunk 10), never byte by byte.
-// No workgroup memory, no barriers. The `//#unroll` sections are expanded by `unroll.rs`.
-// Napkin math: N·K·bytes-per-element of weight bytes read once; x (M·K·4 bytes) is read N/ROWS
-// times from cache.
+// Why a second matvec: lavapipe (Mesa 22.3, gallivm's emit_load_mem) runs every storage load as
+// a loop over the 8 SIMD lanes with a branch per lane and per component, so a matvec there is
+// bound by the count of load instructions, whatever their width: a u64 load costs what a u32
+// load does (measured: 2.2 against 1.0 GB/s read). So here
+// - W is read as u64 words (the adapter's SHADER_INT64), half the loads of u32 words; each
+//   format's chunk decoder splits them into the u32 words its block layout is written in;
+// - each invocation owns ROWS whole rows and walks K in steps of STEP elements (see `chunk`),
+//   decoding each row's step from whole words (64 elements of Q4_1 are 5 loads, of Q8_0 9),
+//   never byte by byte;
+// - each 32 elements of x (8 vec4 per token, read as u64 pairs) are loaded once per subgroup
+//   where the subgroup is the 8-lane workgroup (SHARED_X): lane l loads vec4 l and broadcasts it,
+//   an extract and a splat in gallivm; elsewhere (LOCAL_X) each invocation loads them itself,
+//   shared by its rows.
+// No workgroup memory, no barriers, no early return (SHARED_X needs every lane). The `//#unroll`
+// sections are expanded by `unroll.rs`, which also keeps only the decoder section (F0..F9,
+// F2_PAIR..F4_PAIR) the launcher selects. The launcher prepends BLOCK_ELEMENTS and BLOCK_BYTES;
+// quant.wgsl is not included (it reads u32 words).
+// Napkin math: N·K·bytes-per-element of weight bytes read once; x (M·K·4 bytes) is read N/(8·ROWS)
+// times from cache with SHARED_X, N/ROWS times without.
 
-@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;   // [M, K]
-@group(0) @binding(1) var<storage, read> w: array<u32>;         // [N, K] stored
+@group(0) @binding(0) var<storage, read> x: array<vec2<u64>>;   // [M, K] f32, 4 a load pair
+@group(0) @binding(1) var<storage, read> w: array<u64>;         // [N, K] stored, 8 bytes a load
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read> residual: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // [M, N]
@@ -21,9 +32,123 @@
 
 struct QMatvecParams { m: u32, n: u32, k: u32, flags: u32 }
 
+fn lo32(v: u64) -> u32 { return u32(v & 0xFFFFFFFFlu); }
+fn hi32(v: u64) -> u32 { return u32(v >> 32u); }
+
+// Four f32 of x, loaded as two u64 (half the loads of a vec4<f32>).
+fn x4(i: u32) -> vec4<f32> {
+    let v = x[i];
+    return bitcast<vec4<f32>>(vec4<u32>(lo32(v.x), hi32(v.x), lo32(v.y), hi32(v.y)));
+}
+
+// The first 16 bytes of the K-quant block holding element k0 of `row` (f16 d, f16 dmin, 12 scale
+// bytes): loaded once per block and row, shared by the block's four 64-element steps.
+fn k_header(row: u32, k0: u32) -> vec4<u32> {
+    let o = (((row * p.k + k0) / BLOCK_ELEMENTS) * BLOCK_BYTES) >> 3u;
+    let h0 = w[o];
+    let h1 = w[o + 1u];
+    return vec4<u32>(lo32(h0), hi32(h0), lo32(h1), hi32(h1));
+}
+
+// Words of a window of u32 words starting at word `base`, from u64 words a = w[base / 2 + i] and
+// b = w[base / 2 + i + 1]: word 2i is a half of a, word 2i + 1 straddles a and b when base is odd.
+fn even_word(a: u64, odd: bool) -> u32 { return select(lo32(a), hi32(a), odd); }
+fn odd_word(a: u64, b: u64, odd: bool) -> u32 { return select(hi32(a), lo32(b), odd); }
+
+// The u32 words base..base+N-1 of W, in N/2 + 1 u64 loads.
+fn words3(base: u32) -> array<u32, 3> {
+    let q = base >> 1u;
+    let odd = (base & 1u) != 0u;
+    let u0 = w[q];
+    let u1 = w[q + 1u];
+    return array<u32, 3>(even_word(u0, odd), odd_word(u0, u1, odd), even_word(u1, odd));
+}
+
+fn words5(base: u32) -> array<u32, 5> {
+    let q = base >> 1u;
+    let odd = (base & 1u) != 0u;
+    let u0 = w[q];
+    let u1 = w[q + 1u];
+    let u2 = w[q + 2u];
+    return array<u32, 5>(even_word(u0, odd), odd_word(u0, u1, odd), even_word(u1, odd),
+                         odd_word(u1, u2, odd), even_word(u2, odd));
+}
+
+fn words6(base: u32) -> array<u32, 6> {
+    let q = base >> 1u;
+    let odd = (base & 1u) != 0u;
+    let u0 = w[q];
+    let u1 = w[q + 1u];
+    let u2 = w[q + 2u];
+    let u3 = w[q + 3u];
+    return array<u32, 6>(even_word(u0, odd), odd_word(u0, u1, odd), even_word(u1, odd),
+                         odd_word(u1, u2, odd), even_word(u2, odd), odd_word(u2, u3, odd));
+}
+
+fn words9(base: u32) -> array<u32, 9> {
+    let q = base >> 1u;
+    let odd = (base & 1u) != 0u;
+    let u0 = w[q];
+    let u1 = w[q + 1u];
+    let u2 = w[q + 2u];
+    let u3 = w[q + 3u];
+    let u4 = w[q + 4u];
+    return array<u32, 9>(even_word(u0, odd), odd_word(u0, u1, odd), even_word(u1, odd),
+                         odd_word(u1, u2, odd), even_word(u2, odd), odd_word(u2, u3, odd),
+                         even_word(u3, odd), odd_word(u3, u4, odd), even_word(u4, odd));
+}
+
+fn words17(base: u32) -> array<u32, 17> {
+    let q = base >> 1u;
+    let odd = (base & 1u) != 0u;
+    let u0 = w[q];
+    let u1 = w[q + 1u];
+    let u2 = w[q + 2u];
+    let u3 = w[q + 3u];
+    let u4 = w[q + 4u];
+    let u5 = w[q + 5u];
+    let u6 = w[q + 6u];
+    let u7 = w[q + 7u];
+    let u8 = w[q + 8u];
+    return array<u32, 17>(even_word(u0, odd), odd_word(u0, u1, odd), even_word(u1, odd),
+                          odd_word(u1, u2, odd), even_word(u2, odd), odd_word(u2, u3, odd),
+                          even_word(u3, odd), odd_word(u3, u4, odd), even_word(u4, odd),
+                          odd_word(u4, u5, odd), even_word(u5, odd), odd_word(u5, u6, odd),
+                          even_word(u6, odd), odd_word(u6, u7, odd), even_word(u7, odd),
+                          odd_word(u7, u8, odd), even_word(u8, odd));
+}
+
+// The word at byte 2 of word `lo` (bytes 2, 3 of lo, then 0, 1 of hi).
+fn mid(lo: u32, hi: u32) -> u32 {
+    return (lo >> 16u) | (hi << 16u);
+}
+
+// The f16 in half `o & 2` of `word`, `o` its byte offset.
+fn half_of(word: u32, o: u32) -> f32 {
+    return unpack2x16float(select(word, word >> 16u, (o & 2u) != 0u)).x;
+}
+
+// The word at even byte offset o, given the aligned words around it (`at` holds byte o & ~3,
+// `next` follows it).
+fn funnel(at: u32, next: u32, o: u32) -> u32 {
+    return select(at, mid(at, next), (o & 2u) != 0u);
+}
+
+// The same word from a window anchored one word earlier: `prev` and `at` are the words holding
+// bytes o - 2 and o + 2 when o & 2 (the word straddles them), else `at` is the word at o.
+fn funnel_after(prev: u32, at: u32, o: u32) -> u32 {
+    return select(at, mid(prev, at), (o & 2u) != 0u);
+}
+
 // The four nibbles at `shift` (0 low, 4 high) of the four bytes of `q`.
 fn nib4(q: u32, shift: u32) -> vec4<u32> {
     return (vec4<u32>(q) >> (vec4<u32>(0u, 8u, 16u, 24u) + shift)) & vec4<u32>(15u);
+}
+
+// Small non-negative integers as f32, converted as signed: one instruction on x86 (vcvtdq2ps)
+// where an unsigned conversion takes several, and lavapipe's LLVM 15 does not prove the sign.
+fn u2f(v: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(v));
 }
 
 // The four 2-bit fields at `shift` of the four bytes of `q`.
@@ -36,9 +161,9 @@ fn high_bits4(qh: u32, first: u32) -> vec4<u32> {
     return ((vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + first)) & vec4<u32>(1u)) << vec4<u32>(4u);
 }
 
-// The word at even byte offset o, given the aligned words around it (lo at o & ~3, hi after it).
-fn funnel(lo: u32, hi: u32, o: u32) -> u32 {
-    return select(lo, (lo >> 16u) | (hi << 16u), (o & 2u) != 0u);
+// The four signed bytes of `q` as f32.
+fn i8x4(q: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(q) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
 // Byte n (0..11) of the twelve K-quant scale bytes held in three words.
@@ -47,12 +172,9 @@ fn scale_byte(s0: u32, s1: u32, s2: u32, n: u32) -> u32 {
     return (word >> ((n & 3u) * 8u)) & 0xffu;
 }
 
-// The 6-bit scale and min of sub-block j of the Q4_K/Q5_K block at word b, from its three words
-// of scale bytes (ggml's get_scale_min_k4).
-fn k_scale_min(b: u32, j: u32) -> vec2<u32> {
-    let s0 = w[b + 1u];
-    let s1 = w[b + 2u];
-    let s2 = w[b + 3u];
+// The 6-bit scale and min of sub-block j of a Q4_K/Q5_K block from its three words of scale
+// bytes (ggml's get_scale_min_k4).
+fn k_scale_min(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<u32> {
     if (j < 4u) {
         return vec2<u32>(scale_byte(s0, s1, s2, j) & 63u, scale_byte(s0, s1, s2, j + 4u) & 63u);
     }
@@ -62,169 +184,255 @@ fn k_scale_min(b: u32, j: u32) -> vec2<u32> {
     );
 }
 
-// Elements k0..k0+31 of row `row` of W, decoded in registers (k0 % 32 == 0).
-fn chunk(row: u32, k0: u32) -> array<vec4<f32>, 8> {
-    var v: array<vec4<f32>, 8>;
+// Elements k0..k0+STEP-1 of row `row` of W, decoded in registers (k0 % STEP == 0). STEP is 32
+// (one block) for the 32-element formats, 64 (two blocks, the _PAIR sections) for Q8_0, Q4_0 and
+// Q4_1 where K is a multiple of 64 (fewer loads: the pair's bytes are word or u64 aligned), 64 for
+// Q4_K and Q5_K, 128 for Q6_K: the elements that share loaded bytes. Only the section for the
+// format and step is emitted (the others index past STEP).
+// `hd` is the block's k_header for Q4_K and Q5_K, unused otherwise.
+fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
+    var v: array<vec4<f32>, {VECS}>;
     let element = row * p.k + k0;
     let bb = (element / BLOCK_ELEMENTS) * BLOCK_BYTES;
     let e0 = element % BLOCK_ELEMENTS;
-    switch FORMAT {
-        case 0u: {
+//#unroll f F0
+    {
+        // F32: 128 bytes, u64-aligned (element is a multiple of 32).
+        let o = element >> 1u;
 //#unroll i EIGHT
-            v[{i}] = bitcast<vec4<f32>>(vec4<u32>(w[element + 4u * {i}u], w[element + 4u * {i}u + 1u], w[element + 4u * {i}u + 2u], w[element + 4u * {i}u + 3u]));
+        let a{i} = w[o + 2u * {i}u];
+        let b{i} = w[o + 2u * {i}u + 1u];
+        v[{i}] = bitcast<vec4<f32>>(vec4<u32>(lo32(a{i}), hi32(a{i}), lo32(b{i}), hi32(b{i})));
 //#end
-        }
-        case 1u: {
-            let o = element >> 1u;
-//#unroll i EIGHT
-            v[{i}] = vec4<f32>(unpack2x16float(w[o + 2u * {i}u]), unpack2x16float(w[o + 2u * {i}u + 1u]));
-//#end
-        }
-        case 2u: {
-            // Q8_0: f16 d, 32 × i8 at bb + 2 (34-byte blocks: every other block is half-word aligned).
-            let d = half_at(bb);
-            let qo = bb + 2u;
-            let base = qo >> 2u;
-            let q0 = w[base];
-//#unroll i EIGHT
-            let q{i}n = w[base + {i}u + 1u];
-//#end
-            let l0 = funnel(q0, q0n, qo);
-            let l1 = funnel(q0n, q1n, qo);
-            let l2 = funnel(q1n, q2n, qo);
-            let l3 = funnel(q2n, q3n, qo);
-            let l4 = funnel(q3n, q4n, qo);
-            let l5 = funnel(q4n, q5n, qo);
-            let l6 = funnel(q5n, q6n, qo);
-            let l7 = funnel(q6n, q7n, qo);
-//#unroll i EIGHT
-            v[{i}] = vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(l{i}) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u)) * d;
-//#end
-        }
-        case 3u: {
-            // Q4_0: f16 d, 16 bytes of nibbles at bb + 2 (18-byte blocks); low nibbles are
-            // elements 0..15, high nibbles 16..31.
-            let d = half_at(bb);
-            let qo = bb + 2u;
-            let base = qo >> 2u;
-            let r0 = w[base];
-            let r1 = w[base + 1u];
-            let r2 = w[base + 2u];
-            let r3 = w[base + 3u];
-            let r4 = w[base + 4u];
-            let q = vec4<u32>(funnel(r0, r1, qo), funnel(r1, r2, qo), funnel(r2, r3, qo), funnel(r3, r4, qo));
-//#unroll i FOUR
-            v[{i}] = (vec4<f32>(nib4(q[{i}], 0u)) - 8.0) * d;
-            v[{i} + 4] = (vec4<f32>(nib4(q[{i}], 4u)) - 8.0) * d;
-//#end
-        }
-        case 4u: {
-            // Q4_1: f16 d, f16 m, 16 bytes of nibbles (20-byte blocks, always word aligned).
-            let b = bb >> 2u;
-            let dm = unpack2x16float(w[b]);
-//#unroll i FOUR
-            let q{i} = w[b + 1u + {i}u];
-            v[{i}] = vec4<f32>(nib4(q{i}, 0u)) * dm.x + dm.y;
-            v[{i} + 4] = vec4<f32>(nib4(q{i}, 4u)) * dm.x + dm.y;
-//#end
-        }
-        case 5u: {
-            // Q5_0: f16 d, u32 qh (fifth bits), 16 bytes of nibbles (22-byte blocks).
-            let d = half_at(bb);
-            let qh = u32_at(bb + 2u);
-            let qo = bb + 6u;
-            let base = qo >> 2u;
-            let r0 = w[base];
-            let r1 = w[base + 1u];
-            let r2 = w[base + 2u];
-            let r3 = w[base + 3u];
-            let r4 = w[base + 4u];
-            let q = vec4<u32>(funnel(r0, r1, qo), funnel(r1, r2, qo), funnel(r2, r3, qo), funnel(r3, r4, qo));
-//#unroll i FOUR
-            v[{i}] = vec4<f32>(vec4<i32>(nib4(q[{i}], 0u) | high_bits4(qh, 4u * {i}u)) - 16) * d;
-            v[{i} + 4] = vec4<f32>(vec4<i32>(nib4(q[{i}], 4u) | high_bits4(qh, 16u + 4u * {i}u)) - 16) * d;
-//#end
-        }
-        case 6u: {
-            // Q5_1: f16 d, f16 m, u32 qh, 16 bytes of nibbles (24-byte blocks, word aligned).
-            let b = bb >> 2u;
-            let dm = unpack2x16float(w[b]);
-            let qh = w[b + 1u];
-//#unroll i FOUR
-            let q{i} = w[b + 2u + {i}u];
-            v[{i}] = vec4<f32>(nib4(q{i}, 0u) | high_bits4(qh, 4u * {i}u)) * dm.x + dm.y;
-            v[{i} + 4] = vec4<f32>(nib4(q{i}, 4u) | high_bits4(qh, 16u + 4u * {i}u)) * dm.x + dm.y;
-//#end
-        }
-        case 7u: {
-            // Q4_K: f16 d, f16 dmin, 12 scale bytes, 128 bytes of nibbles (144-byte blocks, word
-            // aligned). Sub-block j (32 elements) is the low (j even) or high (j odd) nibbles of
-            // bytes 32·(j/2)..+32; its 6-bit scale and min follow ggml's get_scale_min_k4.
-            let b = bb >> 2u;
-            let j = e0 / 32u;
-            let dm = unpack2x16float(w[b]);
-            let sm = k_scale_min(b, j);
-            let scale = dm.x * f32(sm.x);
-            let offset = dm.y * f32(sm.y);
-            let shift = 4u * (j & 1u);
-            let qb = b + 4u + 8u * (j / 2u);
-//#unroll i EIGHT
-            v[{i}] = scale * vec4<f32>(nib4(w[qb + {i}u], shift)) - offset;
-//#end
-        }
-        case 9u: {
-            // Q6_K: 128 bytes ql (low 4 bits), 64 bytes qh (high 2 bits), 16 i8 scales, f16 d
-            // (210-byte blocks, every other one half-word aligned). Following ggml's
-            // dequantize_row_q6_K: element 128·h + 32·q + l takes ql byte 64·h + 32·(q & 1) + l
-            // (nibble q >> 1), qh byte 32·h + l (bits 2q..2q+1) and scale 8·h + 2q + l / 16.
-            let h = e0 / 128u;
-            let q = (e0 % 128u) / 32u;
-            let lo = bb + 64u * h + 32u * (q & 1u);
-            let hi = bb + 128u + 32u * h;
-            let sc = bb + 192u + 8u * h + 2u * q;
-            let d = half_at(bb + 208u);
-            let scale0 = d * i8_at(sc);
-            let scale1 = d * i8_at(sc + 1u);
-            let lb = lo >> 2u;
-            let hb = hi >> 2u;
-            let nshift = 4u * (q >> 1u);
-            let cshift = 2u * q;
-//#unroll i EIGHT
-            let lw{i} = w[lb + {i}u];
-            let hw{i} = w[hb + {i}u];
-//#end
-            let lw8 = w[lb + 8u];
-            let hw8 = w[hb + 8u];
-            let ql = array<u32, 8>(funnel(lw0, lw1, lo), funnel(lw1, lw2, lo), funnel(lw2, lw3, lo), funnel(lw3, lw4, lo),
-                                   funnel(lw4, lw5, lo), funnel(lw5, lw6, lo), funnel(lw6, lw7, lo), funnel(lw7, lw8, lo));
-            let qh = array<u32, 8>(funnel(hw0, hw1, hi), funnel(hw1, hw2, hi), funnel(hw2, hw3, hi), funnel(hw3, hw4, hi),
-                                   funnel(hw4, hw5, hi), funnel(hw5, hw6, hi), funnel(hw6, hw7, hi), funnel(hw7, hw8, hi));
-//#unroll i FOUR
-            v[{i}] = scale0 * vec4<f32>(vec4<i32>(nib4(ql[{i}], nshift) | (crumb4(qh[{i}], cshift) << vec4<u32>(4u))) - 32);
-            v[{i} + 4] = scale1 * vec4<f32>(vec4<i32>(nib4(ql[{i} + 4], nshift) | (crumb4(qh[{i} + 4], cshift) << vec4<u32>(4u))) - 32);
-//#end
-        }
-        case 8u: {
-            // Q5_K: f16 d, f16 dmin, 12 scale bytes, 32 bytes qh, 128 bytes of nibbles (176-byte
-            // blocks, word aligned). Sub-block j takes the low (j even) or high (j odd) nibbles
-            // of bytes 32·(j/2)..+32 and bit j of qh byte l as its fifth bit (ggml's
-            // dequantize_row_q5_K); scale and min as Q4_K.
-            let b = bb >> 2u;
-            let j = e0 / 32u;
-            let dm = unpack2x16float(w[b]);
-            let sm = k_scale_min(b, j);
-            let scale = dm.x * f32(sm.x);
-            let offset = dm.y * f32(sm.y);
-            let shift = 4u * (j & 1u);
-            let qb = b + 12u + 8u * (j / 2u);
-//#unroll i EIGHT
-            v[{i}] = scale * vec4<f32>(nib4(w[qb + {i}u], shift) | (((vec4<u32>(w[b + 4u + {i}u]) >> (vec4<u32>(0u, 8u, 16u, 24u) + j)) & vec4<u32>(1u)) << vec4<u32>(4u))) - offset;
-//#end
-        }
-        default: {
-            // Unreachable: `format_id` gives 0..=9, each handled above.
-        }
     }
+//#end
+//#unroll f F1
+    {
+        // F16: 64 bytes, u64-aligned.
+        let o = element >> 2u;
+//#unroll i EIGHT
+        let a{i} = w[o + {i}u];
+        v[{i}] = vec4<f32>(unpack2x16float(lo32(a{i})), unpack2x16float(hi32(a{i})));
+//#end
+    }
+//#end
+//#unroll f F2
+    {
+        // Q8_0: f16 d, 32 × i8 at bb + 2 (34-byte blocks: every other block is half-word
+        // aligned), all inside the nine words from bb's.
+        let s = words9(bb >> 2u);
+        let d = half_of(s[0], bb);
+        let qo = bb + 2u;
+//#unroll i EIGHT
+        v[{i}] = i8x4(funnel_after(s[{i}], s[{i} + 1], qo)) * d;
+//#end
+    }
+//#end
+//#unroll f F3
+    {
+        // Q4_0: f16 d, 16 bytes of nibbles at bb + 2 (18-byte blocks); low nibbles are
+        // elements 0..15, high nibbles 16..31.
+        let s = words5(bb >> 2u);
+        let d = half_of(s[0], bb);
+        let qo = bb + 2u;
+//#unroll i FOUR
+        let q{i} = funnel_after(s[{i}], s[{i} + 1], qo);
+        v[{i}] = (u2f(nib4(q{i}, 0u)) - 8.0) * d;
+        v[{i} + 4] = (u2f(nib4(q{i}, 4u)) - 8.0) * d;
+//#end
+    }
+//#end
+//#unroll f F4
+    {
+        // Q4_1: f16 d, f16 m, 16 bytes of nibbles (20-byte blocks, always word aligned).
+        let s = words5(bb >> 2u);
+        let dm = unpack2x16float(s[0]);
+//#unroll i FOUR
+        v[{i}] = u2f(nib4(s[{i} + 1], 0u)) * dm.x + dm.y;
+        v[{i} + 4] = u2f(nib4(s[{i} + 1], 4u)) * dm.x + dm.y;
+//#end
+    }
+//#end
+//#unroll f F2_PAIR
+    {
+        // Q8_0, two blocks a step (K a multiple of 64, so bb is a multiple of 68, word aligned):
+        // 68 bytes in the seventeen words from bb's. Block A: d in the low half of word 0, its
+        // quants from byte 2; block B: d in the high half of word 8, its quants in words 9..16.
+        let s = words17(bb >> 2u);
+        let da = unpack2x16float(s[0]).x;
+        let db = unpack2x16float(s[8]).y;
+//#unroll i EIGHT
+        v[{i}] = i8x4(mid(s[{i}], s[{i} + 1])) * da;
+        v[{i} + 8] = i8x4(s[{i} + 9]) * db;
+//#end
+    }
+//#end
+//#unroll f F3_PAIR
+    {
+        // Q4_0, two blocks a step (K a multiple of 64, so bb is a multiple of 36, word aligned):
+        // 36 bytes in the nine words from bb's. Block A: d in the low half of word 0, nibbles
+        // from byte 2; block B: d in the high half of word 4, nibbles in words 5..8.
+        let s = words9(bb >> 2u);
+        let da = unpack2x16float(s[0]).x;
+        let db = unpack2x16float(s[4]).y;
+//#unroll i FOUR
+        let qa{i} = mid(s[{i}], s[{i} + 1]);
+        v[{i}] = (u2f(nib4(qa{i}, 0u)) - 8.0) * da;
+        v[{i} + 4] = (u2f(nib4(qa{i}, 4u)) - 8.0) * da;
+        v[{i} + 8] = (u2f(nib4(s[{i} + 5], 0u)) - 8.0) * db;
+        v[{i} + 12] = (u2f(nib4(s[{i} + 5], 4u)) - 8.0) * db;
+//#end
+    }
+//#end
+//#unroll f F4_PAIR
+    {
+        // Q4_1, two blocks a step (K a multiple of 64, so bb is a multiple of 40, u64-aligned):
+        // 40 bytes in five u64 loads. Words 0..4 are block A (d and m, then nibbles), 5..9 block B.
+        let o = bb >> 3u;
+        let u0 = w[o];
+        let u1 = w[o + 1u];
+        let u2 = w[o + 2u];
+        let u3 = w[o + 3u];
+        let u4 = w[o + 4u];
+        let dma = unpack2x16float(lo32(u0));
+        let dmb = unpack2x16float(hi32(u2));
+        let qa = array<u32, 4>(hi32(u0), lo32(u1), hi32(u1), lo32(u2));
+        let qb = array<u32, 4>(lo32(u3), hi32(u3), lo32(u4), hi32(u4));
+//#unroll i FOUR
+        v[{i}] = u2f(nib4(qa[{i}], 0u)) * dma.x + dma.y;
+        v[{i} + 4] = u2f(nib4(qa[{i}], 4u)) * dma.x + dma.y;
+        v[{i} + 8] = u2f(nib4(qb[{i}], 0u)) * dmb.x + dmb.y;
+        v[{i} + 12] = u2f(nib4(qb[{i}], 4u)) * dmb.x + dmb.y;
+//#end
+    }
+//#end
+//#unroll f F5
+    {
+        // Q5_0: f16 d, u32 qh (fifth bits) at bb + 2, 16 bytes of nibbles at bb + 6 (22-byte
+        // blocks, half-word aligned), inside the six words from bb's.
+        let s = words6(bb >> 2u);
+        let d = half_of(s[0], bb);
+        let qh = funnel_after(s[0], s[1], bb + 2u);
+        let qo = bb + 6u;
+//#unroll i FOUR
+        let q{i} = funnel_after(s[{i} + 1], s[{i} + 2], qo);
+        v[{i}] = vec4<f32>(vec4<i32>(nib4(q{i}, 0u) | high_bits4(qh, 4u * {i}u)) - 16) * d;
+        v[{i} + 4] = vec4<f32>(vec4<i32>(nib4(q{i}, 4u) | high_bits4(qh, 16u + 4u * {i}u)) - 16) * d;
+//#end
+    }
+//#end
+//#unroll f F6
+    {
+        // Q5_1: f16 d, f16 m, u32 qh, 16 bytes of nibbles (24-byte blocks: u64-aligned, as a
+        // row holds a whole number of them).
+        let o = bb >> 3u;
+        let h = w[o];
+        let dm = unpack2x16float(lo32(h));
+        let qh = hi32(h);
+        let a = w[o + 1u];
+        let b = w[o + 2u];
+        let q = array<u32, 4>(lo32(a), hi32(a), lo32(b), hi32(b));
+//#unroll i FOUR
+        v[{i}] = u2f(nib4(q[{i}], 0u) | high_bits4(qh, 4u * {i}u)) * dm.x + dm.y;
+        v[{i} + 4] = u2f(nib4(q[{i}], 4u) | high_bits4(qh, 16u + 4u * {i}u)) * dm.x + dm.y;
+//#end
+    }
+//#end
+//#unroll f F7
+    {
+        // Q4_K: f16 d, f16 dmin, 12 scale bytes, 128 bytes of nibbles (144-byte blocks,
+        // u64-aligned). A step is 64 elements, sub-blocks j = 2·jp and 2·jp + 1: the low and
+        // the high nibbles of bytes 32·jp..+32, so every quant byte loaded is used whole;
+        // their 6-bit scales and mins follow ggml's get_scale_min_k4.
+        let o = bb >> 3u;
+        let jp = e0 / 64u;
+        let dm = unpack2x16float(hd.x);
+        let sm0 = k_scale_min(hd.y, hd.z, hd.w, 2u * jp);
+        let sm1 = k_scale_min(hd.y, hd.z, hd.w, 2u * jp + 1u);
+        let scale0 = dm.x * f32(sm0.x);
+        let offset0 = dm.y * f32(sm0.y);
+        let scale1 = dm.x * f32(sm1.x);
+        let offset1 = dm.y * f32(sm1.y);
+        let qb = o + 2u + 4u * jp;
+//#unroll i FOUR
+        let a{i} = w[qb + {i}u];
+        v[2 * {i}] = scale0 * u2f(nib4(lo32(a{i}), 0u)) - offset0;
+        v[2 * {i} + 1] = scale0 * u2f(nib4(hi32(a{i}), 0u)) - offset0;
+        v[2 * {i} + 8] = scale1 * u2f(nib4(lo32(a{i}), 4u)) - offset1;
+        v[2 * {i} + 9] = scale1 * u2f(nib4(hi32(a{i}), 4u)) - offset1;
+//#end
+    }
+//#end
+//#unroll f F8
+    {
+        // Q5_K: f16 d, f16 dmin, 12 scale bytes, 32 bytes qh, 128 bytes of nibbles (176-byte
+        // blocks, u64-aligned). Steps of 64 elements as Q4_K; sub-block j takes bit j of qh
+        // byte l as its fifth bit (ggml's dequantize_row_q5_K).
+        let o = bb >> 3u;
+        let jp = e0 / 64u;
+        let j0 = 2u * jp;
+        let j1 = j0 + 1u;
+        let dm = unpack2x16float(hd.x);
+        let sm0 = k_scale_min(hd.y, hd.z, hd.w, j0);
+        let sm1 = k_scale_min(hd.y, hd.z, hd.w, j1);
+        let scale0 = dm.x * f32(sm0.x);
+        let offset0 = dm.y * f32(sm0.y);
+        let scale1 = dm.x * f32(sm1.x);
+        let offset1 = dm.y * f32(sm1.y);
+        let qb = o + 6u + 4u * jp;
+        let bytes = vec4<u32>(0u, 8u, 16u, 24u);
+//#unroll i FOUR
+        let a{i} = w[qb + {i}u];
+        let c{i} = w[o + 2u + {i}u];
+        v[2 * {i}] = scale0 * u2f(nib4(lo32(a{i}), 0u) | (((vec4<u32>(lo32(c{i})) >> (bytes + j0)) & vec4<u32>(1u)) << vec4<u32>(4u))) - offset0;
+        v[2 * {i} + 1] = scale0 * u2f(nib4(hi32(a{i}), 0u) | (((vec4<u32>(hi32(c{i})) >> (bytes + j0)) & vec4<u32>(1u)) << vec4<u32>(4u))) - offset0;
+        v[2 * {i} + 8] = scale1 * u2f(nib4(lo32(a{i}), 4u) | (((vec4<u32>(lo32(c{i})) >> (bytes + j1)) & vec4<u32>(1u)) << vec4<u32>(4u))) - offset1;
+        v[2 * {i} + 9] = scale1 * u2f(nib4(hi32(a{i}), 4u) | (((vec4<u32>(hi32(c{i})) >> (bytes + j1)) & vec4<u32>(1u)) << vec4<u32>(4u))) - offset1;
+//#end
+    }
+//#end
+//#unroll f F9
+    {
+        // Q6_K: 128 bytes ql (low 4 bits), 64 bytes qh (high 2 bits), 16 i8 scales, f16 d
+        // (210-byte blocks, every other one half-word aligned). A step is half a block,
+        // h = e0 / 128, so every byte loaded is used whole. Following ggml's
+        // dequantize_row_q6_K: element 128·h + 32·q + l takes ql byte 64·h + 32·(q & 1) + l
+        // (nibble q >> 1), qh byte 32·h + l (bits 2q..2q+1) and scale 8·h + 2q + l / 16.
+        let h = e0 / 128u;
+        let lo = bb + 64u * h;
+        let hi = bb + 128u + 32u * h;
+        let sc = bb + 192u + 8u * h;
+        let dw = (bb + 208u) >> 2u;
+        let d = half_of(select(lo32(w[dw >> 1u]), hi32(w[dw >> 1u]), (dw & 1u) != 0u), bb + 208u);
+        let sw = words3(sc >> 2u);
+        let s0 = funnel(sw[0], sw[1], sc);
+        let s1 = funnel(sw[1], sw[2], sc);
+        let scf = array<f32, 8>(
+            d * f32(bitcast<i32>(s0 << 24u) >> 24u), d * f32(bitcast<i32>(s0 << 16u) >> 24u),
+            d * f32(bitcast<i32>(s0 << 8u) >> 24u), d * f32(bitcast<i32>(s0) >> 24u),
+            d * f32(bitcast<i32>(s1 << 24u) >> 24u), d * f32(bitcast<i32>(s1 << 16u) >> 24u),
+            d * f32(bitcast<i32>(s1 << 8u) >> 24u), d * f32(bitcast<i32>(s1) >> 24u),
+        );
+        let lw = words17(lo >> 2u);
+        let hw = words9(hi >> 2u);
+        let ql = array<u32, 16>(
+            funnel(lw[0], lw[1], lo), funnel(lw[1], lw[2], lo), funnel(lw[2], lw[3], lo), funnel(lw[3], lw[4], lo),
+            funnel(lw[4], lw[5], lo), funnel(lw[5], lw[6], lo), funnel(lw[6], lw[7], lo), funnel(lw[7], lw[8], lo),
+            funnel(lw[8], lw[9], lo), funnel(lw[9], lw[10], lo), funnel(lw[10], lw[11], lo), funnel(lw[11], lw[12], lo),
+            funnel(lw[12], lw[13], lo), funnel(lw[13], lw[14], lo), funnel(lw[14], lw[15], lo), funnel(lw[15], lw[16], lo),
+        );
+        let qh = array<u32, 8>(
+            funnel(hw[0], hw[1], hi), funnel(hw[1], hw[2], hi), funnel(hw[2], hw[3], hi), funnel(hw[3], hw[4], hi),
+            funnel(hw[4], hw[5], hi), funnel(hw[5], hw[6], hi), funnel(hw[6], hw[7], hi), funnel(hw[7], hw[8], hi),
+        );
+//#unroll q FOUR
+//#unroll i FOUR
+        v[8 * {q} + {i}] = scf[2 * {q}] * vec4<f32>(vec4<i32>(nib4(ql[8 * ({q} % 2) + {i}], 4u * ({q}u / 2u)) | (crumb4(qh[{i}], 2u * {q}u) << vec4<u32>(4u))) - 32);
+        v[8 * {q} + {i} + 4] = scf[2 * {q} + 1] * vec4<f32>(vec4<i32>(nib4(ql[8 * ({q} % 2) + {i} + 4], 4u * ({q}u / 2u)) | (crumb4(qh[{i} + 4], 2u * {q}u) << vec4<u32>(4u))) - 32);
+//#end
+//#end
+    }
+//#end
     return v;
 }
 
@@ -239,7 +447,6 @@ fn store(token: u32, row: u32, acc: vec4<f32>) {
 @compute @workgroup_size(8)
 fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let first = ((wid.y * ng.x + wid.x) * 8u + lid) * {ROWS}u;
-    if (first >= p.n) { return; }
     // Workgroups along z take successive groups of TOKENS tokens (a prompt of any length); the
     // last group's missing tokens read the last token again and are not stored.
     let t0 = wid.z * {TOKENS}u;
@@ -251,19 +458,50 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var acc{r}_{t} = vec4<f32>(0.0);
 //#end
 //#end
-    for (var k0 = 0u; k0 < p.k; k0 += 32u) {
+    // Q4_K and Q5_K (BLOCKED) walk K a block at a time, each row's block header loaded once for
+    // its four steps; the other formats (FLAT) walk it a step at a time.
+//#unroll o BLOCKED
+    for (var kb = 0u; kb < p.k; kb += 256u) {
+//#unroll r ROWS
+        let hd{r} = k_header(row{r}, kb);
+//#end
+        for (var k0 = kb; k0 < kb + 256u; k0 += {STEP}u) {
+//#end
+//#unroll o FLAT
+    for (var k0 = 0u; k0 < p.k; k0 += {STEP}u) {
+//#unroll r ROWS
+        let hd{r} = vec4<u32>();
+//#end
+//#end
+        // x[k0..k0+STEP] per token as STEP/32 groups c of 8 vec4.
 //#unroll t TOKENS
+        let xo{t} = min(t0 + {t}u, p.m - 1u) * k4 + k0 / 4u;
+//#unroll c GROUPS
+//#unroll s SHARED_X
+        let xl{t}_{c} = x4(xo{t} + 8u * {c}u + lid);
 //#unroll i EIGHT
-        let x{t}_{i} = x[min(t0 + {t}u, p.m - 1u) * k4 + k0 / 4u + {i}u];
+        let x{t}_{c}_{i} = subgroupBroadcast(xl{t}_{c}, {i}u);
+//#end
+//#end
+//#unroll s LOCAL_X
+//#unroll i EIGHT
+        let x{t}_{c}_{i} = x4(xo{t} + 8u * {c}u + {i}u);
+//#end
+//#end
 //#end
 //#end
 //#unroll r ROWS
-        let wv{r} = chunk(row{r}, k0);
+        let wv{r} = chunk(row{r}, k0, hd{r});
 //#unroll t TOKENS
+//#unroll c GROUPS
 //#unroll i EIGHT
-        acc{r}_{t} = fma(wv{r}[{i}], x{t}_{i}, acc{r}_{t});
+        acc{r}_{t} = fma(wv{r}[8 * {c} + {i}], x{t}_{c}_{i}, acc{r}_{t});
 //#end
 //#end
+//#end
+//#end
+//#unroll o BLOCKED
+        }
 //#end
     }
 //#unroll r ROWS

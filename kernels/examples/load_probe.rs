@@ -1,0 +1,128 @@
+//! What a storage load costs on this adapter, by width: read-only and copy kernels over 64 MiB,
+//! with 4-, 8- and 16-byte elements. On lavapipe (Mesa 22.3) every storage load is a loop over
+//! the SIMD lanes with a branch per lane and per component, so the cost is per component,
+//! whatever its width; benches/NOTES.md ("The CPU matvec reads u64 words") has the figures.
+//! `cargo run --release -p hartonomous-kernels --example load_probe`
+//!
+//! It drives wgpu directly (the kernels' launchers would hide what is being measured) and asks
+//! for 64-bit shader integers, skipping the u64 kernels where the adapter lacks them.
+
+use std::time::Instant;
+
+const BYTES: u64 = 64 << 20;
+
+/// (name, element type, elements an invocation reads, whether it copies rather than reads).
+const PROBES: [(&str, &str, u32, bool); 8] = [
+    ("copy vec4<f32>, 1 an invocation", "vec4<f32>", 1, true),
+    ("copy vec2<u64>, 1 an invocation", "vec2<u64>", 1, true),
+    ("copy vec2<u64>, 4 an invocation", "vec2<u64>", 4, true),
+    ("read u32, 32 an invocation", "u32", 32, false),
+    ("read vec4<u32>, 8 an invocation", "vec4<u32>", 8, false),
+    ("read u64, 16 an invocation", "u64", 16, false),
+    ("read vec2<u64>, 8 an invocation", "vec2<u64>", 8, false),
+    ("read u64, 64 an invocation", "u64", 64, false),
+];
+
+fn element_bytes(ty: &str) -> u64 {
+    match ty {
+        "u32" => 4,
+        "u64" => 8,
+        _ => 16,
+    }
+}
+
+/// A kernel over a 2-D grid of 64-wide workgroups: invocation i reads elements [i·n, i·n + n)
+/// and either writes them to the same places in dst or writes their xor to dst[i].
+fn source(ty: &str, n: u32, copy: bool) -> String {
+    let mut body = String::new();
+    for j in 0..n {
+        if copy {
+            body += &format!("    dst[base + {j}u] = src[base + {j}u];\n");
+        } else {
+            body += &format!("    acc = acc ^ src[base + {j}u];\n");
+        }
+    }
+    let (init, store) = if copy { ("", "") } else { ("    var acc = ELEMENT();\n", "    dst[i] = acc;\n") };
+    format!(
+        "@group(0) @binding(0) var<storage, read> src: array<ELEMENT>;
+@group(0) @binding(1) var<storage, read_write> dst: array<ELEMENT>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
+    let i = (wid.y * ng.x + wid.x) * 64u + lid;
+    let base = i * {n}u;
+{init}{body}{store}}}
+"
+    )
+    .replace("ELEMENT", if ty == "vec4<f32>" && !copy { "vec4<u32>" } else { ty })
+}
+
+fn main() {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let Some(adapter) = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all())).into_iter().next() else {
+        eprintln!("no adapter (install mesa-vulkan-drivers for lavapipe)");
+        std::process::exit(1);
+    };
+    let info = adapter.get_info();
+    println!("adapter: {} ({:?}, {})", info.name, info.backend, info.driver_info);
+    let int64 = adapter.features().contains(wgpu::Features::SHADER_INT64);
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: adapter.features() & wgpu::Features::SHADER_INT64,
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .expect("a device");
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+    let src = device.create_buffer(&wgpu::BufferDescriptor { label: Some("src"), size: BYTES, usage, mapped_at_creation: false });
+    let dst = device.create_buffer(&wgpu::BufferDescriptor { label: Some("dst"), size: BYTES, usage, mapped_at_creation: false });
+    queue.write_buffer(&src, 0, &vec![1u8; BYTES as usize]);
+    for (name, ty, n, copy) in PROBES {
+        if ty.contains("u64") && !int64 {
+            println!("{name:<36} skipped: no 64-bit shader integers");
+            continue;
+        }
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(source(ty, n, copy).into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(name),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: src.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
+            ],
+        });
+        let groups = (BYTES / (element_bytes(ty) * u64::from(n)) / 64) as u32;
+        let (gx, gy) = if groups > 65535 { (256, groups / 256) } else { (groups, 1) };
+        let run = || {
+            let start = Instant::now();
+            let mut encoder = device.create_command_encoder(&Default::default());
+            for _ in 0..4 {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(gx, gy, 1);
+            }
+            queue.submit([encoder.finish()]);
+            device.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
+            start.elapsed().as_secs_f64() / 4.0
+        };
+        run();
+        let mut times: Vec<f64> = (0..5).map(|_| run()).collect();
+        times.sort_by(f64::total_cmp);
+        let read = BYTES as f64 / times[2] / 1e9;
+        let moved = if copy { format!("{:6.2} GB/s moved (read + write)", 2.0 * read) } else { String::new() };
+        println!("{name:<36} {:8.2} ms  {read:6.2} GB/s read  {moved}", times[2] * 1e3);
+    }
+}
