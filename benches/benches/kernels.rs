@@ -148,6 +148,9 @@ fn benches(c: &mut Criterion) {
     // HARTONOMOUS_BENCH_REPORT_ONLY=1 prints the ceiling table and skips criterion's statistics.
     let report_only = std::env::var_os("HARTONOMOUS_BENCH_REPORT_ONLY").is_some();
     let large = std::env::var_os("HARTONOMOUS_BENCH_LARGE").is_some();
+    // HARTONOMOUS_BENCH_FILTER=a|b measures only the ops whose reported name contains a or b.
+    let filter = std::env::var("HARTONOMOUS_BENCH_FILTER").unwrap_or_default();
+    let wanted = |name: &str| filter.split('|').any(|part| name.contains(part));
     let ceil = Ceilings::new(&gpu, large);
     let mut group = c.benchmark_group("kernels");
     group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
@@ -159,6 +162,9 @@ fn benches(c: &mut Criterion) {
         ("smollm2_decode_1x576x1536", 1, 576, 1536),
         ("square_1024", 1024, 1024, 1024),
     ] {
+        if !wanted(&format!("matmul_f32 {name}")) {
+            continue;
+        }
         let a = gpu.upload_f32(&vec![0.5; m * k], &[m, k]).expect("upload");
         let w = gpu.upload_f32(&vec![0.25; n * k], &[n, k]).expect("upload");
         let out = gpu.empty(&[m, n], DType::F32).expect("alloc");
@@ -186,6 +192,9 @@ fn benches(c: &mut Criterion) {
             &[("decode_1x1536x576", 1, 1536, 576), ("tied_output_1x49152x576", 1, 49152, 576), ("prefill_512x1536x576", 512, 1536, 576)]
         };
         for &(name, m, n, k) in shapes {
+            if !wanted(&format!("qmatmul_{} {name}", dtype.name())) {
+                continue;
+            }
             let bytes_w = dtype.bytes_for((n * k) as u64) as usize;
             let w = gpu.upload(&random_bytes(bytes_w, 7), &[n, k], dtype).expect("upload");
             let a = gpu.upload_f32(&vec![0.5; m * k], &[m, k]).expect("upload");
@@ -204,26 +213,28 @@ fn benches(c: &mut Criterion) {
         }
     }
 
-    // Attention decode: SmolLM2's 9 query heads over 3 KV heads of 64, 1024 cached positions.
-    let (heads, kv_heads, d, cap) = (9, 3, 64, 1024);
-    let q = gpu.upload_f32(&vec![0.1; heads * d], &[1, 1, heads, d]).expect("upload");
-    let kv = gpu.upload_f32(&vec![0.1; cap * kv_heads * d], &[1, cap, kv_heads, d]).expect("upload");
-    let out = gpu.empty(&[1, 1, heads, d], DType::F32).expect("alloc");
-    let mask = AttentionMask { causal: true, q_pos0: cap - 1, key_mask: None, rows: None };
-    let timing = ceil.measure(&gpu, |rec| attention(rec, &q, &kv, &kv, cap, mask, 0.125, &out));
-    report("attention_decode smollm2 kv1024", timing, 4.0 * (heads * cap * d) as f64, 2.0 * 4.0 * (cap * kv_heads * d) as f64, &ceil);
+    if wanted("attention_decode smollm2 kv1024") || wanted("similarity_scan cosine") {
+        // Attention decode: SmolLM2's 9 query heads over 3 KV heads of 64, 1024 cached positions.
+        let (heads, kv_heads, d, cap) = (9, 3, 64, 1024);
+        let q = gpu.upload_f32(&vec![0.1; heads * d], &[1, 1, heads, d]).expect("upload");
+        let kv = gpu.upload_f32(&vec![0.1; cap * kv_heads * d], &[1, cap, kv_heads, d]).expect("upload");
+        let out = gpu.empty(&[1, 1, heads, d], DType::F32).expect("alloc");
+        let mask = AttentionMask { causal: true, q_pos0: cap - 1, key_mask: None, rows: None };
+        let timing = ceil.measure(&gpu, |rec| attention(rec, &q, &kv, &kv, cap, mask, 0.125, &out));
+        report("attention_decode smollm2 kv1024", timing, 4.0 * (heads * cap * d) as f64, 2.0 * 4.0 * (cap * kv_heads * d) as f64, &ceil);
 
-    // Similarity scan: 8 queries against 100,000 × 384 f16 vectors, top-10 cosine.
-    let (nq, n, dim) = (8, 100_000, 384);
-    let halves: Vec<u16> = (0..n * dim).map(|i| half::f16::from_f32(((i % 97) as f32 - 48.0) / 97.0).to_bits()).collect();
-    let corpus = gpu.upload(&halves, &[n, dim], DType::F16).expect("upload");
-    let norms = gpu.empty(&[n], DType::F32).expect("alloc");
-    gpu.run(|rec| row_norms_sq(rec, &corpus, &norms)).expect("norms");
-    let queries = gpu.upload_f32(&vec![0.1; nq * dim], &[nq, dim]).expect("upload");
-    let pieces = [CorpusPiece { vectors: &corpus, norms_sq: &norms }];
-    let timing = ceil.measure(&gpu, |rec| search(rec, &queries, &pieces, Metric::Cosine, 10).map(|_| ()));
-    report("similarity_scan cosine 8q x 100k x 384 f16", timing, 2.0 * (nq * n * dim) as f64, (n * dim * 2) as f64, &ceil);
-    drop((corpus, norms));
+        // Similarity scan: 8 queries against 100,000 × 384 f16 vectors, top-10 cosine.
+        let (nq, n, dim) = (8, 100_000, 384);
+        let halves: Vec<u16> = (0..n * dim).map(|i| half::f16::from_f32(((i % 97) as f32 - 48.0) / 97.0).to_bits()).collect();
+        let corpus = gpu.upload(&halves, &[n, dim], DType::F16).expect("upload");
+        let norms = gpu.empty(&[n], DType::F32).expect("alloc");
+        gpu.run(|rec| row_norms_sq(rec, &corpus, &norms)).expect("norms");
+        let queries = gpu.upload_f32(&vec![0.1; nq * dim], &[nq, dim]).expect("upload");
+        let pieces = [CorpusPiece { vectors: &corpus, norms_sq: &norms }];
+        let timing = ceil.measure(&gpu, |rec| search(rec, &queries, &pieces, Metric::Cosine, 10).map(|_| ()));
+        report("similarity_scan cosine 8q x 100k x 384 f16", timing, 2.0 * (nq * n * dim) as f64, (n * dim * 2) as f64, &ceil);
+        drop((corpus, norms));
+    }
     if large {
         large_shapes(&gpu, &ceil);
     }

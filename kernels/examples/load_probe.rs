@@ -5,7 +5,9 @@
 //! `cargo run --release -p hartonomous-kernels --example load_probe`
 //!
 //! It drives wgpu directly (the kernels' launchers would hide what is being measured) and asks
-//! for 64-bit shader integers, skipping the u64 kernels where the adapter lacks them.
+//! for 64-bit shader integers, skipping the u64 kernels where the adapter lacks them. The last
+//! probes read the same bytes as a texture (`textureLoad` of rg32uint and rgba32uint texels),
+//! which gallivm compiles through its texel-fetch path rather than `emit_load_mem`.
 
 use std::time::Instant;
 
@@ -56,6 +58,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3
     .replace("ELEMENT", if ty == "vec4<f32>" && !copy { "vec4<u32>" } else { ty })
 }
 
+/// Texels of the 2-D texture the texture probes read: as wide as the adapter allows.
+fn texture_width(limit: u32) -> u32 {
+    limit.min(16384)
+}
+
+/// A kernel that reads `n` consecutive texels an invocation (row-major over a texture `width`
+/// wide, all in one row as `width` is a multiple of `n`) and writes their xor to dst[i].
+fn texture_source(n: u32, width: u32) -> String {
+    let body: String = (0..n).map(|j| format!("    acc = acc ^ textureLoad(src, vec2<i32>(x0 + {j}, y), 0);\n")).collect();
+    format!(
+        "@group(0) @binding(0) var src: texture_2d<u32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
+    let i = (wid.y * ng.x + wid.x) * 64u + lid;
+    let base = i * {n}u;
+    let x0 = i32(base % {width}u);
+    let y = i32(base / {width}u);
+    var acc = vec4<u32>();
+{body}    dst[i] = acc;
+}}
+"
+    )
+}
+
 fn main() {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends: wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12,
@@ -78,40 +105,14 @@ fn main() {
     let src = device.create_buffer(&wgpu::BufferDescriptor { label: Some("src"), size: BYTES, usage, mapped_at_creation: false });
     let dst = device.create_buffer(&wgpu::BufferDescriptor { label: Some("dst"), size: BYTES, usage, mapped_at_creation: false });
     queue.write_buffer(&src, 0, &vec![1u8; BYTES as usize]);
-    for (name, ty, n, copy) in PROBES {
-        if ty.contains("u64") && !int64 {
-            println!("{name:<36} skipped: no 64-bit shader integers");
-            continue;
-        }
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(source(ty, n, copy).into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(name),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(name),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: src.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
-            ],
-        });
-        let groups = (BYTES / (element_bytes(ty) * u64::from(n)) / 64) as u32;
-        let (gx, gy) = if groups > 65535 { (256, groups / 256) } else { (groups, 1) };
+    let time = |pipeline: &wgpu::ComputePipeline, bind_group: &wgpu::BindGroup, (gx, gy): (u32, u32)| {
         let run = || {
             let start = Instant::now();
             let mut encoder = device.create_command_encoder(&Default::default());
             for _ in 0..4 {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, bind_group, &[]);
                 pass.dispatch_workgroups(gx, gy, 1);
             }
             queue.submit([encoder.finish()]);
@@ -121,8 +122,81 @@ fn main() {
         run();
         let mut times: Vec<f64> = (0..5).map(|_| run()).collect();
         times.sort_by(f64::total_cmp);
-        let read = BYTES as f64 / times[2] / 1e9;
+        times[2]
+    };
+    let pipeline_for = |name: &str, source: String| {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) });
+        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        })
+    };
+    let grid = |groups: u64| {
+        let groups = groups as u32;
+        if groups > 65535 { (256, groups / 256) } else { (groups, 1) }
+    };
+    for (name, ty, n, copy) in PROBES {
+        if ty.contains("u64") && !int64 {
+            println!("{name:<36} skipped: no 64-bit shader integers");
+            continue;
+        }
+        let pipeline = pipeline_for(name, source(ty, n, copy));
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(name),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: src.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
+            ],
+        });
+        let seconds = time(&pipeline, &bind_group, grid(BYTES / (element_bytes(ty) * u64::from(n)) / 64));
+        let read = BYTES as f64 / seconds / 1e9;
         let moved = if copy { format!("{:6.2} GB/s moved (read + write)", 2.0 * read) } else { String::new() };
-        println!("{name:<36} {:8.2} ms  {read:6.2} GB/s read  {moved}", times[2] * 1e3);
+        println!("{name:<36} {:8.2} ms  {read:6.2} GB/s read  {moved}", seconds * 1e3);
+    }
+    // The same 64 MiB as a texture: rows of `width` texels.
+    let width = texture_width(device.limits().max_texture_dimension_2d);
+    for (name, format, texel_bytes) in [
+        ("read rg32uint texels, 8 an invocation", wgpu::TextureFormat::Rg32Uint, 8u32),
+        ("read rgba32uint texels, 8 an invocation", wgpu::TextureFormat::Rgba32Uint, 16),
+    ] {
+        let height = (BYTES / u64::from(width * texel_bytes)) as u32;
+        if height > device.limits().max_texture_dimension_2d {
+            println!("{name:<36} skipped: {height} rows exceed the adapter's 2-D texture limit");
+            continue;
+        }
+        let size = wgpu::Extent3d { width, height, depth_or_array_layers: 1 };
+        let texture = device.create_texture(&wgpu::TextureDescriptor {
+            label: Some(name),
+            size,
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        queue.write_texture(
+            texture.as_image_copy(),
+            &vec![1u8; BYTES as usize],
+            wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(width * texel_bytes), rows_per_image: Some(height) },
+            size,
+        );
+        let pipeline = pipeline_for(name, texture_source(8, width));
+        let view = texture.create_view(&Default::default());
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(name),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(&view) },
+                wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
+            ],
+        });
+        let seconds = time(&pipeline, &bind_group, grid(BYTES / (u64::from(texel_bytes) * 8) / 64));
+        println!("{name:<36} {:8.2} ms  {:6.2} GB/s read", seconds * 1e3, BYTES as f64 / seconds / 1e9);
     }
 }
