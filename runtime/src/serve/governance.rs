@@ -197,6 +197,8 @@ async fn read_body(body: Body) -> Result<Bytes, BodyRefusal> {
         let chunk = chunk.map_err(BodyRefusal::Unreadable)?;
         seen += chunk.len();
         if seen > MAX_BODY_BYTES {
+            // Up to 16 MiB already read: not kept while the rest is drained.
+            drop(whole);
             let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
                 while let Some(chunk) = stream.next().await {
                     match chunk {
