@@ -5,7 +5,9 @@
 //! `cargo run --release -p hartonomous-kernels --example load_probe`
 //!
 //! It drives wgpu directly (the kernels' launchers would hide what is being measured) and asks
-//! for 64-bit shader integers, skipping the u64 kernels where the adapter lacks them. The last
+//! for 64-bit shader integers, skipping the u64 kernels where the adapter lacks them. It also
+//! prints the adapter's uniform binding limit: gallivm gathers uniform-buffer loads without the
+//! per-lane loop, but 64 KiB (lavapipe's) is no place for weights. The last
 //! probes read the same bytes as a texture (`textureLoad` of rg32uint and rgba32uint texels),
 //! which gallivm compiles through its texel-fetch path rather than `emit_load_mem`.
 
@@ -14,7 +16,7 @@ use std::time::Instant;
 const BYTES: u64 = 64 << 20;
 
 /// (name, element type, elements an invocation reads, whether it copies rather than reads).
-const PROBES: [(&str, &str, u32, bool); 8] = [
+const PROBES: [(&str, &str, u32, bool); 11] = [
     ("copy vec4<f32>, 1 an invocation", "vec4<f32>", 1, true),
     ("copy vec2<u64>, 1 an invocation", "vec2<u64>", 1, true),
     ("copy vec2<u64>, 4 an invocation", "vec2<u64>", 4, true),
@@ -23,12 +25,16 @@ const PROBES: [(&str, &str, u32, bool); 8] = [
     ("read u64, 16 an invocation", "u64", 16, false),
     ("read vec2<u64>, 8 an invocation", "vec2<u64>", 8, false),
     ("read u64, 64 an invocation", "u64", 64, false),
+    ("read vec2<u32>, 16 an invocation", "vec2<u32>", 16, false),
+    ("read vec4<u64>, 4 an invocation", "vec4<u64>", 4, false),
+    ("read vec4<u64>, 16 an invocation", "vec4<u64>", 16, false),
 ];
 
 fn element_bytes(ty: &str) -> u64 {
     match ty {
         "u32" => 4,
-        "u64" => 8,
+        "u64" | "vec2<u32>" => 8,
+        "vec4<u64>" => 32,
         _ => 16,
     }
 }
@@ -94,6 +100,7 @@ fn main() {
     };
     let info = adapter.get_info();
     println!("adapter: {} ({:?}, {})", info.name, info.backend, info.driver_info);
+    println!("uniform binding limit: {} bytes", adapter.limits().max_uniform_buffer_binding_size);
     let int64 = adapter.features().contains(wgpu::Features::SHADER_INT64);
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         required_features: adapter.features() & wgpu::Features::SHADER_INT64,

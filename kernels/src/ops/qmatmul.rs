@@ -85,6 +85,22 @@ pub fn qmatmul_rows_local_x(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epil
     qmatmul_routed(rec, a, w, epilogue, out, Route::RowsLocalX)
 }
 
+/// A variant of the rows kernel for probes: `template` in place of `qmatvec_rows.wgsl`, its
+/// pipelines labelled with `name`, and `rows` forcing the rows an invocation. Not an API.
+#[doc(hidden)]
+pub struct RowsVariant<'t> {
+    pub name: &'t str,
+    pub template: &'t str,
+    pub rows: Option<usize>,
+}
+
+/// [`qmatmul`] (no epilogue) with `variant` wherever the rows kernel runs: for probes that compare
+/// kernel variants in one process (`examples/matvec_probe.rs`). Not an API.
+#[doc(hidden)]
+pub fn qmatmul_rows_variant(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, out: &Tensor, variant: &RowsVariant<'_>) -> Result<()> {
+    qmatmul_with(rec, a, w, Epilogue::default(), out, Route::Auto, Some(variant))
+}
+
 /// Which kernel runs a qmatmul: chosen by the adapter and the shape, or forced (tests, benches).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -94,10 +110,119 @@ enum Route {
     RowsLocalX,
 }
 
+/// How the CPU adapters' rows kernel (`qmatvec_rows.wgsl`) is specialised for a weight format,
+/// a shape and a number of tokens.
+struct RowsPlan {
+    dtype: DType,
+    tokens: usize,
+    rows: usize,
+    step: usize,
+    paired: bool,
+    blocked: bool,
+    shared_x: bool,
+}
+
+impl RowsPlan {
+    /// `rows` forces the rows an invocation (probes); `None` chooses them by shape.
+    fn new(dtype: DType, k: usize, n: usize, m: usize, shared_x: bool, rows: Option<usize>) -> RowsPlan {
+        let tokens = m.min(MATVEC_MAX_M);
+        // Elements a row's step decodes: those that share loaded bytes (qmatvec_rows.wgsl); two
+        // blocks of Q8_0, Q4_0 and Q4_1 where K holds whole pairs, which aligns them.
+        let paired = matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) && k % 64 == 0;
+        // Q4_K and Q5_K load each row's block header once per block (BLOCKED), not per step.
+        let blocked = matches!(dtype, DType::Q4K | DType::Q5K);
+        let step = match dtype {
+            DType::Q4K | DType::Q5K => 64,
+            DType::Q6K => 128,
+            _ if paired => 64,
+            _ => 32,
+        };
+        // Rows per invocation: 16 share the decoding work best on large matrices (Q4_1 tied
+        // output: 72% of the vec4 copy against 53% with 8); below 4096 rows, 8 leave enough
+        // workgroups for every core (Q4_1 1536×576: 55% against 40% with 16; benches/NOTES.md).
+        let rows = rows.unwrap_or(if n >= 4096 && !(3..=4).contains(&tokens) { 16 } else { 8 });
+        RowsPlan { dtype, tokens, rows, step, paired, blocked, shared_x }
+    }
+
+    fn label(&self) -> String {
+        let x_mode = if self.shared_x { "xshared" } else { "xlocal" };
+        format!(
+            "qmatvec_rows_{}_f32_u64_step{}_rows{}_tokens{}_{x_mode}_wg8",
+            self.dtype.name(),
+            self.step,
+            self.rows,
+            self.tokens
+        )
+    }
+
+    /// The kernel's WGSL: `template` (or `qmatvec_rows.wgsl`) expanded for this plan.
+    fn source(&self, template: Option<&str>) -> Result<String> {
+        let dtype = self.dtype;
+        let (block_elements, block_bytes) = dtype.block();
+        let format = format_id(dtype).expect("a weight format") as usize;
+        let template = match template {
+            Some(text) => format!("{}\n{text}", include_str!("../wgsl/common.wgsl")),
+            None => crate::ops::wgsl_source!("qmatvec_rows.wgsl").to_string(),
+        };
+        // Where a format's decoder leaves the quants of a vec4's four bytes in place (bits 8c..
+        // of the word for component c, one mask and no shift), x is scaled to match.
+        let in_place = matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q4K | DType::Q6K);
+        let x_scale = if in_place { "1.0, 0x1p-8f, 0x1p-16f, 0x1p-24f" } else { "1.0, 1.0, 1.0, 1.0" };
+        let source = format!(
+            "const BLOCK_ELEMENTS: u32 = {block_elements}u;\nconst BLOCK_BYTES: u32 = {block_bytes}u;\nconst XSCALE = vec4<f32>({x_scale});\n{template}"
+        );
+        // Vec4s that share a scale (a block or sub-block: 16 elements of Q6_K, 32 otherwise), and
+        // whether the format adds an offset (zero point or min) times Σx to each.
+        let sub = if dtype == DType::Q6K { 4 } else { 8 };
+        let offset = matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K | DType::Q6K);
+        let section = if self.paired { format!("F{format}_PAIR") } else { format!("F{format}") };
+        let formats = ["F0", "F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8", "F9", "F2_PAIR", "F3_PAIR", "F4_PAIR"]
+            .map(|name| (name, usize::from(name == section)));
+        let counts = [
+            ("ROWS", self.rows),
+            ("TOKENS", self.tokens),
+            ("STEP", self.step),
+            ("VECS", self.step / 4),
+            ("GROUPS", self.step / 32),
+            ("EIGHT", 8),
+            ("FOUR", 4),
+            ("SHARED_X", usize::from(self.shared_x)),
+            ("LOCAL_X", usize::from(!self.shared_x)),
+            ("BLOCKED", usize::from(self.blocked)),
+            ("FLAT", usize::from(!self.blocked)),
+            ("SUB", sub),
+            ("SUB_REST", sub - 1),
+            ("SCALES", self.step / 4 / sub),
+            ("OFFSET", usize::from(offset)),
+        ];
+        crate::unroll::expand(&source, &[&counts[..], &formats[..]].concat())
+    }
+}
+
+/// The rows kernel's expanded WGSL for a weight format, an [N, K] matrix and M tokens, with
+/// subgroup-shared x: for probes that patch it (`examples/texture_matvec_probe.rs`). Not an API.
+#[doc(hidden)]
+pub fn qmatvec_rows_source(dtype: DType, n: usize, k: usize, m: usize, rows: Option<usize>) -> Result<String> {
+    RowsPlan::new(dtype, k, n, m, true, rows).source(None)
+}
+
 /// Invocations per output row of the GPU matvec (see `qmatvec.wgsl`).
 const MATVEC_TPR: usize = 32;
 
 fn qmatmul_routed(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor, route: Route) -> Result<()> {
+    qmatmul_with(rec, a, w, epilogue, out, route, None)
+}
+
+/// The launcher; `variant` replaces `qmatvec_rows.wgsl` (with a label suffix) for probes.
+fn qmatmul_with(
+    rec: &mut Recorder<'_>,
+    a: &Tensor,
+    w: &Tensor,
+    epilogue: Epilogue<'_>,
+    out: &Tensor,
+    route: Route,
+    variant: Option<&RowsVariant<'_>>,
+) -> Result<()> {
     const NAME: &str = "qmatmul";
     expect_dtype(NAME, "a", a, DType::F32)?;
     expect_dtype(NAME, "out", out, DType::F32)?;
@@ -153,51 +278,14 @@ fn qmatmul_routed(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epil
     }
     let rows_kernel = route == Route::Auto && k % 32 == 0 && report.software && report.shader_int64;
     if rows_kernel || route == Route::RowsLocalX {
-        let tokens = m.min(MATVEC_MAX_M);
-        // Elements a row's step decodes: those that share loaded bytes (qmatvec_rows.wgsl); two
-        // blocks of Q8_0, Q4_0 and Q4_1 where K holds whole pairs, which aligns them.
-        let paired = matches!(w.dtype(), DType::Q8_0 | DType::Q4_0 | DType::Q4_1) && k % 64 == 0;
-        // Q4_K and Q5_K load each row's block header once per block (BLOCKED), not per step.
-        let blocked = matches!(w.dtype(), DType::Q4K | DType::Q5K);
-        let step = match w.dtype() {
-            DType::Q4K | DType::Q5K => 64,
-            DType::Q6K => 128,
-            _ if paired => 64,
-            _ => 32,
-        };
-        // Rows per invocation: 16 share the decoding work best on large matrices (Q4_1 tied
-        // output: 72% of the vec4 copy against 53% with 8); below 4096 rows, 8 leave enough
-        // workgroups for every core (Q4_1 1536×576: 55% against 40% with 16; benches/NOTES.md).
-        let rows = if n >= 4096 && !(3..=4).contains(&tokens) { 16 } else { 8 };
         // The 8-lane workgroup is one subgroup only where the adapter's subgroups are 8 wide.
         let shared_x = report.subgroup_size == Some(8) && route == Route::Auto;
-        let x_mode = if shared_x { "xshared" } else { "xlocal" };
-        let label = format!("qmatvec_rows_{}_f32_u64_step{step}_rows{rows}_tokens{tokens}_{x_mode}_wg8", w.dtype().name());
-        let kernel = rec.gpu().kernel_generated(&label, "qmatvec_rows", &storage, || {
-            let (block_elements, block_bytes) = w.dtype().block();
-            let format = format_id(w.dtype()).expect("format checked above") as usize;
-            let source = format!(
-                "const BLOCK_ELEMENTS: u32 = {block_elements}u;\nconst BLOCK_BYTES: u32 = {block_bytes}u;\n{}",
-                crate::ops::wgsl_source!("qmatvec_rows.wgsl")
-            );
-            let section = if paired { format!("F{format}_PAIR") } else { format!("F{format}") };
-            let formats = ["F0", "F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8", "F9", "F2_PAIR", "F3_PAIR", "F4_PAIR"]
-                .map(|name| (name, usize::from(name == section)));
-            let counts = [
-                ("ROWS", rows),
-                ("TOKENS", tokens),
-                ("STEP", step),
-                ("VECS", step / 4),
-                ("GROUPS", step / 32),
-                ("EIGHT", 8),
-                ("FOUR", 4),
-                ("SHARED_X", usize::from(shared_x)),
-                ("LOCAL_X", usize::from(!shared_x)),
-                ("BLOCKED", usize::from(blocked)),
-                ("FLAT", usize::from(!blocked)),
-            ];
-            crate::unroll::expand(&source, &[&counts[..], &formats[..]].concat())
+        let plan = RowsPlan::new(w.dtype(), k, n, m, shared_x, variant.and_then(|v| v.rows));
+        let suffix = variant.map(|v| format!("_{}", v.name)).unwrap_or_default();
+        let kernel = rec.gpu().kernel_generated(&format!("{}{suffix}", plan.label()), "qmatvec_rows", &storage, || {
+            plan.source(variant.map(|v| v.template))
         })?;
+        let (tokens, rows) = (plan.tokens, plan.rows);
         let mut groups = crate::ops::grid(n, 8 * rows);
         groups[2] = as_u32(NAME, "M", m.div_ceil(tokens))?;
         return rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, groups);

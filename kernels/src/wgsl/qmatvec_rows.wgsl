@@ -16,10 +16,16 @@
 //   where the subgroup is the 8-lane workgroup (SHARED_X): lane l loads vec4 l and broadcasts it,
 //   an extract and a splat in gallivm; elsewhere (LOCAL_X) each invocation loads them itself,
 //   shared by its rows.
+// - the block scales are taken out of the inner product: each block or sub-block (SUB vec4s)
+//   sums q·x, then adds scale·Σq·x and, for formats with a zero point or a min (OFFSET),
+//   offset·Σx, Σx computed once a step and shared by every row. An element then costs a mask,
+//   a conversion and a multiply-add: 4-bit quants are masked in place (component c of a vec4 is
+//   byte c's nibble times 2^(8c)) and x is scaled by XSCALE = 2^(-8c) to match, exactly; Q8_0's
+//   signed bytes are shifted to the top of the lane and the block scale takes the 2^-24.
 // No workgroup memory, no barriers, no early return (SHARED_X needs every lane). The `//#unroll`
 // sections are expanded by `unroll.rs`, which also keeps only the decoder section (F0..F9,
-// F2_PAIR..F4_PAIR) the launcher selects. The launcher prepends BLOCK_ELEMENTS and BLOCK_BYTES;
-// quant.wgsl is not included (it reads u32 words).
+// F2_PAIR..F4_PAIR) the launcher selects. The launcher prepends BLOCK_ELEMENTS, BLOCK_BYTES and
+// XSCALE, and sets SUB, SCALES and OFFSET; quant.wgsl is not included (it reads u32 words).
 // Napkin math: N·K·bytes-per-element of weight bytes read once; x (M·K·4 bytes) is read N/(8·ROWS)
 // times from cache with SHARED_X, N/ROWS times without.
 
@@ -151,19 +157,31 @@ fn u2f(v: vec4<u32>) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(v));
 }
 
-// The four 2-bit fields at `shift` of the four bytes of `q`.
-fn crumb4(q: u32, shift: u32) -> vec4<u32> {
-    return (vec4<u32>(q) >> (vec4<u32>(0u, 8u, 16u, 24u) + shift)) & vec4<u32>(3u);
+// The four bytes of `q` masked by `mask` in place: component c is (byte c & mask) · 2^(8c),
+// exactly (four or six significant bits), for an x scaled by XSCALE. One `and` and one
+// conversion an element, where shifting each byte down took a shift more.
+fn in_place4(q: u32, mask: u32) -> vec4<f32> {
+    return u2f(vec4<u32>(q) & (vec4<u32>(mask) << vec4<u32>(0u, 8u, 16u, 24u)));
+}
+
+// The four signed bytes of `q`, each moved to the top of its lane and converted: byte c · 2^24
+// (exact); the block scale takes the 2^-24.
+fn i8x4_top(q: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>((vec4<u32>(q) << vec4<u32>(24u, 16u, 8u, 0u)) & vec4<u32>(0xFF000000u)));
+}
+
+// The 2-bit fields at bits 2·q.. of each byte of `h`, moved to bits 4..5 of the byte (garbage
+// elsewhere, masked by the caller).
+fn crumbs_to_bit4(h: u32, q: u32) -> u32 {
+    if (q < 2u) {
+        return h << (4u - 2u * q);
+    }
+    return h >> (2u * q - 4u);
 }
 
 // Bits `first`..`first + 3` of `qh`, each as 0 or 16 (the fifth bit of Q5 quants).
 fn high_bits4(qh: u32, first: u32) -> vec4<u32> {
     return ((vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + first)) & vec4<u32>(1u)) << vec4<u32>(4u);
-}
-
-// The four signed bytes of `q` as f32.
-fn i8x4(q: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(q) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
 // Byte n (0..11) of the twelve K-quant scale bytes held in three words.
@@ -190,8 +208,16 @@ fn k_scale_min(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<u32> {
 // Q4_K and Q5_K, 128 for Q6_K: the elements that share loaded bytes. Only the section for the
 // format and step is emitted (the others index past STEP).
 // `hd` is the block's k_header for Q4_K and Q5_K, unused otherwise.
-fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
-    var v: array<vec4<f32>, {VECS}>;
+struct Decoded {
+    // The step's quants (or weights) as f32, in element order, component c scaled by
+    // 1 / XSCALE[c] where the decoder leaves bytes in place.
+    q: array<vec4<f32>, {VECS}>,
+    // Per SUB vec4s (a block or sub-block): the weight is s.x · q (+ s.y where OFFSET).
+    s: array<vec2<f32>, {SCALES}>,
+}
+
+fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> Decoded {
+    var v: Decoded;
     let element = row * p.k + k0;
     let bb = (element / BLOCK_ELEMENTS) * BLOCK_BYTES;
     let e0 = element % BLOCK_ELEMENTS;
@@ -202,8 +228,9 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
 //#unroll i EIGHT
         let a{i} = w[o + 2u * {i}u];
         let b{i} = w[o + 2u * {i}u + 1u];
-        v[{i}] = bitcast<vec4<f32>>(vec4<u32>(lo32(a{i}), hi32(a{i}), lo32(b{i}), hi32(b{i})));
+        v.q[{i}] = bitcast<vec4<f32>>(vec4<u32>(lo32(a{i}), hi32(a{i}), lo32(b{i}), hi32(b{i})));
 //#end
+        v.s[0] = vec2<f32>(1.0, 0.0);
     }
 //#end
 //#unroll f F1
@@ -212,8 +239,9 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
         let o = element >> 2u;
 //#unroll i EIGHT
         let a{i} = w[o + {i}u];
-        v[{i}] = vec4<f32>(unpack2x16float(lo32(a{i})), unpack2x16float(hi32(a{i})));
+        v.q[{i}] = vec4<f32>(unpack2x16float(lo32(a{i})), unpack2x16float(hi32(a{i})));
 //#end
+        v.s[0] = vec2<f32>(1.0, 0.0);
     }
 //#end
 //#unroll f F2
@@ -224,8 +252,9 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
         let d = half_of(s[0], bb);
         let qo = bb + 2u;
 //#unroll i EIGHT
-        v[{i}] = i8x4(funnel_after(s[{i}], s[{i} + 1], qo)) * d;
+        v.q[{i}] = i8x4_top(funnel_after(s[{i}], s[{i} + 1], qo));
 //#end
+        v.s[0] = vec2<f32>(d * 0x1p-24f, 0.0);
     }
 //#end
 //#unroll f F3
@@ -237,9 +266,10 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
         let qo = bb + 2u;
 //#unroll i FOUR
         let q{i} = funnel_after(s[{i}], s[{i} + 1], qo);
-        v[{i}] = (u2f(nib4(q{i}, 0u)) - 8.0) * d;
-        v[{i} + 4] = (u2f(nib4(q{i}, 4u)) - 8.0) * d;
+        v.q[{i}] = in_place4(q{i}, 15u);
+        v.q[{i} + 4] = in_place4(q{i} >> 4u, 15u);
 //#end
+        v.s[0] = vec2<f32>(d, -8.0 * d);
     }
 //#end
 //#unroll f F4
@@ -248,9 +278,10 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
         let s = words5(bb >> 2u);
         let dm = unpack2x16float(s[0]);
 //#unroll i FOUR
-        v[{i}] = u2f(nib4(s[{i} + 1], 0u)) * dm.x + dm.y;
-        v[{i} + 4] = u2f(nib4(s[{i} + 1], 4u)) * dm.x + dm.y;
+        v.q[{i}] = in_place4(s[{i} + 1], 15u);
+        v.q[{i} + 4] = in_place4(s[{i} + 1] >> 4u, 15u);
 //#end
+        v.s[0] = dm;
     }
 //#end
 //#unroll f F2_PAIR
@@ -262,9 +293,11 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
         let da = unpack2x16float(s[0]).x;
         let db = unpack2x16float(s[8]).y;
 //#unroll i EIGHT
-        v[{i}] = i8x4(mid(s[{i}], s[{i} + 1])) * da;
-        v[{i} + 8] = i8x4(s[{i} + 9]) * db;
+        v.q[{i}] = i8x4_top(mid(s[{i}], s[{i} + 1]));
+        v.q[{i} + 8] = i8x4_top(s[{i} + 9]);
 //#end
+        v.s[0] = vec2<f32>(da * 0x1p-24f, 0.0);
+        v.s[1] = vec2<f32>(db * 0x1p-24f, 0.0);
     }
 //#end
 //#unroll f F3_PAIR
@@ -277,11 +310,13 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
         let db = unpack2x16float(s[4]).y;
 //#unroll i FOUR
         let qa{i} = mid(s[{i}], s[{i} + 1]);
-        v[{i}] = (u2f(nib4(qa{i}, 0u)) - 8.0) * da;
-        v[{i} + 4] = (u2f(nib4(qa{i}, 4u)) - 8.0) * da;
-        v[{i} + 8] = (u2f(nib4(s[{i} + 5], 0u)) - 8.0) * db;
-        v[{i} + 12] = (u2f(nib4(s[{i} + 5], 4u)) - 8.0) * db;
+        v.q[{i}] = in_place4(qa{i}, 15u);
+        v.q[{i} + 4] = in_place4(qa{i} >> 4u, 15u);
+        v.q[{i} + 8] = in_place4(s[{i} + 5], 15u);
+        v.q[{i} + 12] = in_place4(s[{i} + 5] >> 4u, 15u);
 //#end
+        v.s[0] = vec2<f32>(da, -8.0 * da);
+        v.s[1] = vec2<f32>(db, -8.0 * db);
     }
 //#end
 //#unroll f F4_PAIR
@@ -299,11 +334,13 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
         let qa = array<u32, 4>(hi32(u0), lo32(u1), hi32(u1), lo32(u2));
         let qb = array<u32, 4>(lo32(u3), hi32(u3), lo32(u4), hi32(u4));
 //#unroll i FOUR
-        v[{i}] = u2f(nib4(qa[{i}], 0u)) * dma.x + dma.y;
-        v[{i} + 4] = u2f(nib4(qa[{i}], 4u)) * dma.x + dma.y;
-        v[{i} + 8] = u2f(nib4(qb[{i}], 0u)) * dmb.x + dmb.y;
-        v[{i} + 12] = u2f(nib4(qb[{i}], 4u)) * dmb.x + dmb.y;
+        v.q[{i}] = in_place4(qa[{i}], 15u);
+        v.q[{i} + 4] = in_place4(qa[{i}] >> 4u, 15u);
+        v.q[{i} + 8] = in_place4(qb[{i}], 15u);
+        v.q[{i} + 12] = in_place4(qb[{i}] >> 4u, 15u);
 //#end
+        v.s[0] = dma;
+        v.s[1] = dmb;
     }
 //#end
 //#unroll f F5
@@ -316,9 +353,10 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
         let qo = bb + 6u;
 //#unroll i FOUR
         let q{i} = funnel_after(s[{i} + 1], s[{i} + 2], qo);
-        v[{i}] = vec4<f32>(vec4<i32>(nib4(q{i}, 0u) | high_bits4(qh, 4u * {i}u)) - 16) * d;
-        v[{i} + 4] = vec4<f32>(vec4<i32>(nib4(q{i}, 4u) | high_bits4(qh, 16u + 4u * {i}u)) - 16) * d;
+        v.q[{i}] = vec4<f32>(vec4<i32>(nib4(q{i}, 0u) | high_bits4(qh, 4u * {i}u)) - 16);
+        v.q[{i} + 4] = vec4<f32>(vec4<i32>(nib4(q{i}, 4u) | high_bits4(qh, 16u + 4u * {i}u)) - 16);
 //#end
+        v.s[0] = vec2<f32>(d, 0.0);
     }
 //#end
 //#unroll f F6
@@ -333,9 +371,10 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
         let b = w[o + 2u];
         let q = array<u32, 4>(lo32(a), hi32(a), lo32(b), hi32(b));
 //#unroll i FOUR
-        v[{i}] = u2f(nib4(q[{i}], 0u) | high_bits4(qh, 4u * {i}u)) * dm.x + dm.y;
-        v[{i} + 4] = u2f(nib4(q[{i}], 4u) | high_bits4(qh, 16u + 4u * {i}u)) * dm.x + dm.y;
+        v.q[{i}] = u2f(nib4(q[{i}], 0u) | high_bits4(qh, 4u * {i}u));
+        v.q[{i} + 4] = u2f(nib4(q[{i}], 4u) | high_bits4(qh, 16u + 4u * {i}u));
 //#end
+        v.s[0] = dm;
     }
 //#end
 //#unroll f F7
@@ -349,17 +388,15 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
         let dm = unpack2x16float(hd.x);
         let sm0 = k_scale_min(hd.y, hd.z, hd.w, 2u * jp);
         let sm1 = k_scale_min(hd.y, hd.z, hd.w, 2u * jp + 1u);
-        let scale0 = dm.x * f32(sm0.x);
-        let offset0 = dm.y * f32(sm0.y);
-        let scale1 = dm.x * f32(sm1.x);
-        let offset1 = dm.y * f32(sm1.y);
+        v.s[0] = vec2<f32>(dm.x * f32(sm0.x), -(dm.y * f32(sm0.y)));
+        v.s[1] = vec2<f32>(dm.x * f32(sm1.x), -(dm.y * f32(sm1.y)));
         let qb = o + 2u + 4u * jp;
 //#unroll i FOUR
         let a{i} = w[qb + {i}u];
-        v[2 * {i}] = scale0 * u2f(nib4(lo32(a{i}), 0u)) - offset0;
-        v[2 * {i} + 1] = scale0 * u2f(nib4(hi32(a{i}), 0u)) - offset0;
-        v[2 * {i} + 8] = scale1 * u2f(nib4(lo32(a{i}), 4u)) - offset1;
-        v[2 * {i} + 9] = scale1 * u2f(nib4(hi32(a{i}), 4u)) - offset1;
+        v.q[2 * {i}] = in_place4(lo32(a{i}), 15u);
+        v.q[2 * {i} + 1] = in_place4(hi32(a{i}), 15u);
+        v.q[2 * {i} + 8] = in_place4(lo32(a{i}) >> 4u, 15u);
+        v.q[2 * {i} + 9] = in_place4(hi32(a{i}) >> 4u, 15u);
 //#end
     }
 //#end
@@ -375,19 +412,17 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
         let dm = unpack2x16float(hd.x);
         let sm0 = k_scale_min(hd.y, hd.z, hd.w, j0);
         let sm1 = k_scale_min(hd.y, hd.z, hd.w, j1);
-        let scale0 = dm.x * f32(sm0.x);
-        let offset0 = dm.y * f32(sm0.y);
-        let scale1 = dm.x * f32(sm1.x);
-        let offset1 = dm.y * f32(sm1.y);
+        v.s[0] = vec2<f32>(dm.x * f32(sm0.x), -(dm.y * f32(sm0.y)));
+        v.s[1] = vec2<f32>(dm.x * f32(sm1.x), -(dm.y * f32(sm1.y)));
         let qb = o + 6u + 4u * jp;
         let bytes = vec4<u32>(0u, 8u, 16u, 24u);
 //#unroll i FOUR
         let a{i} = w[qb + {i}u];
         let c{i} = w[o + 2u + {i}u];
-        v[2 * {i}] = scale0 * u2f(nib4(lo32(a{i}), 0u) | (((vec4<u32>(lo32(c{i})) >> (bytes + j0)) & vec4<u32>(1u)) << vec4<u32>(4u))) - offset0;
-        v[2 * {i} + 1] = scale0 * u2f(nib4(hi32(a{i}), 0u) | (((vec4<u32>(hi32(c{i})) >> (bytes + j0)) & vec4<u32>(1u)) << vec4<u32>(4u))) - offset0;
-        v[2 * {i} + 8] = scale1 * u2f(nib4(lo32(a{i}), 4u) | (((vec4<u32>(lo32(c{i})) >> (bytes + j1)) & vec4<u32>(1u)) << vec4<u32>(4u))) - offset1;
-        v[2 * {i} + 9] = scale1 * u2f(nib4(hi32(a{i}), 4u) | (((vec4<u32>(hi32(c{i})) >> (bytes + j1)) & vec4<u32>(1u)) << vec4<u32>(4u))) - offset1;
+        v.q[2 * {i}] = u2f(nib4(lo32(a{i}), 0u) | (((vec4<u32>(lo32(c{i})) >> (bytes + j0)) & vec4<u32>(1u)) << vec4<u32>(4u)));
+        v.q[2 * {i} + 1] = u2f(nib4(hi32(a{i}), 0u) | (((vec4<u32>(hi32(c{i})) >> (bytes + j0)) & vec4<u32>(1u)) << vec4<u32>(4u)));
+        v.q[2 * {i} + 8] = u2f(nib4(lo32(a{i}), 4u) | (((vec4<u32>(lo32(c{i})) >> (bytes + j1)) & vec4<u32>(1u)) << vec4<u32>(4u)));
+        v.q[2 * {i} + 9] = u2f(nib4(hi32(a{i}), 4u) | (((vec4<u32>(hi32(c{i})) >> (bytes + j1)) & vec4<u32>(1u)) << vec4<u32>(4u)));
 //#end
     }
 //#end
@@ -425,10 +460,14 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> array<vec4<f32>, {VECS}> {
             funnel(hw[0], hw[1], hi), funnel(hw[1], hw[2], hi), funnel(hw[2], hw[3], hi), funnel(hw[3], hw[4], hi),
             funnel(hw[4], hw[5], hi), funnel(hw[5], hw[6], hi), funnel(hw[6], hw[7], hi), funnel(hw[7], hw[8], hi),
         );
+        // Each byte's six bits assembled in place (low nibble, then the crumb at bits 4..5),
+        // a word at a time; the -32 is the offset.
 //#unroll q FOUR
+        v.s[2 * {q}] = vec2<f32>(scf[2 * {q}], -32.0 * scf[2 * {q}]);
+        v.s[2 * {q} + 1] = vec2<f32>(scf[2 * {q} + 1], -32.0 * scf[2 * {q} + 1]);
 //#unroll i FOUR
-        v[8 * {q} + {i}] = scf[2 * {q}] * vec4<f32>(vec4<i32>(nib4(ql[8 * ({q} % 2) + {i}], 4u * ({q}u / 2u)) | (crumb4(qh[{i}], 2u * {q}u) << vec4<u32>(4u))) - 32);
-        v[8 * {q} + {i} + 4] = scf[2 * {q} + 1] * vec4<f32>(vec4<i32>(nib4(ql[8 * ({q} % 2) + {i} + 4], 4u * ({q}u / 2u)) | (crumb4(qh[{i} + 4], 2u * {q}u) << vec4<u32>(4u))) - 32);
+        v.q[8 * {q} + {i}] = in_place4(((ql[8 * ({q} % 2) + {i}] >> (4u * ({q}u / 2u))) & 0x0F0F0F0Fu) | (crumbs_to_bit4(qh[{i}], {q}u) & 0x30303030u), 63u);
+        v.q[8 * {q} + {i} + 4] = in_place4(((ql[8 * ({q} % 2) + {i} + 4] >> (4u * ({q}u / 2u))) & 0x0F0F0F0Fu) | (crumbs_to_bit4(qh[{i} + 4], {q}u) & 0x30303030u), 63u);
 //#end
 //#end
     }
@@ -489,13 +528,43 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 //#end
 //#end
 //#end
+        // x as the decoders place each vec4's components (XSCALE), in step order.
+        let xs{t} = array<vec4<f32>, {VECS}>(
+//#unroll c GROUPS
+//#unroll i EIGHT
+            x{t}_{c}_{i} * XSCALE,
+//#end
+//#end
+        );
+//#unroll z OFFSET
+        // Σx of each scale group, which the offsets (zero points, mins) multiply.
+        let xr{t} = array<vec4<f32>, {VECS}>(
+//#unroll c GROUPS
+//#unroll i EIGHT
+            x{t}_{c}_{i},
+//#end
+//#end
+        );
+//#unroll g SCALES
+        var sx{t}_{g} = xr{t}[{SUB} * {g}];
+//#unroll j SUB_REST
+        sx{t}_{g} += xr{t}[{SUB} * {g} + {j} + 1];
+//#end
+//#end
+//#end
 //#end
 //#unroll r ROWS
         let wv{r} = chunk(row{r}, k0, hd{r});
 //#unroll t TOKENS
-//#unroll c GROUPS
-//#unroll i EIGHT
-        acc{r}_{t} = fma(wv{r}[8 * {c} + {i}], x{t}_{c}_{i}, acc{r}_{t});
+//#unroll g SCALES
+        // Σ q·x over the scale group, then its scale (and its offset times Σx) once.
+        var p{r}_{t}_{g} = wv{r}.q[{SUB} * {g}] * xs{t}[{SUB} * {g}];
+//#unroll j SUB_REST
+        p{r}_{t}_{g} = fma(wv{r}.q[{SUB} * {g} + {j} + 1], xs{t}[{SUB} * {g} + {j} + 1], p{r}_{t}_{g});
+//#end
+        acc{r}_{t} = fma(vec4<f32>(wv{r}.s[{g}].x), p{r}_{t}_{g}, acc{r}_{t});
+//#unroll z OFFSET
+        acc{r}_{t} = fma(vec4<f32>(wv{r}.s[{g}].y), sx{t}_{g}, acc{r}_{t});
 //#end
 //#end
 //#end
