@@ -1,51 +1,25 @@
-//! What reading weights through texel fetches instead of storage loads would buy the CPU matvec:
-//! the rows kernel for Q4_1 at SmolLM2's tied-output shape (49,152 × 576), as the launcher
-//! generates it (u64 storage loads, 5 a two-block step), against the same kernel with each step's
-//! 40 bytes fetched as 3 texels of an rgba32uint texture holding the same bytes. Both outputs must
-//! be bit-identical. On lavapipe (Mesa 22.3) a storage load costs a per-lane loop for every
-//! component, a texel fetch one gather per 16 bytes (benches/NOTES.md, "Texel fetches").
+//! What the texel copy of block-format weights buys the CPU matvec: the rows kernel for Q4_1
+//! at SmolLM2's tied-output shape (49,152 × 576) as the launcher generates it for weights in a
+//! buffer (u64 storage loads, 5 a two-block step) and for weights with a texel copy (3 texel
+//! fetches a step), in one process, alternating. Both outputs must be bit-identical. On lavapipe
+//! (Mesa 22.3) a storage load is a loop over the lanes for each component, a texel fetch one
+//! gather of 16 bytes a lane (benches/NOTES.md, "Texel fetches").
 //! `cargo run --release -p hartonomous-kernels --example texture_matvec_probe`
 //!
-//! It drives wgpu directly: the kernels' tensors are buffers, and this measures what a texture
-//! would change before the runtime holds any weights in one.
+//! It drives wgpu directly so that both variants run on the same bytes in one process (the
+//! launcher picks one by the tensor).
 use std::time::Instant;
 
 use hartonomous_kernels::ops::qmatmul::qmatvec_rows_source;
 use hartonomous_kernels::DType;
 
-/// The Q4_1 two-block step's loads in the generated kernel, and their texel replacement: the 40
-/// bytes at 8-byte phase `odd` within 3 texels.
-const STORAGE_LOADS: &str = "        let o = bb >> 3u;
-        let u0 = w[o];
-        let u1 = w[o + 1u];
-        let u2 = w[o + 2u];
-        let u3 = w[o + 3u];
-        let u4 = w[o + 4u];
-        let dma = unpack2x16float(lo32(u0));
-        let dmb = unpack2x16float(hi32(u2));
-        let qa = array<u32, 4>(hi32(u0), lo32(u1), hi32(u1), lo32(u2));
-        let qb = array<u32, 4>(lo32(u3), hi32(u3), lo32(u4), hi32(u4));
-";
-const TEXEL_FETCHES: &str = "        let t = bb >> 4u;
-        let odd = (bb & 8u) != 0u;
-        let A = texel(t);
-        let B = texel(t + 1u);
-        let C = texel(t + 2u);
-        let dma = unpack2x16float(select(A.x, A.z, odd));
-        let qa = array<u32, 4>(select(A.y, A.w, odd), select(A.z, B.x, odd), select(A.w, B.y, odd), select(B.x, B.z, odd));
-        let dmb = unpack2x16float(select(B.y, B.w, odd));
-        let qb = array<u32, 4>(select(B.z, C.x, odd), select(B.w, C.y, odd), select(C.x, C.z, odd), select(C.y, C.w, odd));
-";
+/// Texels in a row of the texture, as the kernels' uploads lay them out.
 const WIDTH: u32 = 16384;
 
 fn main() {
     let (n, k) = (49152u32, 576u32);
-    let buf_src = qmatvec_rows_source(DType::Q4_1, n as usize, k as usize, 1, None).expect("the rows kernel expands");
-    assert!(buf_src.contains(STORAGE_LOADS), "the Q4_1 pair section of qmatvec_rows.wgsl changed: update STORAGE_LOADS here");
-    let tex_src = buf_src.replace(STORAGE_LOADS, TEXEL_FETCHES).replace(
-        "@group(0) @binding(1) var<storage, read> w: array<u64>;",
-        &format!("@group(0) @binding(1) var wt: texture_2d<u32>;\n@group(0) @binding(6) var<storage, read> w: array<u64>;\nfn texel(t: u32) -> vec4<u32> {{ return textureLoad(wt, vec2<u32>(t % {WIDTH}u, t / {WIDTH}u), 0); }}"),
-    );
+    let buf_src = qmatvec_rows_source(DType::Q4_1, n as usize, k as usize, 1, false).expect("the rows kernel expands");
+    let tex_src = qmatvec_rows_source(DType::Q4_1, n as usize, k as usize, 1, true).expect("the rows kernel expands");
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends: wgpu::Backends::VULKAN,
         ..wgpu::InstanceDescriptor::new_without_display_handle()
@@ -147,8 +121,8 @@ fn main() {
         queue.submit([e.finish()]);
         staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
         device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-        let v: Vec<f32> = bytemuck::cast_slice(&staging.slice(..).get_mapped_range().unwrap()).to_vec();
-        v
+        let values: Vec<f32> = bytemuck::cast_slice(&staging.slice(..).get_mapped_range().unwrap()).to_vec();
+        values
     };
     let (rb, rt) = (read(&pb, &gb), read(&pt, &gt));
     let same = rb.iter().zip(&rt).filter(|(a, b)| a.to_bits() == b.to_bits()).count();

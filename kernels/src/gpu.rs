@@ -18,6 +18,15 @@ pub const ADAPTER_ENV: &str = "HARTONOMOUS_ADAPTER";
 /// on lavapipe removing them made no measurable difference (benches/NOTES.md), so speed does not
 /// yet justify giving up that safety net.
 pub const SHADER_CHECKS_ENV: &str = "HARTONOMOUS_SHADER_CHECKS";
+/// Set to 0 to keep block-format weights in buffers only on software adapters. By default an
+/// upload there also writes the blocks into an rgba32uint texture (a second copy of the same
+/// bytes, not a dequantized one) that the CPU matvec fetches 16 bytes at a time: on lavapipe a
+/// texel fetch is one gather where a storage load is a loop over the lanes for each component
+/// (`qmatvec_rows.wgsl`; benches/NOTES.md, "Texel fetches").
+pub const TEXEL_WEIGHTS_ENV: &str = "HARTONOMOUS_TEXEL_WEIGHTS";
+/// Texels in a row of a weight texture: rows of 256 KiB (a multiple of the 256-byte row
+/// alignment of texture copies), so 4 GiB of blocks fit in the 16,384 rows Vulkan guarantees.
+pub(crate) const TEXEL_ROW: u32 = 16384;
 
 /// What the daemon and the benchmarks report about the adapter in use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +161,10 @@ impl Tensor {
     pub(crate) fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer.buffer
     }
+    /// The texel copy of a block-format weight's bytes, where the upload made one.
+    pub(crate) fn texels(&self) -> Option<&wgpu::TextureView> {
+        self.buffer.texels.get()
+    }
     /// True when both tensors view one buffer.
     pub fn same_buffer(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.buffer, &other.buffer)
@@ -199,6 +212,10 @@ struct Pool {
 struct PooledBuffer {
     buffer: wgpu::Buffer,
     pool: Arc<Mutex<Pool>>,
+    /// The same bytes as `TEXEL_ROW`-wide rows of rgba32uint texels, for block-format weights
+    /// on software adapters (`TEXEL_WEIGHTS_ENV`). Written once at upload; no kernel writes a
+    /// block-format tensor, so it never goes stale. Dropped with the buffer.
+    texels: std::sync::OnceLock<wgpu::TextureView>,
 }
 
 impl Drop for PooledBuffer {
@@ -217,11 +234,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// How a kernel uses a storage binding.
+/// How a kernel uses a binding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
     Read,
     ReadWrite,
+    /// The tensor's texel copy ([`Tensor::texels`]) as a `texture_2d<u32>`.
+    Texels,
 }
 
 /// A compiled compute pipeline and its bind group layout.
@@ -229,6 +248,7 @@ pub(crate) struct Kernel {
     pub(crate) label: String,
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
+    access: Vec<Access>,
 }
 
 /// The GPU context. Create once and share; all methods take `&self`.
@@ -241,6 +261,7 @@ pub struct Gpu {
     pool: Arc<Mutex<Pool>>,
     uncaptured: Arc<Mutex<Vec<String>>>,
     shader_checks: bool,
+    texel_weights: bool,
 }
 
 /// The process's one wgpu instance, created on first use and never destroyed.
@@ -329,12 +350,16 @@ impl Gpu {
         Ok(Self {
             device,
             queue,
-            report,
-            limits,
             kernels: Mutex::new(HashMap::new()),
             pool: Arc::new(Mutex::new(Pool::default())),
             uncaptured,
             shader_checks: std::env::var_os(SHADER_CHECKS_ENV).is_none_or(|v| v != "0"),
+            texel_weights: report.software
+                && report.shader_int64
+                && limits.max_texture_dimension_2d >= TEXEL_ROW
+                && std::env::var_os(TEXEL_WEIGHTS_ENV).is_none_or(|v| v != "0"),
+            report,
+            limits,
         })
     }
 
@@ -402,6 +427,7 @@ impl Gpu {
             buffer: Arc::new(PooledBuffer {
                 buffer: self.take_buffer(bytes)?,
                 pool: self.pool.clone(),
+                texels: std::sync::OnceLock::new(),
             }),
             shape: shape.to_vec(),
             dtype,
@@ -429,7 +455,62 @@ impl Gpu {
             padded.resize(bytes.len().next_multiple_of(4), 0);
             self.queue.write_buffer(t.buffer(), 0, &padded);
         }
+        if self.texel_weights && dtype.block().0 > 1 {
+            if let Some(view) = self.texel_copy(bytes) {
+                let _ = t.buffer.texels.set(view);
+            }
+        }
         Ok(t)
+    }
+
+    /// Whether block-format weights uploaded here get a texel copy ([`TEXEL_WEIGHTS_ENV`]): the
+    /// memory they take is then twice their bytes.
+    pub fn texel_weights(&self) -> bool {
+        self.texel_weights
+    }
+
+    /// `bytes` as an rgba32uint texture of `TEXEL_ROW`-wide rows (the last row partly filled,
+    /// the last texel zero-padded); `None` where they need more rows than the adapter allows
+    /// (the weight then stays in its buffer only).
+    fn texel_copy(&self, bytes: &[u8]) -> Option<wgpu::TextureView> {
+        let texels = (bytes.len() as u64).div_ceil(16);
+        let row_bytes = u64::from(TEXEL_ROW) * 16;
+        let rows = texels.div_ceil(u64::from(TEXEL_ROW)).max(1);
+        if rows > u64::from(self.limits.max_texture_dimension_2d) {
+            return None;
+        }
+        let size = wgpu::Extent3d { width: TEXEL_ROW, height: rows as u32, depth_or_array_layers: 1 };
+        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("weight texels"),
+            size,
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Uint,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        // Whole rows straight from `bytes`, then the last row from a padded copy of the tail.
+        let full_rows = bytes.len() as u64 / row_bytes;
+        let layout = |rows| wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(row_bytes as u32), rows_per_image: Some(rows) };
+        if full_rows > 0 {
+            let extent = wgpu::Extent3d { width: TEXEL_ROW, height: full_rows as u32, depth_or_array_layers: 1 };
+            self.queue.write_texture(texture.as_image_copy(), &bytes[..(full_rows * row_bytes) as usize], layout(full_rows as u32), extent);
+        }
+        let tail = &bytes[(full_rows * row_bytes) as usize..];
+        if !tail.is_empty() {
+            let mut padded = tail.to_vec();
+            padded.resize(tail.len().next_multiple_of(16), 0);
+            let width = (padded.len() / 16) as u32;
+            let origin = wgpu::TexelCopyTextureInfo {
+                texture: &texture,
+                mip_level: 0,
+                origin: wgpu::Origin3d { x: 0, y: full_rows as u32, z: 0 },
+                aspect: wgpu::TextureAspect::All,
+            };
+            self.queue.write_texture(origin, &padded, layout(1), wgpu::Extent3d { width, height: 1, depth_or_array_layers: 1 });
+        }
+        Some(texture.create_view(&Default::default()))
     }
 
     pub fn upload_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
@@ -559,12 +640,19 @@ impl Gpu {
             .map(|(i, access)| wgpu::BindGroupLayoutEntry {
                 binding: i as u32,
                 visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage {
-                        read_only: *access == Access::Read,
+                ty: match access {
+                    Access::Texels => wgpu::BindingType::Texture {
+                        sample_type: wgpu::TextureSampleType::Uint,
+                        view_dimension: wgpu::TextureViewDimension::D2,
+                        multisampled: false,
                     },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
+                    _ => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: *access == Access::Read,
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
                 },
                 count: None,
             })
@@ -622,6 +710,7 @@ impl Gpu {
             label: label.to_string(),
             layout,
             pipeline,
+            access: storage.to_vec(),
         });
         lock(&self.kernels).insert(label.to_string(), kernel.clone());
         Ok(kernel)
@@ -692,14 +781,18 @@ impl<'g> Recorder<'g> {
             contents: bytemuck::bytes_of(params),
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        let mut entries: Vec<wgpu::BindGroupEntry<'_>> = tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: t.buffer().as_entire_binding(),
-            })
-            .collect();
+        let mut entries = Vec::with_capacity(tensors.len() + 1);
+        for (i, t) in tensors.iter().enumerate() {
+            let resource = match kernel.access.get(i) {
+                Some(Access::Texels) => wgpu::BindingResource::TextureView(t.texels().ok_or_else(|| KernelError::InvalidArgument {
+                    op: "dispatch",
+                    what: "binding",
+                    reason: format!("`{}` reads binding {i} as texels, and that tensor has no texel copy", kernel.label),
+                })?),
+                _ => t.buffer().as_entire_binding(),
+            };
+            entries.push(wgpu::BindGroupEntry { binding: i as u32, resource });
+        }
         entries.push(wgpu::BindGroupEntry {
             binding: tensors.len() as u32,
             resource: uniform.as_entire_binding(),

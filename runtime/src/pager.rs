@@ -210,9 +210,16 @@ impl Pager {
     }
 
     /// Bytes `layer` occupies once resident.
-    fn resident_size(key: ResidencyKey, layer: &LayerRow) -> u64 {
+    /// Bytes a layer takes once paged in: its f32 values from geometry, else its stored bytes,
+    /// twice over for block formats on an adapter that also keeps their texel copy
+    /// (`Gpu::texel_weights`).
+    fn resident_size(&self, key: ResidencyKey, layer: &LayerRow) -> u64 {
         if key.from_geometry {
-            layer.parameter_count * 4
+            return layer.parameter_count * 4;
+        }
+        let block_format = DType::from_tag(&layer.dtype).is_some_and(|d| d.is_gguf_block());
+        if block_format && self.gpu.texel_weights() {
+            2 * layer.byte_length
         } else {
             layer.byte_length
         }
@@ -266,7 +273,7 @@ impl Pager {
             return Ok((r.tensor.clone(), key));
         }
         self.metrics.misses.fetch_add(1, Ordering::Relaxed);
-        let bytes = Self::resident_size(key, layer);
+        let bytes = self.resident_size(key, layer);
         self.make_room(model, layer, bytes)?;
         let started = Instant::now();
         let tensor = if key.from_geometry {

@@ -2,7 +2,7 @@
 //! registers: C = A · Wᵀ (+ bias) (+ residual), W [N, K].
 
 use crate::error::{KernelError, Result};
-use crate::gpu::{Access, DType, Recorder, Tensor};
+use crate::gpu::{Access, DType, Recorder, Tensor, TEXEL_ROW};
 use crate::ops::matmul::Epilogue;
 use crate::ops::{as_u32, expect_bindable, expect_distinct, expect_dtype, expect_shape};
 
@@ -120,11 +120,13 @@ struct RowsPlan {
     paired: bool,
     blocked: bool,
     shared_x: bool,
+    /// W read from its texel copy (`Tensor::texels`) rather than its buffer.
+    texels: bool,
 }
 
 impl RowsPlan {
     /// `rows` forces the rows an invocation (probes); `None` chooses them by shape.
-    fn new(dtype: DType, k: usize, n: usize, m: usize, shared_x: bool, rows: Option<usize>) -> RowsPlan {
+    fn new(dtype: DType, k: usize, n: usize, m: usize, shared_x: bool, texels: bool, rows: Option<usize>) -> RowsPlan {
         let tokens = m.min(MATVEC_MAX_M);
         // Elements a row's step decodes: those that share loaded bytes (qmatvec_rows.wgsl); two
         // blocks of Q8_0, Q4_0 and Q4_1 where K holds whole pairs, which aligns them.
@@ -141,14 +143,15 @@ impl RowsPlan {
         // output: 72% of the vec4 copy against 53% with 8); below 4096 rows, 8 leave enough
         // workgroups for every core (Q4_1 1536×576: 55% against 40% with 16; benches/NOTES.md).
         let rows = rows.unwrap_or(if n >= 4096 && !(3..=4).contains(&tokens) { 16 } else { 8 });
-        RowsPlan { dtype, tokens, rows, step, paired, blocked, shared_x }
+        RowsPlan { dtype, tokens, rows, step, paired, blocked, shared_x, texels }
     }
 
     fn label(&self) -> String {
         let x_mode = if self.shared_x { "xshared" } else { "xlocal" };
         format!(
-            "qmatvec_rows_{}_f32_u64_step{}_rows{}_tokens{}_{x_mode}_wg8",
+            "qmatvec_rows_{}_f32_{}_step{}_rows{}_tokens{}_{x_mode}_wg8",
             self.dtype.name(),
+            if self.texels { "texels" } else { "u64" },
             self.step,
             self.rows,
             self.tokens
@@ -169,7 +172,7 @@ impl RowsPlan {
         let in_place = matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q4K | DType::Q6K);
         let x_scale = if in_place { "1.0, 0x1p-8f, 0x1p-16f, 0x1p-24f" } else { "1.0, 1.0, 1.0, 1.0" };
         let source = format!(
-            "const BLOCK_ELEMENTS: u32 = {block_elements}u;\nconst BLOCK_BYTES: u32 = {block_bytes}u;\nconst XSCALE = vec4<f32>({x_scale});\n{template}"
+            "const BLOCK_ELEMENTS: u32 = {block_elements}u;\nconst BLOCK_BYTES: u32 = {block_bytes}u;\nconst XSCALE = vec4<f32>({x_scale});\nconst TEXEL_ROW: u32 = {TEXEL_ROW}u;\n{template}"
         );
         // Vec4s that share a scale (a block or sub-block: 16 elements of Q6_K, 32 otherwise), and
         // whether the format adds an offset (zero point or min) times Σx to each.
@@ -194,16 +197,26 @@ impl RowsPlan {
             ("SUB_REST", sub - 1),
             ("SCALES", self.step / 4 / sub),
             ("OFFSET", usize::from(offset)),
+            ("SUBSTEPS", if self.blocked { 256 / self.step } else { 1 }),
+            ("UNITS", if self.blocked { block_bytes as usize / 16 } else { 1 }),
+            ("WORDS", usize::from(!self.texels)),
+            ("TEXELS", usize::from(self.texels)),
+            ("THREE", 3),
+            ("FIVE", 5),
+            ("SIX", 6),
+            ("NINE", 9),
+            ("SEVENTEEN", 17),
         ];
         crate::unroll::expand(&source, &[&counts[..], &formats[..]].concat())
     }
 }
 
 /// The rows kernel's expanded WGSL for a weight format, an [N, K] matrix and M tokens, with
-/// subgroup-shared x: for probes that patch it (`examples/texture_matvec_probe.rs`). Not an API.
+/// subgroup-shared x, reading W from its buffer or its texel copy: for probes that bind it
+/// themselves (`examples/texture_matvec_probe.rs`). Not an API.
 #[doc(hidden)]
-pub fn qmatvec_rows_source(dtype: DType, n: usize, k: usize, m: usize, rows: Option<usize>) -> Result<String> {
-    RowsPlan::new(dtype, k, n, m, true, rows).source(None)
+pub fn qmatvec_rows_source(dtype: DType, n: usize, k: usize, m: usize, texels: bool) -> Result<String> {
+    RowsPlan::new(dtype, k, n, m, true, texels, None).source(None)
 }
 
 /// Invocations per output row of the GPU matvec (see `qmatvec.wgsl`).
@@ -280,7 +293,10 @@ fn qmatmul_with(
     if rows_kernel || route == Route::RowsLocalX {
         // The 8-lane workgroup is one subgroup only where the adapter's subgroups are 8 wide.
         let shared_x = report.subgroup_size == Some(8) && route == Route::Auto;
-        let plan = RowsPlan::new(w.dtype(), k, n, m, shared_x, variant.and_then(|v| v.rows));
+        // Block-format weights uploaded on a software adapter carry a texel copy (gpu.rs).
+        let texels = w.texels().is_some() && route == Route::Auto;
+        let plan = RowsPlan::new(w.dtype(), k, n, m, shared_x, texels, variant.and_then(|v| v.rows));
+        let storage = if texels { [Access::Read, Access::Texels, Access::Read, Access::Read, Access::ReadWrite] } else { storage };
         let suffix = variant.map(|v| format!("_{}", v.name)).unwrap_or_default();
         let kernel = rec.gpu().kernel_generated(&format!("{}{suffix}", plan.label()), "qmatvec_rows", &storage, || {
             plan.source(variant.map(|v| v.template))

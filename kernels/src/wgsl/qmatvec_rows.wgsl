@@ -30,7 +30,12 @@
 // times from cache with SHARED_X, N/ROWS times without.
 
 @group(0) @binding(0) var<storage, read> x: array<vec2<u64>>;   // [M, K] f32, 4 a load pair
+//#unroll z WORDS
 @group(0) @binding(1) var<storage, read> w: array<u64>;         // [N, K] stored, 8 bytes a load
+//#end
+//#unroll z TEXELS
+@group(0) @binding(1) var wt: texture_2d<u32>;                  // [N, K] stored, 16 bytes a texel
+//#end
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read> residual: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // [M, N]
@@ -47,15 +52,50 @@ fn x4(i: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4<u32>(lo32(v.x), hi32(v.x), lo32(v.y), hi32(v.y)));
 }
 
-// The first 16 bytes of the K-quant block holding element k0 of `row` (f16 d, f16 dmin, 12 scale
-// bytes): loaded once per block and row, shared by the block's four 64-element steps.
-fn k_header(row: u32, k0: u32) -> vec4<u32> {
-    let o = (((row * p.k + k0) / BLOCK_ELEMENTS) * BLOCK_BYTES) >> 3u;
-    let h0 = w[o];
-    let h1 = w[o + 1u];
-    return vec4<u32>(lo32(h0), hi32(h0), lo32(h1), hi32(h1));
+// W's bytes through one of two bindings (the launcher keeps one section): WORDS, the storage
+// buffer read as u64 words; TEXELS, the same bytes as an rgba32uint texture of TEXEL_ROW-wide
+// rows, which lavapipe reads 16 bytes a fetch (one gather across the lanes) where a storage load
+// is a loop over the lanes for each component. w64(i) is bytes 8i..8i+7 and w128(i) bytes
+// 16i..16i+15 as four u32 words, in both.
+//#unroll z WORDS
+fn w64(i: u32) -> u64 {
+    return w[i];
 }
 
+fn w128(i: u32) -> vec4<u32> {
+    let a = w[2u * i];
+    let b = w[2u * i + 1u];
+    return vec4<u32>(lo32(a), hi32(a), lo32(b), hi32(b));
+}
+//#end
+//#unroll z TEXELS
+fn w128(i: u32) -> vec4<u32> {
+    return textureLoad(wt, vec2<u32>(i % TEXEL_ROW, i / TEXEL_ROW), 0);
+}
+
+fn w64(i: u32) -> u64 {
+    let t = w128(i >> 1u);
+    let odd = (i & 1u) != 0u;
+    return u64(select(t.x, t.z, odd)) | (u64(select(t.y, t.w, odd)) << 32u);
+}
+//#end
+
+// The first 16 bytes of the K-quant block holding element k0 of `row` (f16 d, f16 dmin, 12 scale
+// bytes): loaded once per block and row, shared by the block's four 64-element steps.
+// The whole K-quant block holding element k0 of `row` (144 bytes of Q4_K, 176 of Q5_K, both
+// 16-byte aligned) as UNITS 16-byte units, fetched together at the block's start: a row's
+// bytes then arrive as one burst instead of a unit a step, so the core has them in flight
+// together (Q4_K at 49,152 × 1536: 1.17 times as fast; benches/NOTES.md).
+fn k_block(row: u32, k0: u32) -> array<vec4<u32>, {UNITS}> {
+    let u = (((row * p.k + k0) / BLOCK_ELEMENTS) * BLOCK_BYTES) >> 4u;
+    var b: array<vec4<u32>, {UNITS}>;
+//#unroll j UNITS
+    b[{j}] = w128(u + {j}u);
+//#end
+    return b;
+}
+
+//#unroll z WORDS
 // Words of a window of u32 words starting at word `base`, from u64 words a = w[base / 2 + i] and
 // b = w[base / 2 + i + 1]: word 2i is a half of a, word 2i + 1 straddles a and b when base is odd.
 fn even_word(a: u64, odd: bool) -> u32 { return select(lo32(a), hi32(a), odd); }
@@ -123,6 +163,87 @@ fn words17(base: u32) -> array<u32, 17> {
                           even_word(u6, odd), odd_word(u6, u7, odd), even_word(u7, odd),
                           odd_word(u7, u8, odd), even_word(u8, odd));
 }
+//#end
+//#unroll z TEXELS
+// The same windows from texels: the words of the texels from base / 4 in order, word j of the
+// window at j + base % 4 among them (three selects a word, no more fetches than texels touched).
+fn pick(f0: u32, f1: u32, f2: u32, f3: u32, phase: u32) -> u32 {
+    return select(select(f0, f1, phase == 1u), select(f2, f3, phase == 3u), phase >= 2u);
+}
+
+fn texels2(t: u32) -> array<u32, 8> {
+    let a = w128(t);
+    let b = w128(t + 1u);
+    return array<u32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+}
+
+fn texels3(t: u32) -> array<u32, 12> {
+    let a = w128(t);
+    let b = w128(t + 1u);
+    let c = w128(t + 2u);
+    return array<u32, 12>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w, c.x, c.y, c.z, c.w);
+}
+
+fn texels5(t: u32) -> array<u32, 20> {
+    let a = w128(t);
+    let b = w128(t + 1u);
+    let c = w128(t + 2u);
+    let d = w128(t + 3u);
+    let e = w128(t + 4u);
+    return array<u32, 20>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w, c.x, c.y, c.z, c.w,
+                          d.x, d.y, d.z, d.w, e.x, e.y, e.z, e.w);
+}
+
+fn words3(base: u32) -> array<u32, 3> {
+    let f = texels2(base >> 2u);
+    let ph = base & 3u;
+    return array<u32, 3>(
+//#unroll j THREE
+        pick(f[{j}], f[{j} + 1], f[{j} + 2], f[{j} + 3], ph),
+//#end
+    );
+}
+
+fn words5(base: u32) -> array<u32, 5> {
+    let f = texels2(base >> 2u);
+    let ph = base & 3u;
+    return array<u32, 5>(
+//#unroll j FIVE
+        pick(f[{j}], f[{j} + 1], f[{j} + 2], f[{j} + 3], ph),
+//#end
+    );
+}
+
+fn words6(base: u32) -> array<u32, 6> {
+    let f = texels3(base >> 2u);
+    let ph = base & 3u;
+    return array<u32, 6>(
+//#unroll j SIX
+        pick(f[{j}], f[{j} + 1], f[{j} + 2], f[{j} + 3], ph),
+//#end
+    );
+}
+
+fn words9(base: u32) -> array<u32, 9> {
+    let f = texels3(base >> 2u);
+    let ph = base & 3u;
+    return array<u32, 9>(
+//#unroll j NINE
+        pick(f[{j}], f[{j} + 1], f[{j} + 2], f[{j} + 3], ph),
+//#end
+    );
+}
+
+fn words17(base: u32) -> array<u32, 17> {
+    let f = texels5(base >> 2u);
+    let ph = base & 3u;
+    return array<u32, 17>(
+//#unroll j SEVENTEEN
+        pick(f[{j}], f[{j} + 1], f[{j} + 2], f[{j} + 3], ph),
+//#end
+    );
+}
+//#end
 
 // The word at byte 2 of word `lo` (bytes 2, 3 of lo, then 0, 1 of hi).
 fn mid(lo: u32, hi: u32) -> u32 {
@@ -207,7 +328,8 @@ fn k_scale_min(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<u32> {
 // Q4_1 where K is a multiple of 64 (fewer loads: the pair's bytes are word or u64 aligned), 64 for
 // Q4_K and Q5_K, 128 for Q6_K: the elements that share loaded bytes. Only the section for the
 // format and step is emitted (the others index past STEP).
-// `hd` is the block's k_header for Q4_K and Q5_K, unused otherwise.
+// For Q4_K and Q5_K, `blk` is the row's whole block (k_block), `hd` its header and `sub` the
+// step's place in the block (0..3); unused otherwise.
 struct Decoded {
     // The step's quants (or weights) as f32, in element order, component c scaled by
     // 1 / XSCALE[c] where the decoder leaves bytes in place.
@@ -216,30 +338,29 @@ struct Decoded {
     s: array<vec2<f32>, {SCALES}>,
 }
 
-fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> Decoded {
+fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNITS}>) -> Decoded {
     var v: Decoded;
     let element = row * p.k + k0;
     let bb = (element / BLOCK_ELEMENTS) * BLOCK_BYTES;
     let e0 = element % BLOCK_ELEMENTS;
 //#unroll f F0
     {
-        // F32: 128 bytes, u64-aligned (element is a multiple of 32).
-        let o = element >> 1u;
+        // F32: 128 bytes, 16-byte aligned (element is a multiple of 32).
+        let o = element >> 2u;
 //#unroll i EIGHT
-        let a{i} = w[o + 2u * {i}u];
-        let b{i} = w[o + 2u * {i}u + 1u];
-        v.q[{i}] = bitcast<vec4<f32>>(vec4<u32>(lo32(a{i}), hi32(a{i}), lo32(b{i}), hi32(b{i})));
+        v.q[{i}] = bitcast<vec4<f32>>(w128(o + {i}u));
 //#end
         v.s[0] = vec2<f32>(1.0, 0.0);
     }
 //#end
 //#unroll f F1
     {
-        // F16: 64 bytes, u64-aligned.
-        let o = element >> 2u;
-//#unroll i EIGHT
-        let a{i} = w[o + {i}u];
-        v.q[{i}] = vec4<f32>(unpack2x16float(lo32(a{i})), unpack2x16float(hi32(a{i})));
+        // F16: 64 bytes, 16-byte aligned.
+        let o = element >> 3u;
+//#unroll i FOUR
+        let a{i} = w128(o + {i}u);
+        v.q[2 * {i}] = vec4<f32>(unpack2x16float(a{i}.x), unpack2x16float(a{i}.y));
+        v.q[2 * {i} + 1] = vec4<f32>(unpack2x16float(a{i}.z), unpack2x16float(a{i}.w));
 //#end
         v.s[0] = vec2<f32>(1.0, 0.0);
     }
@@ -322,7 +443,9 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> Decoded {
 //#unroll f F4_PAIR
     {
         // Q4_1, two blocks a step (K a multiple of 64, so bb is a multiple of 40, u64-aligned):
-        // 40 bytes in five u64 loads. Words 0..4 are block A (d and m, then nibbles), 5..9 block B.
+        // 40 bytes: five u64 loads, or three texels at 8-byte phase `odd`. Words 0..4 are block A
+        // (d and m, then nibbles), 5..9 block B.
+//#unroll z WORDS
         let o = bb >> 3u;
         let u0 = w[o];
         let u1 = w[o + 1u];
@@ -333,6 +456,18 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> Decoded {
         let dmb = unpack2x16float(hi32(u2));
         let qa = array<u32, 4>(hi32(u0), lo32(u1), hi32(u1), lo32(u2));
         let qb = array<u32, 4>(lo32(u3), hi32(u3), lo32(u4), hi32(u4));
+//#end
+//#unroll z TEXELS
+        let t = bb >> 4u;
+        let odd = (bb & 8u) != 0u;
+        let ta = w128(t);
+        let tb = w128(t + 1u);
+        let tc = w128(t + 2u);
+        let dma = unpack2x16float(select(ta.x, ta.z, odd));
+        let qa = array<u32, 4>(select(ta.y, ta.w, odd), select(ta.z, tb.x, odd), select(ta.w, tb.y, odd), select(tb.x, tb.z, odd));
+        let dmb = unpack2x16float(select(tb.y, tb.w, odd));
+        let qb = array<u32, 4>(select(tb.z, tc.x, odd), select(tb.w, tc.y, odd), select(tc.x, tc.z, odd), select(tc.y, tc.w, odd));
+//#end
 //#unroll i FOUR
         v.q[{i}] = in_place4(qa[{i}], 15u);
         v.q[{i} + 4] = in_place4(qa[{i}] >> 4u, 15u);
@@ -364,11 +499,11 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> Decoded {
         // Q5_1: f16 d, f16 m, u32 qh, 16 bytes of nibbles (24-byte blocks: u64-aligned, as a
         // row holds a whole number of them).
         let o = bb >> 3u;
-        let h = w[o];
+        let h = w64(o);
         let dm = unpack2x16float(lo32(h));
         let qh = hi32(h);
-        let a = w[o + 1u];
-        let b = w[o + 2u];
+        let a = w64(o + 1u);
+        let b = w64(o + 2u);
         let q = array<u32, 4>(lo32(a), hi32(a), lo32(b), hi32(b));
 //#unroll i FOUR
         v.q[{i}] = u2f(nib4(q[{i}], 0u) | high_bits4(qh, 4u * {i}u));
@@ -380,33 +515,33 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> Decoded {
 //#unroll f F7
     {
         // Q4_K: f16 d, f16 dmin, 12 scale bytes, 128 bytes of nibbles (144-byte blocks,
-        // u64-aligned). A step is 64 elements, sub-blocks j = 2·jp and 2·jp + 1: the low and
-        // the high nibbles of bytes 32·jp..+32, so every quant byte loaded is used whole;
+        // 16-byte aligned). A step is 64 elements, sub-blocks j = 2·jp and 2·jp + 1: the low
+        // and the high nibbles of bytes 32·jp..+32, so every quant byte loaded is used whole;
         // their 6-bit scales and mins follow ggml's get_scale_min_k4.
-        let o = bb >> 3u;
-        let jp = e0 / 64u;
+        let jp = sub;
         let dm = unpack2x16float(hd.x);
         let sm0 = k_scale_min(hd.y, hd.z, hd.w, 2u * jp);
         let sm1 = k_scale_min(hd.y, hd.z, hd.w, 2u * jp + 1u);
         v.s[0] = vec2<f32>(dm.x * f32(sm0.x), -(dm.y * f32(sm0.y)));
         v.s[1] = vec2<f32>(dm.x * f32(sm1.x), -(dm.y * f32(sm1.y)));
-        let qb = o + 2u + 4u * jp;
+        // The step's 32 quant bytes: units 1 + 2·jp and 2 + 2·jp of the block.
+        let q01 = blk[1u + 2u * jp];
+        let q23 = blk[2u + 2u * jp];
+        let qw = array<u32, 8>(q01.x, q01.y, q01.z, q01.w, q23.x, q23.y, q23.z, q23.w);
 //#unroll i FOUR
-        let a{i} = w[qb + {i}u];
-        v.q[2 * {i}] = in_place4(lo32(a{i}), 15u);
-        v.q[2 * {i} + 1] = in_place4(hi32(a{i}), 15u);
-        v.q[2 * {i} + 8] = in_place4(lo32(a{i}) >> 4u, 15u);
-        v.q[2 * {i} + 9] = in_place4(hi32(a{i}) >> 4u, 15u);
+        v.q[2 * {i}] = in_place4(qw[2 * {i}], 15u);
+        v.q[2 * {i} + 1] = in_place4(qw[2 * {i} + 1], 15u);
+        v.q[2 * {i} + 8] = in_place4(qw[2 * {i}] >> 4u, 15u);
+        v.q[2 * {i} + 9] = in_place4(qw[2 * {i} + 1] >> 4u, 15u);
 //#end
     }
 //#end
 //#unroll f F8
     {
         // Q5_K: f16 d, f16 dmin, 12 scale bytes, 32 bytes qh, 128 bytes of nibbles (176-byte
-        // blocks, u64-aligned). Steps of 64 elements as Q4_K; sub-block j takes bit j of qh
+        // blocks, 16-byte aligned). Steps of 64 elements as Q4_K; sub-block j takes bit j of qh
         // byte l as its fifth bit (ggml's dequantize_row_q5_K).
-        let o = bb >> 3u;
-        let jp = e0 / 64u;
+        let jp = sub;
         let j0 = 2u * jp;
         let j1 = j0 + 1u;
         let dm = unpack2x16float(hd.x);
@@ -414,15 +549,17 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> Decoded {
         let sm1 = k_scale_min(hd.y, hd.z, hd.w, j1);
         v.s[0] = vec2<f32>(dm.x * f32(sm0.x), -(dm.y * f32(sm0.y)));
         v.s[1] = vec2<f32>(dm.x * f32(sm1.x), -(dm.y * f32(sm1.y)));
-        let qb = o + 6u + 4u * jp;
         let bytes = vec4<u32>(0u, 8u, 16u, 24u);
+        // qh is units 1 and 2 of the block, the step's 32 quant bytes units 3 + 2·jp and 4 + 2·jp.
+        let qh = array<u32, 8>(blk[1].x, blk[1].y, blk[1].z, blk[1].w, blk[2].x, blk[2].y, blk[2].z, blk[2].w);
+        let q01 = blk[3u + 2u * jp];
+        let q23 = blk[4u + 2u * jp];
+        let qw = array<u32, 8>(q01.x, q01.y, q01.z, q01.w, q23.x, q23.y, q23.z, q23.w);
 //#unroll i FOUR
-        let a{i} = w[qb + {i}u];
-        let c{i} = w[o + 2u + {i}u];
-        v.q[2 * {i}] = u2f(nib4(lo32(a{i}), 0u) | (((vec4<u32>(lo32(c{i})) >> (bytes + j0)) & vec4<u32>(1u)) << vec4<u32>(4u)));
-        v.q[2 * {i} + 1] = u2f(nib4(hi32(a{i}), 0u) | (((vec4<u32>(hi32(c{i})) >> (bytes + j0)) & vec4<u32>(1u)) << vec4<u32>(4u)));
-        v.q[2 * {i} + 8] = u2f(nib4(lo32(a{i}), 4u) | (((vec4<u32>(lo32(c{i})) >> (bytes + j1)) & vec4<u32>(1u)) << vec4<u32>(4u)));
-        v.q[2 * {i} + 9] = u2f(nib4(hi32(a{i}), 4u) | (((vec4<u32>(hi32(c{i})) >> (bytes + j1)) & vec4<u32>(1u)) << vec4<u32>(4u)));
+        v.q[2 * {i}] = u2f(nib4(qw[2 * {i}], 0u) | (((vec4<u32>(qh[2 * {i}]) >> (bytes + j0)) & vec4<u32>(1u)) << vec4<u32>(4u)));
+        v.q[2 * {i} + 1] = u2f(nib4(qw[2 * {i} + 1], 0u) | (((vec4<u32>(qh[2 * {i} + 1]) >> (bytes + j0)) & vec4<u32>(1u)) << vec4<u32>(4u)));
+        v.q[2 * {i} + 8] = u2f(nib4(qw[2 * {i}], 4u) | (((vec4<u32>(qh[2 * {i}]) >> (bytes + j1)) & vec4<u32>(1u)) << vec4<u32>(4u)));
+        v.q[2 * {i} + 9] = u2f(nib4(qw[2 * {i} + 1], 4u) | (((vec4<u32>(qh[2 * {i} + 1]) >> (bytes + j1)) & vec4<u32>(1u)) << vec4<u32>(4u)));
 //#end
     }
 //#end
@@ -438,7 +575,7 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>) -> Decoded {
         let hi = bb + 128u + 32u * h;
         let sc = bb + 192u + 8u * h;
         let dw = (bb + 208u) >> 2u;
-        let d = half_of(select(lo32(w[dw >> 1u]), hi32(w[dw >> 1u]), (dw & 1u) != 0u), bb + 208u);
+        let d = half_of(select(lo32(w64(dw >> 1u)), hi32(w64(dw >> 1u)), (dw & 1u) != 0u), bb + 208u);
         let sw = words3(sc >> 2u);
         let s0 = funnel(sw[0], sw[1], sc);
         let s1 = funnel(sw[1], sw[2], sc);
@@ -497,21 +634,27 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var acc{r}_{t} = vec4<f32>(0.0);
 //#end
 //#end
-    // Q4_K and Q5_K (BLOCKED) walk K a block at a time, each row's block header loaded once for
-    // its four steps; the other formats (FLAT) walk it a step at a time.
+    // Q4_K and Q5_K (BLOCKED) take a block (256 elements) an iteration: each row's header is
+    // loaded once for its four steps, which are written out (SUBSTEPS) so that each picks its
+    // sub-blocks' scales from the header at constant positions; the other formats (FLAT) take a
+    // step an iteration.
 //#unroll o BLOCKED
     for (var kb = 0u; kb < p.k; kb += 256u) {
 //#unroll r ROWS
-        let hd{r} = k_header(row{r}, kb);
+        let blk{r} = k_block(row{r}, kb);
+        let hd{r} = blk{r}[0];
 //#end
-        for (var k0 = kb; k0 < kb + 256u; k0 += {STEP}u) {
 //#end
 //#unroll o FLAT
-    for (var k0 = 0u; k0 < p.k; k0 += {STEP}u) {
+    for (var kb = 0u; kb < p.k; kb += {STEP}u) {
 //#unroll r ROWS
+        let blk{r} = array<vec4<u32>, {UNITS}>();
         let hd{r} = vec4<u32>();
 //#end
 //#end
+//#unroll b SUBSTEPS
+        {
+        let k0 = kb + {b}u * {STEP}u;
         // x[k0..k0+STEP] per token as STEP/32 groups c of 8 vec4.
 //#unroll t TOKENS
         let xo{t} = min(t0 + {t}u, p.m - 1u) * k4 + k0 / 4u;
@@ -554,7 +697,7 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 //#end
 //#end
 //#unroll r ROWS
-        let wv{r} = chunk(row{r}, k0, hd{r});
+        let wv{r} = chunk(row{r}, k0, hd{r}, {b}u, blk{r});
 //#unroll t TOKENS
 //#unroll g SCALES
         // Σ q·x over the scale group, then its scale (and its offset times Σx) once.
@@ -569,7 +712,6 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 //#end
 //#end
 //#end
-//#unroll o BLOCKED
         }
 //#end
     }
