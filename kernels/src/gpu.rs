@@ -27,6 +27,9 @@ pub const TEXEL_WEIGHTS_ENV: &str = "HARTONOMOUS_TEXEL_WEIGHTS";
 /// Texels in a row of a weight texture: rows of 256 KiB (a multiple of the 256-byte row
 /// alignment of texture copies), so 4 GiB of blocks fit in the 16,384 rows Vulkan guarantees.
 pub(crate) const TEXEL_ROW: u32 = 16384;
+/// Bytes every tensor buffer keeps past its data, and texels every texel copy keeps past its
+/// bytes (16 of 16 bytes), for the windows of the last block (`take_buffer`).
+const BUFFER_SLACK: u64 = 256;
 
 /// What the daemon and the benchmarks report about the adapter in use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,10 +389,11 @@ impl Gpu {
     }
 
     fn take_buffer(&self, bytes: u64) -> Result<wgpu::Buffer> {
-        // Block decoders read whole u32 words, so the last block of a tensor whose length is not
-        // a multiple of 4 may read up to 3 bytes past its data: every buffer keeps 4 bytes of
-        // slack beyond the data, so those reads stay inside the buffer.
-        let class = size_class(bytes.next_multiple_of(4) + 4);
+        // Block decoders read whole words and windows of 16-byte units, so the last block of a
+        // tensor may be read up to 223 bytes past its data (a Q6_K block's window of 14 units,
+        // `qmatvec_rows.wgsl`): every buffer keeps 256 bytes of slack beyond the data, so those
+        // reads stay inside the buffer.
+        let class = size_class(bytes.next_multiple_of(4) + BUFFER_SLACK);
         if class > self.limits.max_buffer_size {
             return Err(KernelError::InvalidArgument {
                 op: "alloc",
@@ -469,13 +473,13 @@ impl Gpu {
         self.texel_weights
     }
 
-    /// `bytes` as an rgba32uint texture of `TEXEL_ROW`-wide rows (the last row partly filled,
-    /// the last texel zero-padded); `None` where they need more rows than the adapter allows
-    /// (the weight then stays in its buffer only).
+    /// `bytes` as an rgba32uint texture of `TEXEL_ROW`-wide rows (the last texel zero-padded,
+    /// and at least `BUFFER_SLACK` bytes of texels after it); `None` where they need more rows
+    /// than the adapter allows (the weight then stays in its buffer only).
     fn texel_copy(&self, bytes: &[u8]) -> Option<wgpu::TextureView> {
         let texels = (bytes.len() as u64).div_ceil(16);
         let row_bytes = u64::from(TEXEL_ROW) * 16;
-        let rows = texels.div_ceil(u64::from(TEXEL_ROW)).max(1);
+        let rows = (texels + BUFFER_SLACK / 16).div_ceil(u64::from(TEXEL_ROW));
         if rows > u64::from(self.limits.max_texture_dimension_2d) {
             return None;
         }
@@ -688,9 +692,9 @@ impl Gpu {
         };
         // SAFETY: with `HARTONOMOUS_SHADER_CHECKS=0` wgpu injects no bounds checks, and this
         // holds instead: every kernel indexes its buffers only below the sizes in its params,
-        // which its launcher validated against the bound tensors; the one exception, word reads
-        // past a block tensor's last byte, stays inside the 4 bytes of slack every buffer keeps
-        // (`take_buffer`). Every loop is bounded by its params. By default the checks stay on.
+        // which its launcher validated against the bound tensors; the one exception, reads of a
+        // block's window past a block tensor's last byte, stays inside the 256 bytes of slack
+        // every buffer and texel copy keeps (`take_buffer`, `texel_copy`). Every loop is bounded by its params. By default the checks stay on.
         let module = unsafe { self.device.create_shader_module_trusted(descriptor, checks) };
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(label),

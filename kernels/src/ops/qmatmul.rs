@@ -131,8 +131,8 @@ impl RowsPlan {
         // Elements a row's step decodes: those that share loaded bytes (qmatvec_rows.wgsl); two
         // blocks of Q8_0, Q4_0 and Q4_1 where K holds whole pairs, which aligns them.
         let paired = matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) && k % 64 == 0;
-        // Q4_K and Q5_K load each row's block header once per block (BLOCKED), not per step.
-        let blocked = matches!(dtype, DType::Q4K | DType::Q5K);
+        // The K-quants fetch each row's whole block once per block (BLOCKED), not per step.
+        let blocked = matches!(dtype, DType::Q4K | DType::Q5K | DType::Q6K);
         let step = match dtype {
             DType::Q4K | DType::Q5K => 64,
             DType::Q6K => 128,
@@ -198,7 +198,9 @@ impl RowsPlan {
             ("SCALES", self.step / 4 / sub),
             ("OFFSET", usize::from(offset)),
             ("SUBSTEPS", if self.blocked { 256 / self.step } else { 1 }),
-            ("UNITS", if self.blocked { block_bytes as usize / 16 } else { 1 }),
+            // 16-byte units of a block's window (k_block): Q6_K's 210 bytes start at any even byte.
+            ("UNITS", if dtype == DType::Q6K { 14 } else if self.blocked { block_bytes as usize / 16 } else { 1 }),
+            ("SIXTEEN", 16),
             ("WORDS", usize::from(!self.texels)),
             ("TEXELS", usize::from(self.texels)),
             ("THREE", 3),

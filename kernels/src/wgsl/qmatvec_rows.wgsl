@@ -82,10 +82,12 @@ fn w64(i: u32) -> u64 {
 
 // The first 16 bytes of the K-quant block holding element k0 of `row` (f16 d, f16 dmin, 12 scale
 // bytes): loaded once per block and row, shared by the block's four 64-element steps.
-// The whole K-quant block holding element k0 of `row` (144 bytes of Q4_K, 176 of Q5_K, both
-// 16-byte aligned) as UNITS 16-byte units, fetched together at the block's start: a row's
-// bytes then arrive as one burst instead of a unit a step, so the core has them in flight
-// together (Q4_K at 49,152 × 1536: 1.17 times as fast; benches/NOTES.md).
+// The whole K-quant block holding element k0 of `row` as UNITS 16-byte units from the one
+// holding its first byte (144 bytes of Q4_K and 176 of Q5_K, 16-byte aligned: 9 and 11 units;
+// 210 of Q6_K at any even phase: 14), fetched together at the block's start: a row's bytes then
+// arrive as one burst instead of a unit a step, so the core has them in flight together (Q4_K
+// at 49,152 × 1536: 1.17 times as fast; benches/NOTES.md). Q6_K's window may reach 13 units
+// past its data: buffers and texel copies keep that much slack (gpu.rs).
 fn k_block(row: u32, k0: u32) -> array<vec4<u32>, {UNITS}> {
     let u = (((row * p.k + k0) / BLOCK_ELEMENTS) * BLOCK_BYTES) >> 4u;
     var b: array<vec4<u32>, {UNITS}>;
@@ -167,9 +169,6 @@ fn words17(base: u32) -> array<u32, 17> {
 //#unroll z TEXELS
 // The same windows from texels: the words of the texels from base / 4 in order, word j of the
 // window at j + base % 4 among them (three selects a word, no more fetches than texels touched).
-fn pick(f0: u32, f1: u32, f2: u32, f3: u32, phase: u32) -> u32 {
-    return select(select(f0, f1, phase == 1u), select(f2, f3, phase == 3u), phase >= 2u);
-}
 
 fn texels2(t: u32) -> array<u32, 8> {
     let a = w128(t);
@@ -244,6 +243,19 @@ fn words17(base: u32) -> array<u32, 17> {
     );
 }
 //#end
+
+// One of four words by `phase` (0..3): word j of a window of 16-byte units whose first word is
+// `phase` words before it is pick(f[j], f[j + 1], f[j + 2], f[j + 3], phase).
+fn pick(f0: u32, f1: u32, f2: u32, f3: u32, phase: u32) -> u32 {
+    return select(select(f0, f1, phase == 1u), select(f2, f3, phase == 3u), phase >= 2u);
+}
+
+// Aligned word c of a block fetched as a window of 16-byte units from the one holding its first
+// byte (k_block), `wp` the window words before the block's word 0: one of four, picked.
+fn block_word(blk: array<vec4<u32>, {UNITS}>, wp: u32, c: u32) -> u32 {
+    return pick(blk[c >> 2u][c & 3u], blk[(c + 1u) >> 2u][(c + 1u) & 3u], blk[(c + 2u) >> 2u][(c + 2u) & 3u],
+                blk[(c + 3u) >> 2u][(c + 3u) & 3u], wp);
+}
 
 // The word at byte 2 of word `lo` (bytes 2, 3 of lo, then 0, 1 of hi).
 fn mid(lo: u32, hi: u32) -> u32 {
@@ -342,7 +354,6 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNIT
     var v: Decoded;
     let element = row * p.k + k0;
     let bb = (element / BLOCK_ELEMENTS) * BLOCK_BYTES;
-    let e0 = element % BLOCK_ELEMENTS;
 //#unroll f F0
     {
         // F32: 128 bytes, 16-byte aligned (element is a multiple of 32).
@@ -567,36 +578,47 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNIT
     {
         // Q6_K: 128 bytes ql (low 4 bits), 64 bytes qh (high 2 bits), 16 i8 scales, f16 d
         // (210-byte blocks, every other one half-word aligned). A step is half a block,
-        // h = e0 / 128, so every byte loaded is used whole. Following ggml's
+        // h = sub, so every byte loaded is used whole. Following ggml's
         // dequantize_row_q6_K: element 128·h + 32·q + l takes ql byte 64·h + 32·(q & 1) + l
         // (nibble q >> 1), qh byte 32·h + l (bits 2q..2q+1) and scale 8·h + 2q + l / 16.
-        let h = e0 / 128u;
-        let lo = bb + 64u * h;
-        let hi = bb + 128u + 32u * h;
-        let sc = bb + 192u + 8u * h;
-        let dw = (bb + 208u) >> 2u;
-        let d = half_of(select(lo32(w64(dw >> 1u)), hi32(w64(dw >> 1u)), (dw & 1u) != 0u), bb + 208u);
-        let sw = words3(sc >> 2u);
-        let s0 = funnel(sw[0], sw[1], sc);
-        let s1 = funnel(sw[1], sw[2], sc);
+        // The row's whole block came in `blk` (k_block: 14 units from the one holding byte bb, at
+        // byte phase bb & 15); aligned word c of the block is window word c + (bb & 15) / 4, and
+        // the words at the block's 2-byte phase are funnelled from two of those.
+        let h = sub;
+        let wp = (bb & 15u) >> 2u;
+        // The aligned words the step needs, each picked once: ql's 17, qh's 9, the scales' 3.
+        let lw = array<u32, 17>(
+//#unroll j SEVENTEEN
+            block_word(blk, wp, 16u * h + {j}u),
+//#end
+        );
+        let hw = array<u32, 9>(
+//#unroll j NINE
+            block_word(blk, wp, 32u + 8u * h + {j}u),
+//#end
+        );
+        let sw = array<u32, 3>(
+//#unroll j THREE
+            block_word(blk, wp, 48u + 2u * h + {j}u),
+//#end
+        );
+        let d = half_of(block_word(blk, wp, 52u), bb);
+        let s0 = funnel(sw[0], sw[1], bb);
+        let s1 = funnel(sw[1], sw[2], bb);
         let scf = array<f32, 8>(
             d * f32(bitcast<i32>(s0 << 24u) >> 24u), d * f32(bitcast<i32>(s0 << 16u) >> 24u),
             d * f32(bitcast<i32>(s0 << 8u) >> 24u), d * f32(bitcast<i32>(s0) >> 24u),
             d * f32(bitcast<i32>(s1 << 24u) >> 24u), d * f32(bitcast<i32>(s1 << 16u) >> 24u),
             d * f32(bitcast<i32>(s1 << 8u) >> 24u), d * f32(bitcast<i32>(s1) >> 24u),
         );
-        let lw = words17(lo >> 2u);
-        let hw = words9(hi >> 2u);
-        let ql = array<u32, 16>(
-            funnel(lw[0], lw[1], lo), funnel(lw[1], lw[2], lo), funnel(lw[2], lw[3], lo), funnel(lw[3], lw[4], lo),
-            funnel(lw[4], lw[5], lo), funnel(lw[5], lw[6], lo), funnel(lw[6], lw[7], lo), funnel(lw[7], lw[8], lo),
-            funnel(lw[8], lw[9], lo), funnel(lw[9], lw[10], lo), funnel(lw[10], lw[11], lo), funnel(lw[11], lw[12], lo),
-            funnel(lw[12], lw[13], lo), funnel(lw[13], lw[14], lo), funnel(lw[14], lw[15], lo), funnel(lw[15], lw[16], lo),
-        );
-        let qh = array<u32, 8>(
-            funnel(hw[0], hw[1], hi), funnel(hw[1], hw[2], hi), funnel(hw[2], hw[3], hi), funnel(hw[3], hw[4], hi),
-            funnel(hw[4], hw[5], hi), funnel(hw[5], hw[6], hi), funnel(hw[6], hw[7], hi), funnel(hw[7], hw[8], hi),
-        );
+        var ql: array<u32, 16>;
+//#unroll j SIXTEEN
+        ql[{j}] = funnel(lw[{j}], lw[{j} + 1], bb);
+//#end
+        var qh: array<u32, 8>;
+//#unroll j EIGHT
+        qh[{j}] = funnel(hw[{j}], hw[{j} + 1], bb);
+//#end
         // Each byte's six bits assembled in place (low nibble, then the crumb at bits 4..5),
         // a word at a time; the -32 is the offset.
 //#unroll q FOUR
@@ -634,10 +656,10 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var acc{r}_{t} = vec4<f32>(0.0);
 //#end
 //#end
-    // Q4_K and Q5_K (BLOCKED) take a block (256 elements) an iteration: each row's header is
-    // loaded once for its four steps, which are written out (SUBSTEPS) so that each picks its
-    // sub-blocks' scales from the header at constant positions; the other formats (FLAT) take a
-    // step an iteration.
+    // The K-quants (BLOCKED) take a block (256 elements) an iteration: each row's whole block is
+    // fetched at once (k_block), and the block's steps are written out (SUBSTEPS) so that each
+    // picks its bytes and sub-block scales at constant positions; the other formats (FLAT) take
+    // a step an iteration.
 //#unroll o BLOCKED
     for (var kb = 0u; kb < p.k; kb += 256u) {
 //#unroll r ROWS
