@@ -90,6 +90,12 @@ impl Ceilings {
         if let Some(wide) = idle.wide_copy_gbs {
             println!("ceiling: wide copy {wide:.2} GB/s (u64 pairs, 64 bytes an invocation, read + write, {} MiB each way)", (n * 4) >> 20);
         }
+        // What a dispatch costs before its first load: small ops (SmolLM2's 0.5 MB decode
+        // matrices) pay it whole, so their fraction of the copy is capped by it.
+        let tiny_src = gpu.upload_f32(&[1.0; 64], &[64]).expect("upload");
+        let tiny_dst = gpu.empty(&[64], DType::F32).expect("alloc");
+        let floor = time_op(gpu, |rec| copy(rec, &tiny_src, &tiny_dst, 0));
+        println!("floor: {:.1} us an op for a dispatch that moves 512 bytes (a 64-float copy)", floor * 1e6);
         ceil
     }
 
@@ -196,7 +202,7 @@ fn benches(c: &mut Criterion) {
                 continue;
             }
             let bytes_w = dtype.bytes_for((n * k) as u64) as usize;
-            let w = gpu.upload(&random_bytes(bytes_w, 7), &[n, k], dtype).expect("upload");
+            let w = gpu.upload_weights(&random_bytes(bytes_w, 7), &[n, k], dtype).expect("upload");
             let a = gpu.upload_f32(&vec![0.5; m * k], &[m, k]).expect("upload");
             let out = gpu.empty(&[m, n], DType::F32).expect("alloc");
             let timing = ceil.measure(&gpu, |rec| qmatmul(rec, &a, &w, Epilogue::default(), &out));

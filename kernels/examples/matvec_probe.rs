@@ -78,7 +78,7 @@ fn main() {
         })
         .collect();
     let bytes_w = dtype.bytes_for((n * k) as u64) as usize;
-    let w = gpu.upload(&random_bytes(bytes_w, 7), &[n, k], dtype).expect("upload");
+    let w = gpu.upload_weights(&random_bytes(bytes_w, 7), &[n, k], dtype).expect("upload");
     let xs: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 700.0).collect();
     let a = gpu.upload_f32(&xs, &[m, k]).expect("upload");
     let out = gpu.empty(&[m, n], DType::F32).expect("alloc");

@@ -18,11 +18,11 @@ pub const ADAPTER_ENV: &str = "HARTONOMOUS_ADAPTER";
 /// on lavapipe removing them made no measurable difference (benches/NOTES.md), so speed does not
 /// yet justify giving up that safety net.
 pub const SHADER_CHECKS_ENV: &str = "HARTONOMOUS_SHADER_CHECKS";
-/// Set to 0 to keep block-format weights in buffers only on software adapters. By default an
-/// upload there also writes the blocks into an rgba32uint texture (a second copy of the same
-/// bytes, not a dequantized one) that the CPU matvec fetches 16 bytes at a time: on lavapipe a
-/// texel fetch is one gather where a storage load is a loop over the lanes for each component
-/// (`qmatvec_rows.wgsl`; benches/NOTES.md, "Texel fetches").
+/// Set to 0 to keep weights in buffers only on software adapters. By default `upload_weights`
+/// there also writes f16 and block-format weights into an rgba32uint texture (a second copy of
+/// the same bytes, not a dequantized one) that the CPU matvec fetches 16 bytes at a time: on
+/// lavapipe a texel fetch is one gather where a storage load is a loop over the lanes for each
+/// component (`qmatvec_rows.wgsl`; benches/NOTES.md, "The CPU matvec reads texels").
 pub const TEXEL_WEIGHTS_ENV: &str = "HARTONOMOUS_TEXEL_WEIGHTS";
 /// Texels in a row of a weight texture: rows of 256 KiB (a multiple of the 256-byte row
 /// alignment of texture copies), so 4 GiB of blocks fit in the 16,384 rows Vulkan guarantees.
@@ -164,7 +164,7 @@ impl Tensor {
     pub(crate) fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer.buffer
     }
-    /// The texel copy of a block-format weight's bytes, where the upload made one.
+    /// The texel copy of a weight's bytes, where `Gpu::upload_weights` made one.
     pub(crate) fn texels(&self) -> Option<&wgpu::TextureView> {
         self.buffer.texels.get()
     }
@@ -215,9 +215,9 @@ struct Pool {
 struct PooledBuffer {
     buffer: wgpu::Buffer,
     pool: Arc<Mutex<Pool>>,
-    /// The same bytes as `TEXEL_ROW`-wide rows of rgba32uint texels, for block-format weights
-    /// on software adapters (`TEXEL_WEIGHTS_ENV`). Written once at upload; no kernel writes a
-    /// block-format tensor, so it never goes stale. Dropped with the buffer.
+    /// The same bytes as `TEXEL_ROW`-wide rows of rgba32uint texels, for f16 and block-format
+    /// weights on software adapters (`Gpu::upload_weights`). Written once at upload; no kernel
+    /// writes a weight, so it never goes stale. Dropped with the buffer.
     texels: std::sync::OnceLock<wgpu::TextureView>,
 }
 
@@ -459,16 +459,25 @@ impl Gpu {
             padded.resize(bytes.len().next_multiple_of(4), 0);
             self.queue.write_buffer(t.buffer(), 0, &padded);
         }
-        if self.texel_weights && dtype.block().0 > 1 {
-            if let Some(view) = self.texel_copy(bytes) {
+        Ok(t)
+    }
+
+    /// [`Gpu::upload`] for a model's weights: on a software adapter (see [`Gpu::texel_weights`])
+    /// f16 and block-format weights also get a texel copy, which the CPU matvec reads instead of
+    /// the buffer. The tensor must then never be written by a kernel (weights are not), or the
+    /// copy would go stale.
+    pub fn upload_weights<T: bytemuck::Pod>(&self, data: &[T], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let t = self.upload(data, shape, dtype)?;
+        if self.texel_weights && (dtype == DType::F16 || dtype.block().0 > 1) {
+            if let Some(view) = self.texel_copy(bytemuck::cast_slice(data)) {
                 let _ = t.buffer.texels.set(view);
             }
         }
         Ok(t)
     }
 
-    /// Whether block-format weights uploaded here get a texel copy ([`TEXEL_WEIGHTS_ENV`]): the
-    /// memory they take is then twice their bytes.
+    /// Whether f16 and block-format weights uploaded here ([`Gpu::upload_weights`]) get a texel
+    /// copy ([`TEXEL_WEIGHTS_ENV`]): the memory they take is then twice their bytes.
     pub fn texel_weights(&self) -> bool {
         self.texel_weights
     }

@@ -73,7 +73,9 @@ fn check(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, bytes: &[u8
     let a = random(m * k, seed, 1.0);
     let bias = random(n, seed ^ 4, 1.0);
     let w_values = dequantize(stored, bytes, n * k);
-    let wt: Tensor = gpu().upload(bytes, &[n, k], dtype).expect("upload blocks");
+    // As the pager uploads weights: on lavapipe with a texel copy, which the rows kernel reads
+    // (`qmatmul_rows_local_x` below still reads the buffer).
+    let wt: Tensor = gpu().upload_weights(bytes, &[n, k], dtype).expect("upload blocks");
     let (at, bt) = (upload(&a, &[m, k]), upload(&bias, &[n]));
     let out = poisoned(&[m, n]);
     let epilogue = Epilogue {

@@ -211,14 +211,14 @@ impl Pager {
 
     /// Bytes `layer` occupies once resident.
     /// Bytes a layer takes once paged in: its f32 values from geometry, else its stored bytes,
-    /// twice over for block formats on an adapter that also keeps their texel copy
+    /// twice over for f16 and block formats on an adapter that also keeps their texel copy
     /// (`Gpu::texel_weights`).
     fn resident_size(&self, key: ResidencyKey, layer: &LayerRow) -> u64 {
         if key.from_geometry {
             return layer.parameter_count * 4;
         }
-        let block_format = DType::from_tag(&layer.dtype).is_some_and(|d| d.is_gguf_block());
-        if block_format && self.gpu.texel_weights() {
+        let texel_copied = DType::from_tag(&layer.dtype).is_some_and(|d| d == DType::F16 || d.is_gguf_block());
+        if texel_copied && self.gpu.texel_weights() {
             2 * layer.byte_length
         } else {
             layer.byte_length
@@ -419,7 +419,7 @@ impl Pager {
     fn upload(&self, model: &str, layer: &LayerRow, bytes: &[u8], dtype: GpuDType) -> Result<Tensor, PagerError> {
         let shape: Vec<usize> = layer.shape.iter().map(|&d| d as usize).collect();
         self.gpu
-            .upload::<u8>(bytes, &shape, dtype)
+            .upload_weights::<u8>(bytes, &shape, dtype)
             .map_err(|source| PagerError::Gpu { model: model.into(), layer: layer.tensor_name.clone(), source: Box::new(source) })
     }
 }

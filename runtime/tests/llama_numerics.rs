@@ -102,12 +102,12 @@ fn teacher_forced_logits_match_the_float64_reference_and_greedy_decoding_matches
     eprintln!("worst teacher-forced logit difference: {worst:.3e} (tolerance {LOGIT_TOLERANCE:e})");
 
     // No dequantized copy: what is resident is exactly the GGUF's tensor bytes, every one of
-    // them used (the independent manifest was made with gguf-py's reader), plus the block-format
-    // ones once more where the adapter keeps their texel copy (a software adapter; kernels'
-    // gpu.rs). A dequantized copy would take 4 bytes an element.
+    // them used (the independent manifest was made with gguf-py's reader), plus the f16 and
+    // block-format ones once more where the adapter keeps their texel copy (a software adapter;
+    // kernels' gpu.rs). A dequantized copy would take 4 bytes an element.
     let counts = l.pager.metrics().counts();
     let manifest = tensor_manifest(SMOLLM2_MANIFEST);
-    let block_bytes: u64 = manifest.tensors.iter().filter(|t| t.dtype.starts_with('Q')).map(|t| t.n_bytes).sum();
+    let block_bytes: u64 = manifest.tensors.iter().filter(|t| t.dtype.starts_with('Q') || t.dtype == "F16").map(|t| t.n_bytes).sum();
     assert!(block_bytes > 0, "SmolLM2's GGUF holds Q4_1 and Q8_0 tensors");
     let texel_copies = if l.gpu.texel_weights() { block_bytes } else { 0 };
     assert_eq!(counts.resident_bytes, manifest.tensor_bytes() + texel_copies, "{counts:?}");
