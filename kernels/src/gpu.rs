@@ -846,7 +846,7 @@ mod tests {
         assert_eq!(super::size_class(1 << 20), 1 << 20);
         assert_eq!(super::size_class((1 << 20) + 1), 2 << 20);
         assert_eq!(super::size_class(5 * (1 << 20) + 3), 6 << 20);
-        // Data of exactly a class size still gets its 4 bytes of slack (see take_buffer).
-        assert!(super::size_class((1u64 << 20).next_multiple_of(4) + 4) > 1 << 20);
+        // Data of exactly a class size still gets its slack (see take_buffer).
+        assert!(super::size_class((1u64 << 20).next_multiple_of(4) + super::BUFFER_SLACK) > 1 << 20);
     }
 }
