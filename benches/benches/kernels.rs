@@ -19,6 +19,7 @@ use hartonomous_kernels::ops::matmul::{matmul, Epilogue};
 use hartonomous_kernels::ops::qmatmul::qmatmul;
 use hartonomous_kernels::ops::similarity::{row_norms_sq, search, CorpusPiece, Metric};
 use hartonomous_kernels::{DType, Gpu, Recorder, Result, Tensor};
+use hartonomous_benches::random_block_bytes;
 
 const REPS: usize = 8;
 
@@ -135,18 +136,6 @@ fn report(name: &str, t: Timing, flops: f64, bytes: f64, c: &Ceilings) {
     );
 }
 
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            // Keep f16 scale fields finite: bytes stay below 0x7C in the high half.
-            (s >> 56) as u8 & 0x3F
-        })
-        .collect()
-}
 
 fn benches(c: &mut Criterion) {
     let gpu = Gpu::new().expect("an adapter (scripts/test.sh installs lavapipe)");
@@ -202,7 +191,7 @@ fn benches(c: &mut Criterion) {
                 continue;
             }
             let bytes_w = dtype.bytes_for((n * k) as u64) as usize;
-            let w = gpu.upload_weights(&random_bytes(bytes_w, 7), &[n, k], dtype).expect("upload");
+            let w = gpu.upload_weights(&random_block_bytes(bytes_w, 7), &[n, k], dtype).expect("upload");
             let a = gpu.upload_f32(&vec![0.5; m * k], &[m, k]).expect("upload");
             let out = gpu.empty(&[m, n], DType::F32).expect("alloc");
             let timing = ceil.measure(&gpu, |rec| qmatmul(rec, &a, &w, Epilogue::default(), &out));
@@ -260,7 +249,7 @@ fn large_shapes(gpu: &Gpu, ceil: &Ceilings) {
     let (rows, k) = (32768, 8192);
     for dtype in [DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K] {
         let bytes_w = dtype.bytes_for((rows * k) as u64) as usize;
-        let w = gpu.upload(&random_bytes(bytes_w, 11), &[rows, k], dtype).expect("upload");
+        let w = gpu.upload_weights(&random_block_bytes(bytes_w, 11), &[rows, k], dtype).expect("upload");
         let x = gpu.upload_f32(&random_f32(k, 3), &[1, k]).expect("upload");
         let out = gpu.empty(&[1, rows], DType::F32).expect("alloc");
         let timing = ceil.measure(gpu, |rec| qmatmul(rec, &x, &w, Epilogue::default(), &out));

@@ -34,6 +34,20 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
+/// `n` pseudo-random bytes standing in for a weight's stored blocks (xorshift from `seed`), each
+/// below 0x40 so that every f16 scale field they form stays finite.
+pub fn random_block_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 56) as u8 & 0x3F
+        })
+        .collect()
+}
+
 /// The kernels' vec4 copy bandwidth in bytes/s (read + written), the median of 5 submissions of
 /// 8 copies of 64 MiB each way (lavapipe binds at most 128 MiB), as `benches/benches/kernels.rs`
 /// measures it: the ceiling a bandwidth-bound kernel is reported against.

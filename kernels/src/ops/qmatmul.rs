@@ -95,7 +95,7 @@ pub struct RowsVariant<'t> {
 }
 
 /// [`qmatmul`] (no epilogue) with `variant` wherever the rows kernel runs: for probes that compare
-/// kernel variants in one process (`examples/matvec_probe.rs`). Not an API.
+/// kernel variants in one process (`benches/src/bin/matvec_probe.rs`). Not an API.
 #[doc(hidden)]
 pub fn qmatmul_rows_variant(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, out: &Tensor, variant: &RowsVariant<'_>) -> Result<()> {
     qmatmul_with(rec, a, w, Epilogue::default(), out, Route::Auto, Some(variant))
@@ -211,14 +211,6 @@ impl RowsPlan {
         ];
         crate::unroll::expand(&source, &[&counts[..], &formats[..]].concat())
     }
-}
-
-/// The rows kernel's expanded WGSL for a weight format, an [N, K] matrix and M tokens, with
-/// subgroup-shared x, reading W from its buffer or its texel copy: for probes that bind it
-/// themselves (`examples/texture_matvec_probe.rs`). Not an API.
-#[doc(hidden)]
-pub fn qmatvec_rows_source(dtype: DType, n: usize, k: usize, m: usize, texels: bool) -> Result<String> {
-    RowsPlan::new(dtype, k, n, m, true, texels, None).source(None)
 }
 
 /// Invocations per output row of the GPU matvec (see `qmatvec.wgsl`).
