@@ -97,21 +97,26 @@ adapter=$(grep -m1 '^adapter: ' "$parts/kernels.log" | sed 's/^adapter: //')
   echo "the wide copy in turn, 5 rounds): a vec4 copy kernel (bytes read + written), a u64 copy kernel"
   echo "(the wide copy, where shaders have 64-bit integers: the CPU matvec reads weights as u64), and"
   echo "an FMA probe. The ceiling lines are the copies alone, before the ops. Matvec rows count the"
-  echo "weight bytes read."
+  echo "weight bytes read. Ops that read one matrix or corpus (matvecs, attention decode, the scan) are"
+  echo "also timed beside a vec4 copy of as many bytes in one dispatch (\"same-size copy\"): where every"
+  echo "dispatch pays a fixed cost (the \"floor\" line), that is a small op's like-for-like ceiling."
   echo
   grep '^ceiling' "$parts/kernels.log" | sed 's/^/- /'
   echo
-  echo "| kernel | shape | time per op | GFLOP/s | of FMA | GB/s | of copy | of wide copy |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|"
+  grep '^floor' "$parts/kernels.log" | sed 's/^/- /'
+  echo
+  echo "| kernel | shape | time per op | GFLOP/s | of FMA | GB/s | of copy | of wide copy | of same-size copy |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
   grep -E '^(matmul|qmatmul|attention|similarity)' "$parts/kernels.log" | python3 -c '
 import re, sys
 for line in sys.stdin:
-    m = re.match(r"(\S+) (.+?)\s+([\d.]+) us\s+([\d.]+) GFLOP/s \(\s*([\d.]+)% of FMA\)\s+([\d.]+) GB/s \(\s*([\d.]+)% of copy\)(?: \(\s*([\d.]+)% of wide copy\))?", line)
+    m = re.match(r"(\S+) (.+?)\s+([\d.]+) us\s+([\d.]+) GFLOP/s \(\s*([\d.]+)% of FMA\)\s+([\d.]+) GB/s \(\s*([\d.]+)% of copy\)(?: \(\s*([\d.]+)% of wide copy\))?(?: \(\s*([\d.]+)% of same-size copy\))?", line)
     if m:
-        k, shape, us, gf, pf, gb, pc, pw = m.groups()
+        k, shape, us, gf, pf, gb, pc, pw, ps = m.groups()
         t = f"{float(us) / 1000:.2f} ms" if float(us) >= 1000 else f"{float(us):.1f} us"
         wide = f"{pw}%" if pw else "n/a"
-        print(f"| {k} | {shape} | {t} | {gf} | {pf}% | {gb} | {pc}% | {wide} |")'
+        same = f"{ps}%" if ps else "n/a"
+        print(f"| {k} | {shape} | {t} | {gf} | {pf}% | {gb} | {pc}% | {wide} | {same} |")'
   echo
   echo "## Peer: burn 0.22 wgpu matmul"
   echo

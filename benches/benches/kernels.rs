@@ -67,6 +67,10 @@ struct Timing {
     copy_gbs: f64,
     /// The u64 copy's, where the adapter has 64-bit shader integers (`copy_wide.wgsl`).
     wide_copy_gbs: Option<f64>,
+    /// A vec4 copy of as many bytes as the op reads, in one dispatch: on an adapter whose every
+    /// dispatch pays a fixed cost (lavapipe: ~85 us, waking its worker threads), a small op's
+    /// like-for-like ceiling, since the copy of its bytes pays that cost too.
+    same_size_copy_gbs: Option<f64>,
 }
 
 impl Ceilings {
@@ -81,7 +85,7 @@ impl Ceilings {
             Ok(())
         });
         let ceil = Ceilings { src, dst, fma_gflops: flops as f64 / secs / 1e9 };
-        let idle = ceil.measure(gpu, |_| Ok(()));
+        let idle = ceil.measure(gpu, None, |_| Ok(()));
         println!(
             "ceiling: copy {:.2} GB/s (vec4 f32, read + write, {} MiB each way), FMA {:.1} GFLOP/s",
             idle.copy_gbs,
@@ -100,19 +104,35 @@ impl Ceilings {
         ceil
     }
 
-    fn measure(&self, gpu: &Gpu, mut op: impl FnMut(&mut Recorder<'_>) -> Result<()>) -> Timing {
+    /// Times `op` beside the copies; `read_bytes`, the bytes `op` reads, adds a copy of that many
+    /// bytes (whole vec4s, at most the ceiling's buffers).
+    fn measure(&self, gpu: &Gpu, read_bytes: Option<f64>, mut op: impl FnMut(&mut Recorder<'_>) -> Result<()>) -> Timing {
         let mut copy_op = |rec: &mut Recorder<'_>| copy(rec, &self.src, &self.dst, 0);
         let mut wide_op = |rec: &mut Recorder<'_>| copy_wide(rec, &self.src, &self.dst);
+        let same = read_bytes.map(|bytes| {
+            let floats = ((bytes as usize).div_ceil(16) * 4).clamp(4, self.src.len());
+            let src = gpu.upload_f32(&vec![1.0; floats], &[floats]).expect("upload");
+            let dst = gpu.empty(&[floats], DType::F32).expect("alloc");
+            (src, dst)
+        });
+        let mut same_op = |rec: &mut Recorder<'_>| match &same {
+            Some((src, dst)) => copy(rec, src, dst, 0),
+            None => Ok(()),
+        };
         let wide = gpu.report().shader_int64;
         let reps = reps_for(gpu, &mut op);
         let copy_reps = reps_for(gpu, &mut copy_op);
         let wide_reps = if wide { reps_for(gpu, &mut wide_op) } else { 0 };
-        let (mut secs, mut copies, mut wides) = (Vec::new(), Vec::new(), Vec::new());
+        let same_reps = if same.is_some() { reps_for(gpu, &mut same_op) } else { 0 };
+        let (mut secs, mut copies, mut wides, mut sames) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..5 {
             secs.push(submit_timed(gpu, reps, &mut op));
             copies.push(submit_timed(gpu, copy_reps, &mut copy_op));
             if wide {
                 wides.push(submit_timed(gpu, wide_reps, &mut wide_op));
+            }
+            if same.is_some() {
+                sames.push(submit_timed(gpu, same_reps, &mut same_op));
             }
         }
         let moved = 2.0 * self.src.byte_len() as f64 / 1e9;
@@ -120,6 +140,7 @@ impl Ceilings {
             secs: median(secs),
             copy_gbs: moved / median(copies),
             wide_copy_gbs: wide.then(|| moved / median(wides)),
+            same_size_copy_gbs: same.map(|(src, _)| 2.0 * src.byte_len() as f64 / 1e9 / median(sames)),
         }
     }
 }
@@ -127,8 +148,9 @@ impl Ceilings {
 fn report(name: &str, t: Timing, flops: f64, bytes: f64, c: &Ceilings) {
     let gbs = bytes / t.secs / 1e9;
     let wide = t.wide_copy_gbs.map(|w| format!(" ({:>5.1}% of wide copy)", 100.0 * gbs / w)).unwrap_or_default();
+    let same = t.same_size_copy_gbs.map(|s| format!(" ({:>5.1}% of same-size copy)", 100.0 * gbs / s)).unwrap_or_default();
     println!(
-        "{name:<44} {:>9.1} us  {:>8.2} GFLOP/s ({:>5.1}% of FMA)  {gbs:>7.2} GB/s ({:>5.1}% of copy){wide}",
+        "{name:<44} {:>9.1} us  {:>8.2} GFLOP/s ({:>5.1}% of FMA)  {gbs:>7.2} GB/s ({:>5.1}% of copy){wide}{same}",
         t.secs * 1e6,
         flops / t.secs / 1e9,
         100.0 * flops / t.secs / 1e9 / c.fma_gflops,
@@ -165,7 +187,7 @@ fn benches(c: &mut Criterion) {
         let out = gpu.empty(&[m, n], DType::F32).expect("alloc");
         let flops = 2.0 * (m * n * k) as f64;
         let bytes = 4.0 * (m * k + n * k + m * n) as f64;
-        report(&format!("matmul_f32 {name}"), ceil.measure(&gpu, |rec| matmul(rec, &a, &w, Epilogue::default(), &out)), flops, bytes, &ceil);
+        report(&format!("matmul_f32 {name}"), ceil.measure(&gpu, (m == 1).then_some(bytes), |rec| matmul(rec, &a, &w, Epilogue::default(), &out)), flops, bytes, &ceil);
         if report_only {
             continue;
         }
@@ -194,7 +216,7 @@ fn benches(c: &mut Criterion) {
             let w = gpu.upload_weights(&random_block_bytes(bytes_w, 7), &[n, k], dtype).expect("upload");
             let a = gpu.upload_f32(&vec![0.5; m * k], &[m, k]).expect("upload");
             let out = gpu.empty(&[m, n], DType::F32).expect("alloc");
-            let timing = ceil.measure(&gpu, |rec| qmatmul(rec, &a, &w, Epilogue::default(), &out));
+            let timing = ceil.measure(&gpu, (m == 1).then_some(bytes_w as f64), |rec| qmatmul(rec, &a, &w, Epilogue::default(), &out));
             report(&format!("qmatmul_{} {name}", dtype.name()), timing, 2.0 * (m * n * k) as f64, bytes_w as f64, &ceil);
             if m == 1 && n != 49152 && !report_only {
                 group.throughput(Throughput::Bytes(bytes_w as u64 * REPS as u64));
@@ -215,7 +237,7 @@ fn benches(c: &mut Criterion) {
         let kv = gpu.upload_f32(&vec![0.1; cap * kv_heads * d], &[1, cap, kv_heads, d]).expect("upload");
         let out = gpu.empty(&[1, 1, heads, d], DType::F32).expect("alloc");
         let mask = AttentionMask { causal: true, q_pos0: cap - 1, key_mask: None, rows: None };
-        let timing = ceil.measure(&gpu, |rec| attention(rec, &q, &kv, &kv, cap, mask, 0.125, &out));
+        let timing = ceil.measure(&gpu, Some(2.0 * 4.0 * (cap * kv_heads * d) as f64), |rec| attention(rec, &q, &kv, &kv, cap, mask, 0.125, &out));
         report("attention_decode smollm2 kv1024", timing, 4.0 * (heads * cap * d) as f64, 2.0 * 4.0 * (cap * kv_heads * d) as f64, &ceil);
 
         // Similarity scan: 8 queries against 100,000 × 384 f16 vectors, top-10 cosine.
@@ -226,7 +248,7 @@ fn benches(c: &mut Criterion) {
         gpu.run(|rec| row_norms_sq(rec, &corpus, &norms)).expect("norms");
         let queries = gpu.upload_f32(&vec![0.1; nq * dim], &[nq, dim]).expect("upload");
         let pieces = [CorpusPiece { vectors: &corpus, norms_sq: &norms }];
-        let timing = ceil.measure(&gpu, |rec| search(rec, &queries, &pieces, Metric::Cosine, 10).map(|_| ()));
+        let timing = ceil.measure(&gpu, Some((n * dim * 2) as f64), |rec| search(rec, &queries, &pieces, Metric::Cosine, 10).map(|_| ()));
         report("similarity_scan cosine 8q x 100k x 384 f16", timing, 2.0 * (nq * n * dim) as f64, (n * dim * 2) as f64, &ceil);
         drop((corpus, norms));
     }
@@ -243,7 +265,7 @@ fn large_shapes(gpu: &Gpu, ceil: &Ceilings) {
     let a = gpu.upload(&random_f32(n * n, 1), &[n, n], DType::F32).expect("upload");
     let w = gpu.upload(&random_f32(n * n, 2), &[n, n], DType::F32).expect("upload");
     let out = gpu.empty(&[n, n], DType::F32).expect("alloc");
-    let timing = ceil.measure(gpu, |rec| matmul(rec, &a, &w, Epilogue::default(), &out));
+    let timing = ceil.measure(gpu, None, |rec| matmul(rec, &a, &w, Epilogue::default(), &out));
     report("matmul_f32 square_4096 (large)", timing, 2.0 * (n * n * n) as f64, 12.0 * (n * n) as f64, ceil);
     drop((a, w, out));
     let (rows, k) = (32768, 8192);
@@ -252,7 +274,7 @@ fn large_shapes(gpu: &Gpu, ceil: &Ceilings) {
         let w = gpu.upload_weights(&random_block_bytes(bytes_w, 11), &[rows, k], dtype).expect("upload");
         let x = gpu.upload_f32(&random_f32(k, 3), &[1, k]).expect("upload");
         let out = gpu.empty(&[1, rows], DType::F32).expect("alloc");
-        let timing = ceil.measure(gpu, |rec| qmatmul(rec, &x, &w, Epilogue::default(), &out));
+        let timing = ceil.measure(gpu, None, |rec| qmatmul(rec, &x, &w, Epilogue::default(), &out));
         report(&format!("qmatmul_{} decode_1x32768x8192 (large)", dtype.name()), timing, 2.0 * (rows * k) as f64, bytes_w as f64, ceil);
     }
     let (nq, rows, dim) = (8, 1_000_000, 384);
@@ -262,7 +284,7 @@ fn large_shapes(gpu: &Gpu, ceil: &Ceilings) {
     gpu.run(|rec| row_norms_sq(rec, &corpus, &norms)).expect("norms");
     let queries = gpu.upload_f32(&random_f32(nq * dim, 6), &[nq, dim]).expect("upload");
     let pieces = [CorpusPiece { vectors: &corpus, norms_sq: &norms }];
-    let timing = ceil.measure(gpu, |rec| search(rec, &queries, &pieces, Metric::Cosine, 10).map(|_| ()));
+    let timing = ceil.measure(gpu, None, |rec| search(rec, &queries, &pieces, Metric::Cosine, 10).map(|_| ()));
     report("similarity_scan cosine 8q x 1M x 384 f16 (large)", timing, 2.0 * (nq * rows * dim) as f64, (rows * dim * 2) as f64, ceil);
 }
 
