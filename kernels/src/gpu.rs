@@ -24,6 +24,10 @@ pub const SHADER_CHECKS_ENV: &str = "HARTONOMOUS_SHADER_CHECKS";
 /// lavapipe a texel fetch is one gather where a storage load is a loop over the lanes for each
 /// component (`qmatvec_rows.wgsl`; benches/NOTES.md, "The CPU matvec reads texels").
 pub const TEXEL_WEIGHTS_ENV: &str = "HARTONOMOUS_TEXEL_WEIGHTS";
+/// Set to 0 to run the op before a matmul (`ops::qmatmul::Input`: rms_norm, the SwiGLU gate) as
+/// its own kernel on software adapters too. By default the CPU matvec computes it as it loads
+/// its rows, saving a dispatch (~85 us of thread wake-ups on lavapipe); for A/B measurements.
+pub const FUSED_INPUTS_ENV: &str = "HARTONOMOUS_FUSED_INPUTS";
 /// Texels in a row of a weight texture: rows of 256 KiB (a multiple of the 256-byte row
 /// alignment of texture copies), so 4 GiB of blocks fit in the 16,384 rows Vulkan guarantees.
 pub(crate) const TEXEL_ROW: u32 = 16384;
@@ -265,6 +269,7 @@ pub struct Gpu {
     uncaptured: Arc<Mutex<Vec<String>>>,
     shader_checks: bool,
     texel_weights: bool,
+    fused_inputs: bool,
 }
 
 /// The process's one wgpu instance, created on first use and never destroyed.
@@ -361,6 +366,7 @@ impl Gpu {
                 && report.shader_int64
                 && limits.max_texture_dimension_2d >= TEXEL_ROW
                 && std::env::var_os(TEXEL_WEIGHTS_ENV).is_none_or(|v| v != "0"),
+            fused_inputs: std::env::var_os(FUSED_INPUTS_ENV).is_none_or(|v| v != "0"),
             report,
             limits,
         })
@@ -480,6 +486,11 @@ impl Gpu {
     /// copy ([`TEXEL_WEIGHTS_ENV`]): the memory they take is then twice their bytes.
     pub fn texel_weights(&self) -> bool {
         self.texel_weights
+    }
+
+    /// Whether `qmatmul_input` may fuse the op before a matmul into it ([`FUSED_INPUTS_ENV`]).
+    pub(crate) fn fused_inputs(&self) -> bool {
+        self.fused_inputs
     }
 
     /// `bytes` as an rgba32uint texture of `TEXEL_ROW`-wide rows (the last texel zero-padded,

@@ -7,7 +7,7 @@ mod common;
 
 use common::{assert_close, gpu, poisoned, random, upload};
 use hartonomous_kernels::ops::matmul::Epilogue;
-use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_matvec, qmatmul_rows_local_x, qmatmul_tiled};
+use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_input, qmatmul_input_rows_local_x, qmatmul_matvec, qmatmul_rows_local_x, qmatmul_tiled, Input, Product};
 use hartonomous_kernels::{reference, DType, Tensor};
 use hartonomous_loader::DType as Stored;
 use proptest::prelude::*;
@@ -108,6 +108,63 @@ fn check(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, bytes: &[u8
     }
 }
 
+/// The fused inputs: rms_norm(x, g) and silu(gate) · up fed to the product in one dispatch (the
+/// rows kernel transforms x as it loads it) equal the f64 references of the two ops in turn; on
+/// the adapter's route (the fused rows kernel where K is a multiple of 32 on lavapipe, else the
+/// two kernels), and on the rows kernel's per-invocation-x variant.
+fn check_inputs(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, bytes: &[u8], with_residual: bool, seed: u64) {
+    let x = random(m * k, seed, 2.0);
+    let up = random(m * k, seed ^ 1, 1.5);
+    let g = random(k, seed ^ 2, 1.0);
+    let residual = random(m * n, seed ^ 3, 1.0);
+    let eps = 1e-5;
+    let w_values = dequantize(stored, bytes, n * k);
+    let wt: Tensor = gpu().upload_weights(bytes, &[n, k], dtype).expect("upload blocks");
+    let (xt, upt, gt, rt) = (upload(&x, &[m, k]), upload(&up, &[m, k]), upload(&g, &[k]), upload(&residual, &[m, n]));
+    let epilogue = Epilogue { bias: None, residual: with_residual.then_some(&rt) };
+    let normed: Vec<f32> = reference::rms_norm(&x, &g, eps).iter().map(|&v| v as f32).collect();
+    let gated: Vec<f32> = reference::binary(&x, &up, |a, b| reference::silu(a as f32) * b).iter().map(|&v| v as f32).collect();
+    let residual_ref = with_residual.then_some(residual.as_slice());
+    for (what, input, a_ref) in [
+        ("rms_norm", Input::RmsNorm { x: &xt, weight: &gt, eps }, normed),
+        ("swiglu", Input::SwiGlu { gate: &xt, up: &upt }, gated),
+    ] {
+        let (want, scale) = reference::matmul(&a_ref, &w_values, 1, m, n, k, None, residual_ref);
+        let out = poisoned(&[m, n]);
+        gpu().run(|rec| qmatmul_input(rec, input, &[Product { w: &wt, epilogue, out: &out }])).expect("qmatmul_input runs");
+        let got = gpu().download_f32(&out).expect("download");
+        assert_close(&got, &want, |i| 1e-5 * scale[i] + 1e-6, &format!("qmatmul of {what} {} {m}x{n}x{k}", dtype.name()));
+        if k % 32 == 0 && gpu().report().shader_int64 {
+            let out = poisoned(&[m, n]);
+            gpu().run(|rec| qmatmul_input_rows_local_x(rec, input, &wt, epilogue, &out)).expect("rows kernel runs");
+            let got = gpu().download_f32(&out).expect("download");
+            assert_close(&got, &want, |i| 1e-5 * scale[i] + 1e-6, &format!("rows (x per invocation) qmatmul of {what} {} {m}x{n}x{k}", dtype.name()));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    // Up to 3 tokens: each (format, tokens, input, x mode) is a kernel for lavapipe to compile,
+    // 1.5 s at 8 tokens; the pinned case below takes 9.
+    #[test]
+    fn fused_inputs_match_the_op_then_matmul(
+        format in 0usize..FORMATS.len(), m in 1usize..4, n in 1usize..70, k_blocks in 1usize..4,
+        odd_k in any::<bool>(), with_residual in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let (dtype, stored) = FORMATS[format];
+        // f32 and f16 rows of any length: K off a multiple of 32 takes the unfused route.
+        let k = match stored.block_elements() {
+            1 if odd_k => 8 * k_blocks + 3,
+            1 => 32 * k_blocks,
+            be => k_blocks * be as usize,
+        };
+        let bytes = random_blocks(stored, n, k, seed);
+        check_inputs(dtype, stored, m, n, k, &bytes, with_residual, seed);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(30))]
 
@@ -130,6 +187,33 @@ fn pinned_every_format_one_token_long_rows() {
         let bytes = random_blocks(*stored, 3, 4096, 100 + i as u64);
         check(*dtype, *stored, 1, 3, 4096, &bytes, true, 200 + i as u64);
     }
+}
+
+#[test]
+fn pinned_fused_inputs_every_format_long_rows() {
+    // Decode (M = 1), K = 1536 (SmolLM2's FFN width), for every format; a group of 8 tokens
+    // plus one (a prompt) for SmolLM2's Q4_1 and the K-quant with the most involved decoder.
+    for (i, (dtype, stored)) in FORMATS.iter().enumerate() {
+        let bytes = random_blocks(*stored, 5, 1536, 400 + i as u64);
+        check_inputs(*dtype, *stored, 1, 5, 1536, &bytes, true, 500 + i as u64);
+        if matches!(dtype, DType::Q4_1 | DType::Q6K) {
+            check_inputs(*dtype, *stored, 9, 5, 1536, &bytes, false, 600 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn fused_input_shapes_are_checked() {
+    let w = gpu().upload_weights(&random_blocks(Stored::Q4_0, 4, 64, 1), &[4, 64], DType::Q4_0).expect("upload");
+    let (x, short_g, short_up) = (upload(&[0.5; 128], &[2, 64]), upload(&[1.0; 32], &[32]), upload(&[1.0; 64], &[1, 64]));
+    let out = poisoned(&[2, 4]);
+    let err = gpu().run(|rec| qmatmul_input(rec, Input::RmsNorm { x: &x, weight: &short_g, eps: 1e-5 }, &[Product { w: &w, epilogue: Epilogue::default(), out: &out }]));
+    assert!(err.as_ref().is_err_and(|e| e.to_string().contains("rms_norm weight")), "a norm weight of the wrong length: {err:?}");
+    let err = gpu().run(|rec| qmatmul_input(rec, Input::SwiGlu { gate: &x, up: &short_up }, &[Product { w: &w, epilogue: Epilogue::default(), out: &out }]));
+    assert!(err.as_ref().is_err_and(|e| e.to_string().contains("up")), "an up projection of the wrong shape: {err:?}");
+    let g = upload(&[1.0; 64], &[64]);
+    let err = gpu().run(|rec| qmatmul_input(rec, Input::RmsNorm { x: &x, weight: &g, eps: f32::NAN }, &[Product { w: &w, epilogue: Epilogue::default(), out: &out }]));
+    assert!(err.as_ref().is_err_and(|e| e.to_string().contains("eps")), "a NaN eps: {err:?}");
 }
 
 #[test]

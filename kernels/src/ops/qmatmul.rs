@@ -3,7 +3,9 @@
 
 use crate::error::{KernelError, Result};
 use crate::gpu::{Access, DType, Recorder, Tensor, TEXEL_ROW};
+use crate::ops::elementwise::{binary, BinaryOp};
 use crate::ops::matmul::Epilogue;
+use crate::ops::norm::rms_norm;
 use crate::ops::{as_u32, expect_bindable, expect_distinct, expect_dtype, expect_shape};
 
 const TILE: usize = 64;
@@ -17,6 +19,73 @@ struct QMatmulParams {
     n: u32,
     k: u32,
     flags: u32,
+    /// The rms_norm epsilon of an [`Input::RmsNorm`] (the rows kernel; the others ignore it).
+    eps: f32,
+    _pad: [u32; 3],
+}
+
+/// The left operand of [`qmatmul_input`]: rows as they are, or the output of the op before the
+/// matmul, which the CPU adapters' rows kernel computes as it loads them (one dispatch instead of
+/// two: on lavapipe each dispatch costs ~85 us of thread wake-ups, benches/NOTES.md) and other
+/// adapters run as that op's own kernel first.
+#[derive(Clone, Copy)]
+pub enum Input<'t> {
+    /// `a` [M, K] f32 as it is.
+    Plain(&'t Tensor),
+    /// rms_norm(x, weight, eps) ([`rms_norm`]): `x` [M, K], `weight` [K], both f32.
+    RmsNorm { x: &'t Tensor, weight: &'t Tensor, eps: f32 },
+    /// silu(gate) · up ([`BinaryOp::SwiGlu`]): `gate` and `up` [M, K] f32.
+    SwiGlu { gate: &'t Tensor, up: &'t Tensor },
+}
+
+impl<'t> Input<'t> {
+    /// The rows the product runs over (x, or the gate), which give its M and K.
+    fn rows(&self) -> &'t Tensor {
+        match *self {
+            Input::Plain(a) => a,
+            Input::RmsNorm { x, .. } => x,
+            Input::SwiGlu { gate, .. } => gate,
+        }
+    }
+
+    /// Checks the second operand against the rows [M, K].
+    fn check(&self, op: &'static str, m: usize, k: usize) -> Result<()> {
+        match *self {
+            Input::Plain(_) => Ok(()),
+            Input::RmsNorm { weight, eps, .. } => {
+                expect_dtype(op, "rms_norm weight", weight, DType::F32)?;
+                expect_shape(op, "rms_norm weight", weight, &[k])?;
+                if !(eps.is_finite() && eps >= 0.0) {
+                    return Err(KernelError::InvalidArgument {
+                        op,
+                        what: "rms_norm eps",
+                        reason: format!("{eps} is not a finite non-negative number"),
+                    });
+                }
+                Ok(())
+            }
+            Input::SwiGlu { up, .. } => {
+                expect_dtype(op, "up", up, DType::F32)?;
+                expect_shape(op, "up", up, &[m, k])
+            }
+        }
+    }
+
+    /// The rows kernel's `aux` binding (the rows themselves where there is none) and label part.
+    fn aux(&self) -> (&'t Tensor, &'static str) {
+        match *self {
+            Input::Plain(a) => (a, "x"),
+            Input::RmsNorm { weight, .. } => (weight, "xrmsnorm"),
+            Input::SwiGlu { up, .. } => (up, "xswiglu"),
+        }
+    }
+
+    fn eps(&self) -> f32 {
+        match *self {
+            Input::RmsNorm { eps, .. } => eps,
+            _ => 0.0,
+        }
+    }
 }
 
 /// The source of a kernel that reads stored weights through `quant.wgsl`: the format constants
@@ -64,6 +133,62 @@ pub fn qmatmul(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogu
     qmatmul_routed(rec, a, w, epilogue, out, Route::Auto)
 }
 
+/// One product of [`qmatmul_input`]: out = input · wᵀ (+ epilogue).
+#[derive(Clone, Copy)]
+pub struct Product<'t> {
+    pub w: &'t Tensor,
+    pub epilogue: Epilogue<'t>,
+    pub out: &'t Tensor,
+}
+
+/// [`qmatmul`] of `input`, the output of the op before the matmul, by each of `products` (Llama's
+/// Q, K and V of one normed input): one dispatch a product where the CPU adapters' rows kernel
+/// runs (it transforms the rows as it loads them); elsewhere that op's kernel once, into a
+/// temporary, then the matmuls.
+pub fn qmatmul_input(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>]) -> Result<()> {
+    let k = input.rows().shape().last().copied().unwrap_or(0);
+    if let [m, k] = *input.rows().shape() {
+        input.check("qmatmul", m, k)?;
+    }
+    let fused = rows_kernel_runs(rec.gpu(), k) && rec.gpu().fused_inputs();
+    let transformed = if fused { None } else { materialize(rec, input)? };
+    let input = transformed.as_ref().map_or(input, Input::Plain);
+    products.iter().try_for_each(|p| qmatmul_with(rec, input, p.w, p.epilogue, p.out, Route::Auto, None))
+}
+
+/// Whether [`qmatmul`] takes the CPU adapters' rows kernel for rows of `k` elements: on software
+/// adapters with 64-bit shader integers, K a multiple of 32.
+fn rows_kernel_runs(gpu: &crate::gpu::Gpu, k: usize) -> bool {
+    let report = gpu.report();
+    k % 32 == 0 && report.software && report.shader_int64
+}
+
+/// Runs the op `input` stands for as its own kernel into a new tensor (the recorder keeps it
+/// alive until its submission); `None` for plain rows. Shapes are checked by the ops.
+fn materialize(rec: &mut Recorder<'_>, input: Input<'_>) -> Result<Option<Tensor>> {
+    let rows = input.rows();
+    Ok(match input {
+        Input::Plain(_) => None,
+        Input::RmsNorm { x, weight, eps } => {
+            let out = rec.gpu().empty(rows.shape(), DType::F32)?;
+            rms_norm(rec, x, weight, eps, &out)?;
+            Some(out)
+        }
+        Input::SwiGlu { gate, up } => {
+            expect_shape("qmatmul", "up", up, gate.shape())?;
+            let out = rec.gpu().empty(rows.shape(), DType::F32)?;
+            binary(rec, BinaryOp::SwiGlu, gate, up, &out)?;
+            Some(out)
+        }
+    })
+}
+
+/// [`qmatmul_input`] through the rows kernel with every invocation loading x itself (see
+/// [`qmatmul_rows_local_x`]), so that tests on lavapipe check that variant's transforms too.
+pub fn qmatmul_input_rows_local_x(rec: &mut Recorder<'_>, input: Input<'_>, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor) -> Result<()> {
+    qmatmul_with(rec, input, w, epilogue, out, Route::RowsLocalX, None)
+}
+
 /// [`qmatmul`] always through the tiled kernel (GPUs' path for more than 8 rows), so that tests
 /// and benchmarks on a CPU adapter still check and measure it.
 pub fn qmatmul_tiled(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor) -> Result<()> {
@@ -98,7 +223,7 @@ pub struct RowsVariant<'t> {
 /// kernel variants in one process (`benches/src/bin/matvec_probe.rs`). Not an API.
 #[doc(hidden)]
 pub fn qmatmul_rows_variant(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, out: &Tensor, variant: &RowsVariant<'_>) -> Result<()> {
-    qmatmul_with(rec, a, w, Epilogue::default(), out, Route::Auto, Some(variant))
+    qmatmul_with(rec, Input::Plain(a), w, Epilogue::default(), out, Route::Auto, Some(variant))
 }
 
 /// Which kernel runs a qmatmul: chosen by the adapter and the shape, or forced (tests, benches).
@@ -122,11 +247,13 @@ struct RowsPlan {
     shared_x: bool,
     /// W read from its texel copy (`Tensor::texels`) rather than its buffer.
     texels: bool,
+    /// How x is transformed as it is loaded ([`Input`]): "x", "xrmsnorm" or "xswiglu".
+    x_input: &'static str,
 }
 
 impl RowsPlan {
     /// `rows` forces the rows an invocation (probes); `None` chooses them by shape.
-    fn new(dtype: DType, k: usize, n: usize, m: usize, shared_x: bool, texels: bool, rows: Option<usize>) -> RowsPlan {
+    fn new(dtype: DType, k: usize, n: usize, m: usize, shared_x: bool, texels: bool, x_input: &'static str, rows: Option<usize>) -> RowsPlan {
         let tokens = m.min(MATVEC_MAX_M);
         // Elements a row's step decodes: those that share loaded bytes (qmatvec_rows.wgsl); two
         // blocks of Q8_0, Q4_0 and Q4_1 where K holds whole pairs, which aligns them.
@@ -143,14 +270,15 @@ impl RowsPlan {
         // output: 72% of the vec4 copy against 53% with 8); below 4096 rows, 8 leave enough
         // workgroups for every core (Q4_1 1536×576: 55% against 40% with 16; benches/NOTES.md).
         let rows = rows.unwrap_or(if n >= 4096 && !(3..=4).contains(&tokens) { 16 } else { 8 });
-        RowsPlan { dtype, tokens, rows, step, paired, blocked, shared_x, texels }
+        RowsPlan { dtype, tokens, rows, step, paired, blocked, shared_x, texels, x_input }
     }
 
     fn label(&self) -> String {
         let x_mode = if self.shared_x { "xshared" } else { "xlocal" };
         format!(
-            "qmatvec_rows_{}_f32_{}_step{}_rows{}_tokens{}_{x_mode}_wg8",
+            "qmatvec_rows_{}_{}_{}_step{}_rows{}_tokens{}_{x_mode}_wg8",
             self.dtype.name(),
+            self.x_input,
             if self.texels { "texels" } else { "u64" },
             self.step,
             self.rows,
@@ -208,6 +336,10 @@ impl RowsPlan {
             ("SIX", 6),
             ("NINE", 9),
             ("SEVENTEEN", 17),
+            ("X_PLAIN", usize::from(self.x_input == "x")),
+            ("X_RMS", usize::from(self.x_input == "xrmsnorm")),
+            ("X_NOT_RMS", usize::from(self.x_input != "xrmsnorm")),
+            ("X_SWIGLU", usize::from(self.x_input == "xswiglu")),
         ];
         crate::unroll::expand(&source, &[&counts[..], &formats[..]].concat())
     }
@@ -217,13 +349,13 @@ impl RowsPlan {
 const MATVEC_TPR: usize = 32;
 
 fn qmatmul_routed(rec: &mut Recorder<'_>, a: &Tensor, w: &Tensor, epilogue: Epilogue<'_>, out: &Tensor, route: Route) -> Result<()> {
-    qmatmul_with(rec, a, w, epilogue, out, route, None)
+    qmatmul_with(rec, Input::Plain(a), w, epilogue, out, route, None)
 }
 
 /// The launcher; `variant` replaces `qmatvec_rows.wgsl` (with a label suffix) for probes.
 fn qmatmul_with(
     rec: &mut Recorder<'_>,
-    a: &Tensor,
+    input: Input<'_>,
     w: &Tensor,
     epilogue: Epilogue<'_>,
     out: &Tensor,
@@ -231,6 +363,7 @@ fn qmatmul_with(
     variant: Option<&RowsVariant<'_>>,
 ) -> Result<()> {
     const NAME: &str = "qmatmul";
+    let a = input.rows();
     expect_dtype(NAME, "a", a, DType::F32)?;
     expect_dtype(NAME, "out", out, DType::F32)?;
     expect_weight_format(NAME, "w", w)?;
@@ -252,10 +385,12 @@ fn qmatmul_with(
         });
     }
     expect_shape(NAME, "out", out, &[m, n])?;
+    input.check(NAME, m, k)?;
     let flags = epilogue.flags(NAME, n, &[m, n])?;
     let bias = epilogue.bias.unwrap_or(a);
     let residual = epilogue.residual.unwrap_or(a);
-    expect_distinct(NAME, out, &[a, w, bias, residual])?;
+    let (aux, x_input) = input.aux();
+    expect_distinct(NAME, out, &[a, w, bias, residual, aux])?;
     expect_bindable(rec.gpu(), NAME, &[("a", a), ("w", w), ("out", out)])?;
     let groups = [n.div_ceil(TILE), m.div_ceil(TILE), 1];
     if groups.contains(&0) {
@@ -266,6 +401,8 @@ fn qmatmul_with(
         n: as_u32(NAME, "N", n)?,
         k: as_u32(NAME, "K", k)?,
         flags,
+        eps: input.eps(),
+        _pad: [0; 3],
     };
     let storage = [Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     let source = |kernel: &str| quant_kernel_source(w.dtype(), kernel).expect("format checked above");
@@ -283,14 +420,15 @@ fn qmatmul_with(
             reason: format!("the rows kernel needs K a multiple of 32 (got {k}) and 64-bit shader integers (adapter: {})", report.shader_int64),
         });
     }
-    let rows_kernel = route == Route::Auto && k % 32 == 0 && report.software && report.shader_int64;
+    let rows_kernel = route == Route::Auto && rows_kernel_runs(rec.gpu(), k);
     if rows_kernel || route == Route::RowsLocalX {
         // The 8-lane workgroup is one subgroup only where the adapter's subgroups are 8 wide.
         let shared_x = report.subgroup_size == Some(8) && route == Route::Auto;
         // Block-format weights uploaded on a software adapter carry a texel copy (gpu.rs).
         let texels = w.texels().is_some() && route == Route::Auto;
-        let plan = RowsPlan::new(w.dtype(), k, n, m, shared_x, texels, variant.and_then(|v| v.rows));
-        let storage = if texels { [Access::Read, Access::Texels, Access::Read, Access::Read, Access::ReadWrite] } else { storage };
+        let plan = RowsPlan::new(w.dtype(), k, n, m, shared_x, texels, x_input, variant.and_then(|v| v.rows));
+        let weights = if texels { Access::Texels } else { Access::Read };
+        let storage = [Access::Read, weights, Access::Read, Access::Read, Access::ReadWrite, Access::Read];
         let suffix = variant.map(|v| format!("_{}", v.name)).unwrap_or_default();
         let kernel = rec.gpu().kernel_generated(&format!("{}{suffix}", plan.label()), "qmatvec_rows", &storage, || {
             plan.source(variant.map(|v| v.template))
@@ -298,8 +436,13 @@ fn qmatmul_with(
         let (tokens, rows) = (plan.tokens, plan.rows);
         let mut groups = crate::ops::grid(n, 8 * rows);
         groups[2] = as_u32(NAME, "M", m.div_ceil(tokens))?;
-        return rec.dispatch(&kernel, &[a, w, bias, residual, out], &params, groups);
+        return rec.dispatch(&kernel, &[a, w, bias, residual, out, aux], &params, groups);
     }
+    // Elsewhere the op before the matmul runs as its own kernel first.
+    let transformed = materialize(rec, input)?;
+    let a = transformed.as_ref().unwrap_or(a);
+    let bias = epilogue.bias.unwrap_or(a);
+    let residual = epilogue.residual.unwrap_or(a);
     if route == Route::Matvec && k % 32 != 0 {
         return Err(KernelError::ShapeMismatch {
             op: NAME,

@@ -22,6 +22,11 @@
 //   a conversion and a multiply-add: 4-bit quants are masked in place (component c of a vec4 is
 //   byte c's nibble times 2^(8c)) and x is scaled by XSCALE = 2^(-8c) to match, exactly; Q8_0's
 //   signed bytes are shifted to the top of the lane and the block scale takes the 2^-24.
+// - x may be transformed as it is loaded, so that the op before the matmul costs no dispatch of
+//   its own (lavapipe pays ~85 us a dispatch to wake its threads; benches/NOTES.md): X_RMS
+//   reads rms_norm(x) · aux (norm.wgsl's rms_norm, aux its weight [K]), each token's 1/rms
+//   summed once per invocation before the loop; X_SWIGLU reads silu(x) · aux (binary.wgsl's
+//   swiglu, x the gate and aux the up projection, both [M, K]); X_PLAIN reads x.
 // No workgroup memory, no barriers, no early return (SHARED_X needs every lane). The `//#unroll`
 // sections are expanded by `unroll.rs`, which also keeps only the decoder section (F0..F9,
 // F2_PAIR..F4_PAIR) the launcher selects. The launcher prepends BLOCK_ELEMENTS, BLOCK_BYTES and
@@ -39,9 +44,10 @@
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read> residual: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // [M, N]
-@group(0) @binding(5) var<uniform> p: QMatvecParams;
+@group(0) @binding(5) var<storage, read> aux: array<vec2<u64>>; // X_RMS [K], X_SWIGLU [M, K] f32
+@group(0) @binding(6) var<uniform> p: QMatvecParams;
 
-struct QMatvecParams { m: u32, n: u32, k: u32, flags: u32 }
+struct QMatvecParams { m: u32, n: u32, k: u32, flags: u32, eps: f32, pad0: u32, pad1: u32, pad2: u32 }
 
 fn lo32(v: u64) -> u32 { return u32(v & 0xFFFFFFFFlu); }
 fn hi32(v: u64) -> u32 { return u32(v >> 32u); }
@@ -50,6 +56,53 @@ fn hi32(v: u64) -> u32 { return u32(v >> 32u); }
 fn x4(i: u32) -> vec4<f32> {
     let v = x[i];
     return bitcast<vec4<f32>>(vec4<u32>(lo32(v.x), hi32(v.x), lo32(v.y), hi32(v.y)));
+}
+
+fn aux4(i: u32) -> vec4<f32> {
+    let v = aux[i];
+    return bitcast<vec4<f32>>(vec4<u32>(lo32(v.x), hi32(v.x), lo32(v.y), hi32(v.y)));
+}
+
+// x's vec4 i (vec4 kv of its row) as the product reads it (see the header): `r` is the row's
+// 1/rms under X_RMS, unused otherwise. Each expression is the unfused kernel's, in its order.
+fn xin(i: u32, kv: u32, r: f32) -> vec4<f32> {
+//#unroll z X_PLAIN
+    return x4(i);
+//#end
+//#unroll z X_RMS
+    return (x4(i) * r) * aux4(kv);
+//#end
+//#unroll z X_SWIGLU
+    let g = x4(i);
+    return vec4<f32>(silu(g.x), silu(g.y), silu(g.z), silu(g.w)) * aux4(i);
+//#end
+}
+
+// 1/sqrt(mean(x²) + eps) of x's row `token` under X_RMS (1 otherwise), as norm.wgsl's rms_norm
+// computes it, its sum split across the subgroup's 8 lanes where SHARED_X; called by every lane.
+fn inv_rms(token: u32, lid: u32) -> f32 {
+//#unroll z X_RMS
+    let k4 = p.k / 4u;
+    var s = vec4<f32>(0.0);
+//#unroll l SHARED_X
+    for (var j = lid; j < k4; j += 8u) {
+        let v = x4(token * k4 + j);
+        s = fma(v, v, s);
+    }
+    let total = subgroupAdd((s.x + s.y) + (s.z + s.w));
+//#end
+//#unroll l LOCAL_X
+    for (var j = 0u; j < k4; j += 1u) {
+        let v = x4(token * k4 + j);
+        s = fma(v, v, s);
+    }
+    let total = (s.x + s.y) + (s.z + s.w);
+//#end
+    return inverseSqrt(total / f32(p.k) + p.eps);
+//#end
+//#unroll z X_NOT_RMS
+    return 1.0;
+//#end
 }
 
 // W's bytes through one of two bindings (the launcher keeps one section): WORDS, the storage
@@ -649,6 +702,9 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     // last group's missing tokens read the last token again and are not stored.
     let t0 = wid.z * {TOKENS}u;
     let k4 = p.k / 4u;
+//#unroll t TOKENS
+    let r{t} = inv_rms(min(t0 + {t}u, p.m - 1u), lid);
+//#end
     // Rows past the edge decode the last row again; their results are not stored.
 //#unroll r ROWS
     let row{r} = min(first + {r}u, p.n - 1u);
@@ -682,14 +738,14 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         let xo{t} = min(t0 + {t}u, p.m - 1u) * k4 + k0 / 4u;
 //#unroll c GROUPS
 //#unroll s SHARED_X
-        let xl{t}_{c} = x4(xo{t} + 8u * {c}u + lid);
+        let xl{t}_{c} = xin(xo{t} + 8u * {c}u + lid, k0 / 4u + 8u * {c}u + lid, r{t});
 //#unroll i EIGHT
         let x{t}_{c}_{i} = subgroupBroadcast(xl{t}_{c}, {i}u);
 //#end
 //#end
 //#unroll s LOCAL_X
 //#unroll i EIGHT
-        let x{t}_{c}_{i} = x4(xo{t} + 8u * {c}u + {i}u);
+        let x{t}_{c}_{i} = xin(xo{t} + 8u * {c}u + {i}u, k0 / 4u + 8u * {c}u + {i}u, r{t});
 //#end
 //#end
 //#end

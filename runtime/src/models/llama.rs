@@ -9,11 +9,9 @@
 //! `tests/scripts/make_llama_reference.py` is what the tests compare against.
 
 use hartonomous_kernels::ops::attention::{attention, kv_write, AttentionMask};
-use hartonomous_kernels::ops::elementwise::{binary, BinaryOp};
 use hartonomous_kernels::ops::gather::embedding;
 use hartonomous_kernels::ops::matmul::Epilogue;
-use hartonomous_kernels::ops::norm::rms_norm;
-use hartonomous_kernels::ops::qmatmul::qmatmul;
+use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_input, Input, Product};
 use hartonomous_kernels::ops::rope::{rope, RopeLayout, RopeTable};
 use hartonomous_kernels::{DType, Gpu, Tensor};
 use serde_json::Value;
@@ -298,12 +296,12 @@ impl LlamaModel {
             let recorded = (|| -> hartonomous_kernels::Result<Tensor> {
                 let mut rec = gpu.recorder();
                 let none = Epilogue::default();
-                let xn = gpu.empty(&[n, h], DType::F32)?;
-                rms_norm(&mut rec, &x, &w[0], cfg.rms_eps, &xn)?;
+                // The norms and the SwiGLU gate feed the projections after them without a
+                // dispatch of their own where the adapter's matmul fuses them (`qmatmul_input`).
                 let (q, k, v) = (gpu.empty(&[n, h], DType::F32)?, gpu.empty(&[n, kv], DType::F32)?, gpu.empty(&[n, kv], DType::F32)?);
-                qmatmul(&mut rec, &xn, &w[1], none, &q)?;
-                qmatmul(&mut rec, &xn, &w[2], none, &k)?;
-                qmatmul(&mut rec, &xn, &w[3], none, &v)?;
+                let attn_norm = Input::RmsNorm { x: &x, weight: &w[0], eps: cfg.rms_eps };
+                let qkv = [(&w[1], &q), (&w[2], &k), (&w[3], &v)].map(|(w, out)| Product { w, epilogue: none, out });
+                qmatmul_input(&mut rec, attn_norm, &qkv)?;
                 let (q_r, k_r) = (gpu.empty(&[n, cfg.heads, d], DType::F32)?, gpu.empty(&[n, cfg.kv_heads, d], DType::F32)?);
                 rope(&mut rec, &q.reshape(&[n, cfg.heads, d])?, &positions, &self.rope, RopeLayout::Interleaved, &q_r)?;
                 rope(&mut rec, &k.reshape(&[n, cfg.kv_heads, d])?, &positions, &self.rope, RopeLayout::Interleaved, &k_r)?;
@@ -316,15 +314,13 @@ impl LlamaModel {
                 attention(&mut rec, &q_r, &pool.k[layer], &pool.v[layer], pool.capacity, mask, scale, &context)?;
                 let attended = gpu.empty(&[n, h], DType::F32)?;
                 qmatmul(&mut rec, &context.reshape(&[n, h])?, &w[4], Epilogue { bias: None, residual: Some(&x) }, &attended)?;
-                let hn = gpu.empty(&[n, h], DType::F32)?;
-                rms_norm(&mut rec, &attended, &w[5], cfg.rms_eps, &hn)?;
                 let (gate, up) = (gpu.empty(&[n, cfg.ffn], DType::F32)?, gpu.empty(&[n, cfg.ffn], DType::F32)?);
-                qmatmul(&mut rec, &hn, &w[6], none, &gate)?;
-                qmatmul(&mut rec, &hn, &w[7], none, &up)?;
-                let act = gpu.empty(&[n, cfg.ffn], DType::F32)?;
-                binary(&mut rec, BinaryOp::SwiGlu, &gate, &up, &act)?;
+                let ffn_norm = Input::RmsNorm { x: &attended, weight: &w[5], eps: cfg.rms_eps };
+                let gate_up = [(&w[6], &gate), (&w[7], &up)].map(|(w, out)| Product { w, epilogue: none, out });
+                qmatmul_input(&mut rec, ffn_norm, &gate_up)?;
                 let out = gpu.empty(&[n, h], DType::F32)?;
-                qmatmul(&mut rec, &act, &w[8], Epilogue { bias: None, residual: Some(&attended) }, &out)?;
+                let down = Product { w: &w[8], epilogue: Epilogue { bias: None, residual: Some(&attended) }, out: &out };
+                qmatmul_input(&mut rec, Input::SwiGlu { gate: &gate, up: &up }, &[down])?;
                 rec.submit()?;
                 Ok(out)
             })();
@@ -348,9 +344,8 @@ impl LlamaModel {
         let logits = gpu.empty(&[logit_rows, cfg.vocab], DType::F32).map_err(ke)?;
         let recorded = (|| -> hartonomous_kernels::Result<()> {
             let mut rec = gpu.recorder();
-            let normed = gpu.empty(&[logit_rows, h], DType::F32)?;
-            rms_norm(&mut rec, &last, &w[0], cfg.rms_eps, &normed)?;
-            qmatmul(&mut rec, &normed, &w[1], Epilogue::default(), &logits)?;
+            let output_norm = Input::RmsNorm { x: &last, weight: &w[0], eps: cfg.rms_eps };
+            qmatmul_input(&mut rec, output_norm, &[Product { w: &w[1], epilogue: Epilogue::default(), out: &logits }])?;
             rec.submit()
         })();
         pager.release(pins);
