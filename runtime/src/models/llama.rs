@@ -8,11 +8,11 @@
 //! `llm_build_llama`; the float64 numpy re-implementation in
 //! `tests/scripts/make_llama_reference.py` is what the tests compare against.
 
-use hartonomous_kernels::ops::attention::{attention, kv_write, AttentionMask};
+use hartonomous_kernels::ops::attention::{attention, AttentionMask};
 use hartonomous_kernels::ops::gather::embedding;
 use hartonomous_kernels::ops::matmul::Epilogue;
 use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_input, Input, Product};
-use hartonomous_kernels::ops::rope::{rope, RopeLayout, RopeTable};
+use hartonomous_kernels::ops::rope::{rope_append, RopeAppend, RopeLayout, RopeTable};
 use hartonomous_kernels::{DType, Gpu, Tensor};
 use serde_json::Value;
 
@@ -302,11 +302,23 @@ impl LlamaModel {
                 let attn_norm = Input::RmsNorm { x: &x, weight: &w[0], eps: cfg.rms_eps };
                 let qkv = [(&w[1], &q), (&w[2], &k), (&w[3], &v)].map(|(w, out)| Product { w, epilogue: none, out });
                 qmatmul_input(&mut rec, attn_norm, &qkv)?;
-                let (q_r, k_r) = (gpu.empty(&[n, cfg.heads, d], DType::F32)?, gpu.empty(&[n, cfg.kv_heads, d], DType::F32)?);
-                rope(&mut rec, &q.reshape(&[n, cfg.heads, d])?, &positions, &self.rope, RopeLayout::Interleaved, &q_r)?;
-                rope(&mut rec, &k.reshape(&[n, cfg.kv_heads, d])?, &positions, &self.rope, RopeLayout::Interleaved, &k_r)?;
-                kv_write(&mut rec, &k_r.reshape(&[b, t, kv])?, &rows, &pool.k[layer])?;
-                kv_write(&mut rec, &v.reshape(&[b, t, kv])?, &rows, &pool.v[layer])?;
+                // Rotate q, and append the rotated k and v to this layer's caches: one dispatch.
+                let q_r = gpu.empty(&[n, cfg.heads, d], DType::F32)?;
+                rope_append(
+                    &mut rec,
+                    &RopeAppend {
+                        q: &q.reshape(&[n, cfg.heads, d])?,
+                        k: &k.reshape(&[n, cfg.kv_heads, d])?,
+                        v: &v.reshape(&[n, cfg.kv_heads, d])?,
+                        positions: &positions,
+                        table: &self.rope,
+                        layout: RopeLayout::Interleaved,
+                        rows: &rows,
+                        q_out: &q_r,
+                        k_cache: &pool.k[layer],
+                        v_cache: &pool.v[layer],
+                    },
+                )?;
                 let context = gpu.empty(&[b, t, cfg.heads, d], DType::F32)?;
                 let mask = AttentionMask { causal: true, q_pos0: 0, key_mask: None, rows: Some(&rows) };
                 let scale = 1.0 / (d as f32).sqrt();
