@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use hartonomous_kernels::ops::attention::{attention, AttentionMask};
 use hartonomous_kernels::ops::ceiling::{copy, copy_wide, fma_peak};
 use hartonomous_kernels::ops::matmul::{matmul, Epilogue};
-use hartonomous_kernels::ops::qmatmul::qmatmul;
+use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_input, Input, Product};
 use hartonomous_kernels::ops::similarity::{row_norms_sq, search, CorpusPiece, Metric};
 use hartonomous_kernels::{DType, Gpu, Recorder, Result, Tensor};
 use hartonomous_benches::random_block_bytes;
@@ -228,6 +228,33 @@ fn benches(c: &mut Criterion) {
                 });
             }
         }
+    }
+
+    // Products of one input in one dispatch where the adapter fuses them (`qmatmul_input`):
+    // SmolLM2's Q, K and V at a decode step, or for the 256-element formats two matrices of
+    // ffn_down's shape. Bytes are all the weight blocks read.
+    for dtype in [DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K] {
+        let (name, rows, k): (&str, &[usize], usize) =
+            if dtype.block().0 == 256 { ("decode_pair_1x(576+576)x1536", &[576, 576], 1536) } else { ("decode_qkv_1x(576+192+192)x576", &[576, 192, 192], 576) };
+        let name = format!("qmatmul_{} {name}", dtype.name());
+        if !wanted(&name) {
+            continue;
+        }
+        let weights: Vec<Tensor> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let bytes = random_block_bytes(dtype.bytes_for((n * k) as u64) as usize, 20 + i as u64);
+                gpu.upload_weights(&bytes, &[n, k], dtype).expect("upload")
+            })
+            .collect();
+        let outs: Vec<Tensor> = rows.iter().map(|&n| gpu.empty(&[1, n], DType::F32).expect("alloc")).collect();
+        let a = gpu.upload_f32(&vec![0.5; k], &[1, k]).expect("upload");
+        let products: Vec<Product> = weights.iter().zip(&outs).map(|(w, out)| Product { w, epilogue: Epilogue::default(), out }).collect();
+        let bytes_w: f64 = rows.iter().map(|&n| dtype.bytes_for((n * k) as u64) as f64).sum();
+        let timing = ceil.measure(&gpu, Some(bytes_w), |rec| qmatmul_input(rec, Input::Plain(&a), &products));
+        let n_total: usize = rows.iter().sum();
+        report(&name, timing, 2.0 * (n_total * k) as f64, bytes_w, &ceil);
     }
 
     if wanted("attention_decode smollm2 kv1024") || wanted("similarity_scan cosine") {

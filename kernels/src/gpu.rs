@@ -28,6 +28,10 @@ pub const TEXEL_WEIGHTS_ENV: &str = "HARTONOMOUS_TEXEL_WEIGHTS";
 /// its own kernel on software adapters too. By default the CPU matvec computes it as it loads
 /// its rows, saving a dispatch (~85 us of thread wake-ups on lavapipe); for A/B measurements.
 pub const FUSED_INPUTS_ENV: &str = "HARTONOMOUS_FUSED_INPUTS";
+/// Set to 0 to run each product of one input (`ops::qmatmul::qmatmul_input`: Llama's Q, K and V,
+/// or gate and up) as its own dispatch on software adapters too. By default the CPU matvec runs
+/// 2 or 3 of them in one dispatch, a workgroup range a matrix; for A/B measurements.
+pub const FUSED_PRODUCTS_ENV: &str = "HARTONOMOUS_FUSED_PRODUCTS";
 /// Texels in a row of a weight texture: rows of 256 KiB (a multiple of the 256-byte row
 /// alignment of texture copies), so 4 GiB of blocks fit in the 16,384 rows Vulkan guarantees.
 pub(crate) const TEXEL_ROW: u32 = 16384;
@@ -172,6 +176,10 @@ impl Tensor {
     pub(crate) fn texels(&self) -> Option<&wgpu::TextureView> {
         self.buffer.texels.get()
     }
+    /// Whether `Gpu::upload_weights` gave this weight a texel copy (software adapters).
+    pub fn has_texels(&self) -> bool {
+        self.texels().is_some()
+    }
     /// True when both tensors view one buffer.
     pub fn same_buffer(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.buffer, &other.buffer)
@@ -270,6 +278,7 @@ pub struct Gpu {
     shader_checks: bool,
     texel_weights: bool,
     fused_inputs: bool,
+    fused_products: bool,
 }
 
 /// The process's one wgpu instance, created on first use and never destroyed.
@@ -367,6 +376,7 @@ impl Gpu {
                 && limits.max_texture_dimension_2d >= TEXEL_ROW
                 && std::env::var_os(TEXEL_WEIGHTS_ENV).is_none_or(|v| v != "0"),
             fused_inputs: std::env::var_os(FUSED_INPUTS_ENV).is_none_or(|v| v != "0"),
+            fused_products: std::env::var_os(FUSED_PRODUCTS_ENV).is_none_or(|v| v != "0"),
             report,
             limits,
         })
@@ -489,8 +499,14 @@ impl Gpu {
     }
 
     /// Whether `qmatmul_input` may fuse the op before a matmul into it ([`FUSED_INPUTS_ENV`]).
-    pub(crate) fn fused_inputs(&self) -> bool {
+    pub fn fused_inputs(&self) -> bool {
         self.fused_inputs
+    }
+
+    /// Whether `qmatmul_input` may run several products of one input in one dispatch
+    /// ([`FUSED_PRODUCTS_ENV`]).
+    pub fn fused_products(&self) -> bool {
+        self.fused_products
     }
 
     /// `bytes` as an rgba32uint texture of `TEXEL_ROW`-wide rows (the last texel zero-padded,

@@ -143,6 +143,87 @@ fn check_inputs(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, byte
     }
 }
 
+/// Which op feeds the products in [`check_products`].
+#[derive(Clone, Copy, Debug)]
+enum Feed {
+    Plain,
+    RmsNorm,
+    SwiGlu,
+}
+
+/// Several products of one input ([`qmatmul_input`] with 2 or 3 weights of one format), each
+/// equal to the f64 reference of its own product, without an epilogue. Where the adapter runs
+/// the CPU rows kernel and the weights have texel copies (f16 and the block formats on
+/// lavapipe) they must take one dispatch, a workgroup range a matrix; otherwise one a product.
+fn check_products(dtype: DType, stored: Stored, m: usize, rows: &[usize], k: usize, feeds: &[Feed], seed: u64) {
+    let x = random(m * k, seed, 2.0);
+    let up = random(m * k, seed ^ 1, 1.5);
+    let g = random(k, seed ^ 2, 1.0);
+    let eps = 1e-5;
+    let (xt, upt, gt) = (upload(&x, &[m, k]), upload(&up, &[m, k]), upload(&g, &[k]));
+    let weights: Vec<(Vec<f32>, Tensor)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let bytes = random_blocks(stored, n, k, seed ^ (10 + i as u64));
+            (dequantize(stored, &bytes, n * k), gpu().upload_weights(&bytes, &[n, k], dtype).expect("upload blocks"))
+        })
+        .collect();
+    let report = gpu().report();
+    let one_dispatch = report.software
+        && report.shader_int64
+        && gpu().fused_inputs()
+        && gpu().fused_products()
+        && weights.iter().all(|(_, w)| w.has_texels());
+    for &feed in feeds {
+        let (input, a_ref) = match feed {
+            Feed::Plain => (Input::Plain(&xt), x.clone()),
+            Feed::RmsNorm => (Input::RmsNorm { x: &xt, weight: &gt, eps }, reference::rms_norm(&x, &g, eps).iter().map(|&v| v as f32).collect()),
+            Feed::SwiGlu => {
+                let gated = reference::binary(&x, &up, |a, b| reference::silu(a as f32) * b);
+                (Input::SwiGlu { gate: &xt, up: &upt }, gated.iter().map(|&v| v as f32).collect())
+            }
+        };
+        let what = format!("{feed:?} {} {m}x{rows:?}x{k}", dtype.name());
+        let outs: Vec<Tensor> = rows.iter().map(|&n| poisoned(&[m, n])).collect();
+        let products: Vec<Product> =
+            weights.iter().zip(&outs).map(|((_, w), out)| Product { w, epilogue: Epilogue::default(), out }).collect();
+        let dispatches = gpu()
+            .run(|rec| {
+                qmatmul_input(rec, input, &products)?;
+                Ok(rec.dispatches())
+            })
+            .expect("qmatmul_input runs");
+        if one_dispatch {
+            assert_eq!(dispatches, 1, "{what}: the products of one input share a dispatch on this adapter");
+        }
+        for (i, ((w_values, _), out)) in weights.iter().zip(&outs).enumerate() {
+            let n = rows[i];
+            let (want, scale) = reference::matmul(&a_ref, w_values, 1, m, n, k, None, None);
+            let got = gpu().download_f32(out).expect("download");
+            assert_close(&got, &want, |j| 1e-5 * scale[j] + 1e-6, &format!("product {i} of {what}"));
+        }
+    }
+}
+
+#[test]
+fn several_products_of_one_input_every_format() {
+    // Every format (f32 has no texel copy: one dispatch a product) with three matrices at odd
+    // sizes that leave a partial workgroup at each matrix's end. Every kernel compiled here is
+    // a new one (seconds each on lavapipe), so the feeds and token counts are spread over the
+    // formats rather than multiplied by them: their transforms are the single product's, which
+    // `fused_inputs_match_the_op_then_matmul` checks in every format.
+    for (i, (dtype, stored)) in FORMATS.iter().enumerate() {
+        let k = 2 * stored.block_elements().max(32) as usize;
+        check_products(*dtype, *stored, 1, &[75, 9, 130], k, &[Feed::Plain], 700 + i as u64);
+    }
+    // Llama's uses: Q, K and V of a normed prompt of 9 (SmolLM2's 576, 192, 192), gate and up
+    // of a normed decode step of 2 sequences; and a gated input, which Llama does not fuse.
+    check_products(DType::Q4_1, Stored::Q4_1, 9, &[576, 192, 192], 576, &[Feed::RmsNorm, Feed::SwiGlu], 901);
+    check_products(DType::Q8_0, Stored::Q8_0, 2, &[33, 64], 128, &[Feed::RmsNorm], 902);
+    check_products(DType::Q6K, Stored::Q6K, 9, &[70, 140], 512, &[Feed::Plain], 903);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(12))]
 

@@ -21,7 +21,10 @@ struct QMatmulParams {
     flags: u32,
     /// The rms_norm epsilon of an [`Input::RmsNorm`] (the rows kernel; the others ignore it).
     eps: f32,
-    _pad: [u32; 3],
+    /// Rows of the second and third matrix of a fused rows kernel (`RowsPlan::mats`).
+    n1: u32,
+    n2: u32,
+    _pad: u32,
 }
 
 /// The left operand of [`qmatmul_input`]: rows as they are, or the output of the op before the
@@ -151,9 +154,71 @@ pub fn qmatmul_input(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Produ
         input.check("qmatmul", m, k)?;
     }
     let fused = rows_kernel_runs(rec.gpu(), k) && rec.gpu().fused_inputs();
+    if fused && rec.gpu().fused_products() && fused_products(rec, input, products)? {
+        return Ok(());
+    }
     let transformed = if fused { None } else { materialize(rec, input)? };
     let input = transformed.as_ref().map_or(input, Input::Plain);
     products.iter().try_for_each(|p| qmatmul_with(rec, input, p.w, p.epilogue, p.out, Route::Auto, None))
+}
+
+/// Records 2 or 3 products of one input as one dispatch of the rows kernel (one workgroup range
+/// a matrix, `qmatvec_rows.wgsl`) where they can share it: every weight in one format with a
+/// texel copy, no epilogue. Returns whether it did; the caller runs them one by one otherwise.
+fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>]) -> Result<bool> {
+    const NAME: &str = "qmatmul";
+    let a = input.rows();
+    let &[m, k] = a.shape() else { return Ok(false) };
+    let Some(first) = products.first() else { return Ok(true) };
+    let dtype = first.w.dtype();
+    let shareable = |p: &Product<'_>| {
+        p.w.dtype() == dtype && p.w.texels().is_some() && p.w.shape().len() == 2 && p.w.shape()[1] == k && p.epilogue.bias.is_none() && p.epilogue.residual.is_none()
+    };
+    if !(2..=3).contains(&products.len()) || !products.iter().all(shareable) || a.dtype() != DType::F32 {
+        return Ok(false);
+    }
+    expect_weight_format(NAME, "w", first.w)?;
+    let (aux, x_input) = input.aux();
+    let mut rows = [0usize; 3];
+    for (i, p) in products.iter().enumerate() {
+        rows[i] = p.w.shape()[0];
+        expect_dtype(NAME, "out", p.out, DType::F32)?;
+        expect_shape(NAME, "out", p.out, &[m, rows[i]])?;
+        let others: Vec<&Tensor> = products.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, q)| q.out).collect();
+        expect_distinct(NAME, p.out, &[&[a, aux, p.w][..], &others[..]].concat())?;
+        expect_bindable(rec.gpu(), NAME, &[("a", a), ("w", p.w), ("out", p.out)])?;
+    }
+    let total: usize = rows.iter().sum();
+    if total == 0 || m == 0 {
+        return Ok(true);
+    }
+    let report = rec.gpu().report();
+    let shared_x = report.subgroup_size == Some(8);
+    let mut plan = RowsPlan::new(dtype, k, total, m, shared_x, true, x_input, None);
+    plan.mats = products.len();
+    let mut storage = vec![Access::Read, Access::Texels, Access::Read, Access::Read, Access::ReadWrite, Access::Read];
+    let mut tensors: Vec<&Tensor> = vec![a, first.w, a, a, first.out, aux];
+    for p in &products[1..] {
+        storage.extend([Access::Texels, Access::ReadWrite]);
+        tensors.extend([p.w, p.out]);
+    }
+    let kernel = rec.gpu().kernel_generated(&plan.label(), "qmatvec_rows", &storage, || plan.source(None))?;
+    let per = 8 * plan.rows;
+    let workgroups: usize = rows.iter().map(|n| n.div_ceil(per)).sum();
+    let mut groups = crate::ops::grid(workgroups * per, per);
+    groups[2] = as_u32(NAME, "M", m.div_ceil(plan.tokens))?;
+    let params = QMatmulParams {
+        m: as_u32(NAME, "M", m)?,
+        n: as_u32(NAME, "N", rows[0])?,
+        k: as_u32(NAME, "K", k)?,
+        flags: 0,
+        eps: input.eps(),
+        n1: as_u32(NAME, "N", rows[1])?,
+        n2: as_u32(NAME, "N", rows[2])?,
+        _pad: 0,
+    };
+    rec.dispatch(&kernel, &tensors, &params, groups)?;
+    Ok(true)
 }
 
 /// Whether [`qmatmul`] takes the CPU adapters' rows kernel for rows of `k` elements: on software
@@ -249,6 +314,8 @@ struct RowsPlan {
     texels: bool,
     /// How x is transformed as it is loaded ([`Input`]): "x", "xrmsnorm" or "xswiglu".
     x_input: &'static str,
+    /// Weight matrices of the one input (1 to 3; more than one needs texels).
+    mats: usize,
 }
 
 impl RowsPlan {
@@ -270,15 +337,16 @@ impl RowsPlan {
         // output: 72% of the vec4 copy against 53% with 8); below 4096 rows, 8 leave enough
         // workgroups for every core (Q4_1 1536×576: 55% against 40% with 16; benches/NOTES.md).
         let rows = rows.unwrap_or(if n >= 4096 && !(3..=4).contains(&tokens) { 16 } else { 8 });
-        RowsPlan { dtype, tokens, rows, step, paired, blocked, shared_x, texels, x_input }
+        RowsPlan { dtype, tokens, rows, step, paired, blocked, shared_x, texels, x_input, mats: 1 }
     }
 
     fn label(&self) -> String {
         let x_mode = if self.shared_x { "xshared" } else { "xlocal" };
         format!(
-            "qmatvec_rows_{}_{}_{}_step{}_rows{}_tokens{}_{x_mode}_wg8",
+            "qmatvec_rows_{}_{}{}_{}_step{}_rows{}_tokens{}_{x_mode}_wg8",
             self.dtype.name(),
             self.x_input,
+            if self.mats > 1 { format!("_mats{}", self.mats) } else { String::new() },
             if self.texels { "texels" } else { "u64" },
             self.step,
             self.rows,
@@ -340,6 +408,10 @@ impl RowsPlan {
             ("X_RMS", usize::from(self.x_input == "xrmsnorm")),
             ("X_NOT_RMS", usize::from(self.x_input != "xrmsnorm")),
             ("X_SWIGLU", usize::from(self.x_input == "xswiglu")),
+            ("MAT1", usize::from(self.mats >= 2)),
+            ("MAT2", usize::from(self.mats >= 3)),
+            // The uniform follows the storage bindings: 6, and a texture and an output a matrix.
+            ("UNIFORM", 6 + 2 * (self.mats - 1)),
         ];
         crate::unroll::expand(&source, &[&counts[..], &formats[..]].concat())
     }
@@ -402,7 +474,9 @@ fn qmatmul_with(
         k: as_u32(NAME, "K", k)?,
         flags,
         eps: input.eps(),
-        _pad: [0; 3],
+        n1: 0,
+        n2: 0,
+        _pad: 0,
     };
     let storage = [Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     let source = |kernel: &str| quant_kernel_source(w.dtype(), kernel).expect("format checked above");

@@ -37,17 +37,30 @@
 @group(0) @binding(0) var<storage, read> x: array<vec2<u64>>;   // [M, K] f32, 4 a load pair
 //#unroll z WORDS
 @group(0) @binding(1) var<storage, read> w: array<u64>;         // [N, K] stored, 8 bytes a load
+// The weights' functions take their texture (TEXELS) or, here, a placeholder.
+alias Weights = u32;
 //#end
 //#unroll z TEXELS
 @group(0) @binding(1) var wt: texture_2d<u32>;                  // [N, K] stored, 16 bytes a texel
+alias Weights = texture_2d<u32>;
 //#end
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read> residual: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // [M, N]
 @group(0) @binding(5) var<storage, read> aux: array<vec2<u64>>; // X_RMS [K], X_SWIGLU [M, K] f32
-@group(0) @binding(6) var<uniform> p: QMatvecParams;
+// Further matrices of the same input (MATS of them, texels only): [N1, K] into out1 [M, N1], …
+//#unroll z MAT1
+@group(0) @binding(6) var wt1: texture_2d<u32>;
+@group(0) @binding(7) var<storage, read_write> out1: array<f32>;
+//#end
+//#unroll z MAT2
+@group(0) @binding(8) var wt2: texture_2d<u32>;
+@group(0) @binding(9) var<storage, read_write> out2: array<f32>;
+//#end
+@group(0) @binding({UNIFORM}) var<uniform> p: QMatvecParams;
 
-struct QMatvecParams { m: u32, n: u32, k: u32, flags: u32, eps: f32, pad0: u32, pad1: u32, pad2: u32 }
+// n, n1, n2: the rows of each matrix (flags 0 where MATS > 1: no epilogue).
+struct QMatvecParams { m: u32, n: u32, k: u32, flags: u32, eps: f32, n1: u32, n2: u32, pad0: u32 }
 
 fn lo32(v: u64) -> u32 { return u32(v & 0xFFFFFFFFlu); }
 fn hi32(v: u64) -> u32 { return u32(v >> 32u); }
@@ -111,23 +124,23 @@ fn inv_rms(token: u32, lid: u32) -> f32 {
 // is a loop over the lanes for each component. w64(i) is bytes 8i..8i+7 and w128(i) bytes
 // 16i..16i+15 as four u32 words, in both.
 //#unroll z WORDS
-fn w64(i: u32) -> u64 {
+fn w64(ws: Weights, i: u32) -> u64 {
     return w[i];
 }
 
-fn w128(i: u32) -> vec4<u32> {
+fn w128(ws: Weights, i: u32) -> vec4<u32> {
     let a = w[2u * i];
     let b = w[2u * i + 1u];
     return vec4<u32>(lo32(a), hi32(a), lo32(b), hi32(b));
 }
 //#end
 //#unroll z TEXELS
-fn w128(i: u32) -> vec4<u32> {
-    return textureLoad(wt, vec2<u32>(i % TEXEL_ROW, i / TEXEL_ROW), 0);
+fn w128(ws: Weights, i: u32) -> vec4<u32> {
+    return textureLoad(ws, vec2<u32>(i % TEXEL_ROW, i / TEXEL_ROW), 0);
 }
 
-fn w64(i: u32) -> u64 {
-    let t = w128(i >> 1u);
+fn w64(ws: Weights, i: u32) -> u64 {
+    let t = w128(ws, i >> 1u);
     let odd = (i & 1u) != 0u;
     return u64(select(t.x, t.z, odd)) | (u64(select(t.y, t.w, odd)) << 32u);
 }
@@ -141,11 +154,11 @@ fn w64(i: u32) -> u64 {
 // arrive as one burst instead of a unit a step, so the core has them in flight together (Q4_K
 // at 49,152 × 1536: 1.17 times as fast; benches/NOTES.md). Q6_K's window may reach 13 units
 // past its data: buffers and texel copies keep that much slack (gpu.rs).
-fn k_block(row: u32, k0: u32) -> array<vec4<u32>, {UNITS}> {
+fn k_block(ws: Weights, row: u32, k0: u32) -> array<vec4<u32>, {UNITS}> {
     let u = (((row * p.k + k0) / BLOCK_ELEMENTS) * BLOCK_BYTES) >> 4u;
     var b: array<vec4<u32>, {UNITS}>;
 //#unroll j UNITS
-    b[{j}] = w128(u + {j}u);
+    b[{j}] = w128(ws, u + {j}u);
 //#end
     return b;
 }
@@ -157,7 +170,7 @@ fn even_word(a: u64, odd: bool) -> u32 { return select(lo32(a), hi32(a), odd); }
 fn odd_word(a: u64, b: u64, odd: bool) -> u32 { return select(hi32(a), lo32(b), odd); }
 
 // The u32 words base..base+N-1 of W, in N/2 + 1 u64 loads.
-fn words3(base: u32) -> array<u32, 3> {
+fn words3(ws: Weights, base: u32) -> array<u32, 3> {
     let q = base >> 1u;
     let odd = (base & 1u) != 0u;
     let u0 = w[q];
@@ -165,7 +178,7 @@ fn words3(base: u32) -> array<u32, 3> {
     return array<u32, 3>(even_word(u0, odd), odd_word(u0, u1, odd), even_word(u1, odd));
 }
 
-fn words5(base: u32) -> array<u32, 5> {
+fn words5(ws: Weights, base: u32) -> array<u32, 5> {
     let q = base >> 1u;
     let odd = (base & 1u) != 0u;
     let u0 = w[q];
@@ -175,7 +188,7 @@ fn words5(base: u32) -> array<u32, 5> {
                          odd_word(u1, u2, odd), even_word(u2, odd));
 }
 
-fn words6(base: u32) -> array<u32, 6> {
+fn words6(ws: Weights, base: u32) -> array<u32, 6> {
     let q = base >> 1u;
     let odd = (base & 1u) != 0u;
     let u0 = w[q];
@@ -186,7 +199,7 @@ fn words6(base: u32) -> array<u32, 6> {
                          odd_word(u1, u2, odd), even_word(u2, odd), odd_word(u2, u3, odd));
 }
 
-fn words9(base: u32) -> array<u32, 9> {
+fn words9(ws: Weights, base: u32) -> array<u32, 9> {
     let q = base >> 1u;
     let odd = (base & 1u) != 0u;
     let u0 = w[q];
@@ -199,7 +212,7 @@ fn words9(base: u32) -> array<u32, 9> {
                          even_word(u3, odd), odd_word(u3, u4, odd), even_word(u4, odd));
 }
 
-fn words17(base: u32) -> array<u32, 17> {
+fn words17(ws: Weights, base: u32) -> array<u32, 17> {
     let q = base >> 1u;
     let odd = (base & 1u) != 0u;
     let u0 = w[q];
@@ -223,31 +236,31 @@ fn words17(base: u32) -> array<u32, 17> {
 // The same windows from texels: the words of the texels from base / 4 in order, word j of the
 // window at j + base % 4 among them (three selects a word, no more fetches than texels touched).
 
-fn texels2(t: u32) -> array<u32, 8> {
-    let a = w128(t);
-    let b = w128(t + 1u);
+fn texels2(ws: Weights, t: u32) -> array<u32, 8> {
+    let a = w128(ws, t);
+    let b = w128(ws, t + 1u);
     return array<u32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
 }
 
-fn texels3(t: u32) -> array<u32, 12> {
-    let a = w128(t);
-    let b = w128(t + 1u);
-    let c = w128(t + 2u);
+fn texels3(ws: Weights, t: u32) -> array<u32, 12> {
+    let a = w128(ws, t);
+    let b = w128(ws, t + 1u);
+    let c = w128(ws, t + 2u);
     return array<u32, 12>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w, c.x, c.y, c.z, c.w);
 }
 
-fn texels5(t: u32) -> array<u32, 20> {
-    let a = w128(t);
-    let b = w128(t + 1u);
-    let c = w128(t + 2u);
-    let d = w128(t + 3u);
-    let e = w128(t + 4u);
+fn texels5(ws: Weights, t: u32) -> array<u32, 20> {
+    let a = w128(ws, t);
+    let b = w128(ws, t + 1u);
+    let c = w128(ws, t + 2u);
+    let d = w128(ws, t + 3u);
+    let e = w128(ws, t + 4u);
     return array<u32, 20>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w, c.x, c.y, c.z, c.w,
                           d.x, d.y, d.z, d.w, e.x, e.y, e.z, e.w);
 }
 
-fn words3(base: u32) -> array<u32, 3> {
-    let f = texels2(base >> 2u);
+fn words3(ws: Weights, base: u32) -> array<u32, 3> {
+    let f = texels2(ws, base >> 2u);
     let ph = base & 3u;
     return array<u32, 3>(
 //#unroll j THREE
@@ -256,8 +269,8 @@ fn words3(base: u32) -> array<u32, 3> {
     );
 }
 
-fn words5(base: u32) -> array<u32, 5> {
-    let f = texels2(base >> 2u);
+fn words5(ws: Weights, base: u32) -> array<u32, 5> {
+    let f = texels2(ws, base >> 2u);
     let ph = base & 3u;
     return array<u32, 5>(
 //#unroll j FIVE
@@ -266,8 +279,8 @@ fn words5(base: u32) -> array<u32, 5> {
     );
 }
 
-fn words6(base: u32) -> array<u32, 6> {
-    let f = texels3(base >> 2u);
+fn words6(ws: Weights, base: u32) -> array<u32, 6> {
+    let f = texels3(ws, base >> 2u);
     let ph = base & 3u;
     return array<u32, 6>(
 //#unroll j SIX
@@ -276,8 +289,8 @@ fn words6(base: u32) -> array<u32, 6> {
     );
 }
 
-fn words9(base: u32) -> array<u32, 9> {
-    let f = texels3(base >> 2u);
+fn words9(ws: Weights, base: u32) -> array<u32, 9> {
+    let f = texels3(ws, base >> 2u);
     let ph = base & 3u;
     return array<u32, 9>(
 //#unroll j NINE
@@ -286,8 +299,8 @@ fn words9(base: u32) -> array<u32, 9> {
     );
 }
 
-fn words17(base: u32) -> array<u32, 17> {
-    let f = texels5(base >> 2u);
+fn words17(ws: Weights, base: u32) -> array<u32, 17> {
+    let f = texels5(ws, base >> 2u);
     let ph = base & 3u;
     return array<u32, 17>(
 //#unroll j SEVENTEEN
@@ -403,7 +416,7 @@ struct Decoded {
     s: array<vec2<f32>, {SCALES}>,
 }
 
-fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNITS}>) -> Decoded {
+fn chunk(ws: Weights, row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNITS}>) -> Decoded {
     var v: Decoded;
     let element = row * p.k + k0;
     let bb = (element / BLOCK_ELEMENTS) * BLOCK_BYTES;
@@ -412,7 +425,7 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNIT
         // F32: 128 bytes, 16-byte aligned (element is a multiple of 32).
         let o = element >> 2u;
 //#unroll i EIGHT
-        v.q[{i}] = bitcast<vec4<f32>>(w128(o + {i}u));
+        v.q[{i}] = bitcast<vec4<f32>>(w128(ws, o + {i}u));
 //#end
         v.s[0] = vec2<f32>(1.0, 0.0);
     }
@@ -422,7 +435,7 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNIT
         // F16: 64 bytes, 16-byte aligned.
         let o = element >> 3u;
 //#unroll i FOUR
-        let a{i} = w128(o + {i}u);
+        let a{i} = w128(ws, o + {i}u);
         v.q[2 * {i}] = vec4<f32>(unpack2x16float(a{i}.x), unpack2x16float(a{i}.y));
         v.q[2 * {i} + 1] = vec4<f32>(unpack2x16float(a{i}.z), unpack2x16float(a{i}.w));
 //#end
@@ -433,7 +446,7 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNIT
     {
         // Q8_0: f16 d, 32 × i8 at bb + 2 (34-byte blocks: every other block is half-word
         // aligned), all inside the nine words from bb's.
-        let s = words9(bb >> 2u);
+        let s = words9(ws, bb >> 2u);
         let d = half_of(s[0], bb);
         let qo = bb + 2u;
 //#unroll i EIGHT
@@ -446,7 +459,7 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNIT
     {
         // Q4_0: f16 d, 16 bytes of nibbles at bb + 2 (18-byte blocks); low nibbles are
         // elements 0..15, high nibbles 16..31.
-        let s = words5(bb >> 2u);
+        let s = words5(ws, bb >> 2u);
         let d = half_of(s[0], bb);
         let qo = bb + 2u;
 //#unroll i FOUR
@@ -460,7 +473,7 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNIT
 //#unroll f F4
     {
         // Q4_1: f16 d, f16 m, 16 bytes of nibbles (20-byte blocks, always word aligned).
-        let s = words5(bb >> 2u);
+        let s = words5(ws, bb >> 2u);
         let dm = unpack2x16float(s[0]);
 //#unroll i FOUR
         v.q[{i}] = in_place4(s[{i} + 1], 15u);
@@ -474,7 +487,7 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNIT
         // Q8_0, two blocks a step (K a multiple of 64, so bb is a multiple of 68, word aligned):
         // 68 bytes in the seventeen words from bb's. Block A: d in the low half of word 0, its
         // quants from byte 2; block B: d in the high half of word 8, its quants in words 9..16.
-        let s = words17(bb >> 2u);
+        let s = words17(ws, bb >> 2u);
         let da = unpack2x16float(s[0]).x;
         let db = unpack2x16float(s[8]).y;
 //#unroll i EIGHT
@@ -490,7 +503,7 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNIT
         // Q4_0, two blocks a step (K a multiple of 64, so bb is a multiple of 36, word aligned):
         // 36 bytes in the nine words from bb's. Block A: d in the low half of word 0, nibbles
         // from byte 2; block B: d in the high half of word 4, nibbles in words 5..8.
-        let s = words9(bb >> 2u);
+        let s = words9(ws, bb >> 2u);
         let da = unpack2x16float(s[0]).x;
         let db = unpack2x16float(s[4]).y;
 //#unroll i FOUR
@@ -524,9 +537,9 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNIT
 //#unroll z TEXELS
         let t = bb >> 4u;
         let odd = (bb & 8u) != 0u;
-        let ta = w128(t);
-        let tb = w128(t + 1u);
-        let tc = w128(t + 2u);
+        let ta = w128(ws, t);
+        let tb = w128(ws, t + 1u);
+        let tc = w128(ws, t + 2u);
         let dma = unpack2x16float(select(ta.x, ta.z, odd));
         let qa = array<u32, 4>(select(ta.y, ta.w, odd), select(ta.z, tb.x, odd), select(ta.w, tb.y, odd), select(tb.x, tb.z, odd));
         let dmb = unpack2x16float(select(tb.y, tb.w, odd));
@@ -546,7 +559,7 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNIT
     {
         // Q5_0: f16 d, u32 qh (fifth bits) at bb + 2, 16 bytes of nibbles at bb + 6 (22-byte
         // blocks, half-word aligned), inside the six words from bb's.
-        let s = words6(bb >> 2u);
+        let s = words6(ws, bb >> 2u);
         let d = half_of(s[0], bb);
         let qh = funnel_after(s[0], s[1], bb + 2u);
         let qo = bb + 6u;
@@ -563,11 +576,11 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNIT
         // Q5_1: f16 d, f16 m, u32 qh, 16 bytes of nibbles (24-byte blocks: u64-aligned, as a
         // row holds a whole number of them).
         let o = bb >> 3u;
-        let h = w64(o);
+        let h = w64(ws, o);
         let dm = unpack2x16float(lo32(h));
         let qh = hi32(h);
-        let a = w64(o + 1u);
-        let b = w64(o + 2u);
+        let a = w64(ws, o + 1u);
+        let b = w64(ws, o + 2u);
         let q = array<u32, 4>(lo32(a), hi32(a), lo32(b), hi32(b));
 //#unroll i FOUR
         v.q[{i}] = u2f(nib4(q[{i}], 0u) | high_bits4(qh, 4u * {i}u));
@@ -687,27 +700,64 @@ fn chunk(row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec4<u32>, {UNIT
     return v;
 }
 
-fn store(token: u32, row: u32, acc: vec4<f32>) {
-    if (row >= p.n || token >= p.m) { return; }
+// Output `mat` (out, out1, out2) of `n` rows.
+fn store(mat: u32, n: u32, token: u32, row: u32, acc: vec4<f32>) {
+    if (row >= n || token >= p.m) { return; }
     var v = (acc.x + acc.y) + (acc.z + acc.w);
     if ((p.flags & 1u) != 0u) { v += bias[row]; }
-    if ((p.flags & 2u) != 0u) { v += residual[token * p.n + row]; }
-    out[token * p.n + row] = v;
+    if ((p.flags & 2u) != 0u) { v += residual[token * n + row]; }
+    if (mat == 0u) { out[token * n + row] = v; }
+//#unroll z MAT1
+    if (mat == 1u) { out1[token * n + row] = v; }
+//#end
+//#unroll z MAT2
+    if (mat == 2u) { out2[token * n + row] = v; }
+//#end
 }
 
+// Workgroups 0..g0 take the first matrix, the next g1 the second, the rest the third (MATS),
+// each its own rows of the one input: one dispatch for Llama's Q, K and V, or gate and up.
+// A branch costs the workgroups that skip it one masked pass of its loop (gallivm runs
+// branches under a lane mask; benches/NOTES.md), far less than a dispatch.
 @compute @workgroup_size(8)
 fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let first = ((wid.y * ng.x + wid.x) * 8u + lid) * {ROWS}u;
+    let g = wid.y * ng.x + wid.x;
+    let per = 8u * {ROWS}u;
+    let g0 = (p.n + per - 1u) / per;
+    if (g < g0) {
+//#unroll z TEXELS
+        matrix_rows(wt, 0u, p.n, g, wid.z, lid);
+//#end
+//#unroll z WORDS
+        matrix_rows(0u, 0u, p.n, g, wid.z, lid);
+//#end
+    }
+//#unroll z MAT1
+    let g1 = (p.n1 + per - 1u) / per;
+    if (g >= g0 && g < g0 + g1) {
+        matrix_rows(wt1, 1u, p.n1, g - g0, wid.z, lid);
+    }
+//#end
+//#unroll z MAT2
+    if (g >= g0 + g1) {
+        matrix_rows(wt2, 2u, p.n2, g - g0 - g1, wid.z, lid);
+    }
+//#end
+}
+
+// Workgroup g's rows of matrix `mat` (n rows, weights ws), tokens from wz · TOKENS.
+fn matrix_rows(ws: Weights, mat: u32, n: u32, g: u32, wz: u32, lid: u32) {
+    let first = (g * 8u + lid) * {ROWS}u;
     // Workgroups along z take successive groups of TOKENS tokens (a prompt of any length); the
     // last group's missing tokens read the last token again and are not stored.
-    let t0 = wid.z * {TOKENS}u;
+    let t0 = wz * {TOKENS}u;
     let k4 = p.k / 4u;
 //#unroll t TOKENS
     let r{t} = inv_rms(min(t0 + {t}u, p.m - 1u), lid);
 //#end
     // Rows past the edge decode the last row again; their results are not stored.
 //#unroll r ROWS
-    let row{r} = min(first + {r}u, p.n - 1u);
+    let row{r} = min(first + {r}u, n - 1u);
 //#unroll t TOKENS
     var acc{r}_{t} = vec4<f32>(0.0);
 //#end
@@ -719,7 +769,7 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 //#unroll o BLOCKED
     for (var kb = 0u; kb < p.k; kb += 256u) {
 //#unroll r ROWS
-        let blk{r} = k_block(row{r}, kb);
+        let blk{r} = k_block(ws, row{r}, kb);
         let hd{r} = blk{r}[0];
 //#end
 //#end
@@ -775,7 +825,7 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 //#end
 //#end
 //#unroll r ROWS
-        let wv{r} = chunk(row{r}, k0, hd{r}, {b}u, blk{r});
+        let wv{r} = chunk(ws, row{r}, k0, hd{r}, {b}u, blk{r});
 //#unroll t TOKENS
 //#unroll g SCALES
         // Σ q·x over the scale group, then its scale (and its offset times Σx) once.
@@ -795,7 +845,7 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
 //#unroll r ROWS
 //#unroll t TOKENS
-    store(t0 + {t}u, first + {r}u, acc{r}_{t});
+    store(mat, n, t0 + {t}u, first + {r}u, acc{r}_{t});
 //#end
 //#end
 }
