@@ -231,15 +231,12 @@ fn benches(c: &mut Criterion) {
     }
 
     // Products of one input in one dispatch where the adapter fuses them (`qmatmul_input`):
-    // SmolLM2's Q, K and V at a decode step, or for the 256-element formats two matrices of
-    // ffn_down's shape. Bytes are all the weight blocks read.
+    // SmolLM2's Q, K and V at a decode step and over a 128-token prompt, or for the 256-element
+    // formats two matrices of ffn_down's shape; each beside the same products as a dispatch
+    // each (`qmatmul`), so the ratio shows what the fusion buys. Bytes are all the blocks read.
     for dtype in [DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K] {
-        let (name, rows, k): (&str, &[usize], usize) =
-            if dtype.block().0 == 256 { ("decode_pair_1x(576+576)x1536", &[576, 576], 1536) } else { ("decode_qkv_1x(576+192+192)x576", &[576, 192, 192], 576) };
-        let name = format!("qmatmul_{} {name}", dtype.name());
-        if !wanted(&name) {
-            continue;
-        }
+        let (shape, rows, k): (&str, &[usize], usize) =
+            if dtype.block().0 == 256 { ("pair_(576+576)x1536", &[576, 576], 1536) } else { ("qkv_(576+192+192)x576", &[576, 192, 192], 576) };
         let weights: Vec<Tensor> = rows
             .iter()
             .enumerate()
@@ -248,13 +245,24 @@ fn benches(c: &mut Criterion) {
                 gpu.upload_weights(&bytes, &[n, k], dtype).expect("upload")
             })
             .collect();
-        let outs: Vec<Tensor> = rows.iter().map(|&n| gpu.empty(&[1, n], DType::F32).expect("alloc")).collect();
-        let a = gpu.upload_f32(&vec![0.5; k], &[1, k]).expect("upload");
-        let products: Vec<Product> = weights.iter().zip(&outs).map(|(w, out)| Product { w, epilogue: Epilogue::default(), out }).collect();
         let bytes_w: f64 = rows.iter().map(|&n| dtype.bytes_for((n * k) as u64) as f64).sum();
-        let timing = ceil.measure(&gpu, Some(bytes_w), |rec| qmatmul_input(rec, Input::Plain(&a), &products));
         let n_total: usize = rows.iter().sum();
-        report(&name, timing, 2.0 * (n_total * k) as f64, bytes_w, &ceil);
+        for m in [1, 2, 4, 8, 128] {
+            let fused = format!("qmatmul_{} {shape} m{m}, one dispatch", dtype.name());
+            let separate = format!("qmatmul_{} {shape} m{m}, a dispatch each", dtype.name());
+            if !wanted(&fused) && !wanted(&separate) {
+                continue;
+            }
+            let outs: Vec<Tensor> = rows.iter().map(|&n| gpu.empty(&[m, n], DType::F32).expect("alloc")).collect();
+            let a = gpu.upload_f32(&vec![0.5; m * k], &[m, k]).expect("upload");
+            let products: Vec<Product> = weights.iter().zip(&outs).map(|(w, out)| Product { w, epilogue: Epilogue::default(), out }).collect();
+            let same_size = (m == 1).then_some(bytes_w);
+            let flops = 2.0 * (m * n_total * k) as f64;
+            let timing = ceil.measure(&gpu, same_size, |rec| qmatmul_input(rec, Input::Plain(&a), &products));
+            report(&fused, timing, flops, bytes_w, &ceil);
+            let timing = ceil.measure(&gpu, same_size, |rec| products.iter().try_for_each(|p| qmatmul(rec, &a, p.w, p.epilogue, p.out)));
+            report(&separate, timing, flops, bytes_w, &ceil);
+        }
     }
 
     if wanted("attention_decode smollm2 kv1024") || wanted("similarity_scan cosine") {

@@ -12,6 +12,14 @@ const TILE: usize = 64;
 /// Up to this many rows of `a` take the matvec kernel (see `qmatvec.wgsl`).
 pub const MATVEC_MAX_M: usize = 8;
 
+/// The most rows (tokens) for which [`qmatmul_input`] runs several products in one dispatch of
+/// the CPU rows kernel. Each workgroup there also runs one masked pass of the other matrices'
+/// loops (gallivm executes a branch it skips under an empty mask), a cost that grows with the
+/// tokens a pass carries, while the dispatch it saves is fixed (35–90 µs on lavapipe). On a
+/// 2-core AMD EPYC VM, Q4_1 Q/K/V (576+192+192)×576 in one dispatch took 0.72× the time of
+/// three at 1 token and 2, 1.04× at 4, 1.15× at 8 and 1.32× at 128 (benches/NOTES.md).
+pub const FUSED_PRODUCTS_MAX_M: usize = 2;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct QMatmulParams {
@@ -164,7 +172,8 @@ pub fn qmatmul_input(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Produ
 
 /// Records 2 or 3 products of one input as one dispatch of the rows kernel (one workgroup range
 /// a matrix, `qmatvec_rows.wgsl`) where they can share it: every weight in one format with a
-/// texel copy, no epilogue. Returns whether it did; the caller runs them one by one otherwise.
+/// texel copy, no epilogue, at most [`FUSED_PRODUCTS_MAX_M`] rows. Returns whether it did; the
+/// caller runs them one by one otherwise.
 fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>]) -> Result<bool> {
     const NAME: &str = "qmatmul";
     let a = input.rows();
@@ -174,7 +183,7 @@ fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<
     let shareable = |p: &Product<'_>| {
         p.w.dtype() == dtype && p.w.texels().is_some() && p.w.shape().len() == 2 && p.w.shape()[1] == k && p.epilogue.bias.is_none() && p.epilogue.residual.is_none()
     };
-    if !(2..=3).contains(&products.len()) || !products.iter().all(shareable) || a.dtype() != DType::F32 {
+    if m > FUSED_PRODUCTS_MAX_M || !(2..=3).contains(&products.len()) || !products.iter().all(shareable) || a.dtype() != DType::F32 {
         return Ok(false);
     }
     expect_weight_format(NAME, "w", first.w)?;
