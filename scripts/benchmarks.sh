@@ -117,6 +117,13 @@ for line in sys.stdin:
         wide = f"{pw}%" if pw else "n/a"
         same = f"{ps}%" if ps else "n/a"
         print(f"| {k} | {shape} | {t} | {gf} | {pf}% | {gb} | {pc}% | {wide} | {same} |")'
+  if grep -q '^products ' "$parts/kernels.log"; then
+    echo
+    echo "Products of one input (Q, K and V; two K-quant matrices) in one dispatch of the CPU rows kernel"
+    echo "against a dispatch each, in alternating submissions (what sets \`FUSED_PRODUCTS_MAX_M\`):"
+    echo
+    grep '^products ' "$parts/kernels.log" | sed 's/^products /- /'
+  fi
   echo
   echo "## Peer: burn 0.22 wgpu matmul"
   echo

@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use hartonomous_kernels::ops::attention::{attention, AttentionMask};
 use hartonomous_kernels::ops::ceiling::{copy, copy_wide, fma_peak};
 use hartonomous_kernels::ops::matmul::{matmul, Epilogue};
-use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_input, Input, Product};
+use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_input, qmatmul_products_one_dispatch, Input, Product};
 use hartonomous_kernels::ops::similarity::{row_norms_sq, search, CorpusPiece, Metric};
 use hartonomous_kernels::{DType, Gpu, Recorder, Result, Tensor};
 use hartonomous_benches::random_block_bytes;
@@ -49,6 +49,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn time_op(gpu: &Gpu, mut op: impl FnMut(&mut Recorder<'_>) -> Result<()>) -> f64 {
     let reps = reps_for(gpu, &mut op);
     median((0..5).map(|_| submit_timed(gpu, reps, &mut op)).collect())
+}
+
+/// Rounds of [`alternate`].
+const ALTERNATE_ROUNDS: usize = 15;
+
+/// Seconds per op of `a` and of `b`, timed in alternating submissions over [`ALTERNATE_ROUNDS`]
+/// rounds (medians), and the median of each round's a/b: two routes of one op compared on a VM
+/// whose speed drifts by tens of percent over seconds.
+fn alternate(gpu: &Gpu, mut a: impl FnMut(&mut Recorder<'_>) -> Result<()>, mut b: impl FnMut(&mut Recorder<'_>) -> Result<()>) -> (f64, f64, f64) {
+    let (reps_a, reps_b) = (reps_for(gpu, &mut a), reps_for(gpu, &mut b));
+    let rounds: Vec<(f64, f64)> =
+        (0..ALTERNATE_ROUNDS).map(|_| (submit_timed(gpu, reps_a, &mut a), submit_timed(gpu, reps_b, &mut b))).collect();
+    (median(rounds.iter().map(|r| r.0).collect()), median(rounds.iter().map(|r| r.1).collect()), median(rounds.iter().map(|r| r.0 / r.1).collect()))
 }
 
 /// The copy ceilings' buffers (64 MiB each way; 1 GiB with the large set, far beyond any L2)
@@ -230,13 +243,22 @@ fn benches(c: &mut Criterion) {
         }
     }
 
-    // Products of one input in one dispatch where the adapter fuses them (`qmatmul_input`):
-    // SmolLM2's Q, K and V at a decode step and over a 128-token prompt, or for the 256-element
-    // formats two matrices of ffn_down's shape; each beside the same products as a dispatch
-    // each (`qmatmul`), so the ratio shows what the fusion buys. Bytes are all the blocks read.
+    // Products of one input (`qmatmul_input`): SmolLM2's Q, K and V and its gate and up, or for
+    // the 256-element formats two matrices of ffn_down's shape. At a decode step, the route the model takes
+    // (one dispatch on CPU adapters) beside the ceilings; then, at 1 to 128 tokens, one dispatch
+    // (`qmatmul_products_one_dispatch`) against a dispatch a product in alternating rounds, the
+    // comparison that sets `FUSED_PRODUCTS_MAX_M`. Bytes are all the weight blocks read.
     for dtype in [DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K] {
-        let (shape, rows, k): (&str, &[usize], usize) =
-            if dtype.block().0 == 256 { ("pair_(576+576)x1536", &[576, 576], 1536) } else { ("qkv_(576+192+192)x576", &[576, 192, 192], 576) };
+        let shapes: &[(&str, &[usize], usize)] = if dtype.block().0 == 256 {
+            &[("pair_(576+576)x1536", &[576, 576], 1536)]
+        } else {
+            &[("qkv_(576+192+192)x576", &[576, 192, 192], 576), ("gate_up_(1536+1536)x576", &[1536, 1536], 576)]
+        };
+        for &(shape, rows, k) in shapes {
+        let name = format!("qmatmul_{} {shape}", dtype.name());
+        if !wanted(&name) {
+            continue;
+        }
         let weights: Vec<Tensor> = rows
             .iter()
             .enumerate()
@@ -248,20 +270,25 @@ fn benches(c: &mut Criterion) {
         let bytes_w: f64 = rows.iter().map(|&n| dtype.bytes_for((n * k) as u64) as f64).sum();
         let n_total: usize = rows.iter().sum();
         for m in [1, 2, 4, 8, 128] {
-            let fused = format!("qmatmul_{} {shape} m{m}, one dispatch", dtype.name());
-            let separate = format!("qmatmul_{} {shape} m{m}, a dispatch each", dtype.name());
-            if !wanted(&fused) && !wanted(&separate) {
-                continue;
-            }
             let outs: Vec<Tensor> = rows.iter().map(|&n| gpu.empty(&[m, n], DType::F32).expect("alloc")).collect();
             let a = gpu.upload_f32(&vec![0.5; m * k], &[m, k]).expect("upload");
             let products: Vec<Product> = weights.iter().zip(&outs).map(|(w, out)| Product { w, epilogue: Epilogue::default(), out }).collect();
-            let same_size = (m == 1).then_some(bytes_w);
-            let flops = 2.0 * (m * n_total * k) as f64;
-            let timing = ceil.measure(&gpu, same_size, |rec| qmatmul_input(rec, Input::Plain(&a), &products));
-            report(&fused, timing, flops, bytes_w, &ceil);
-            let timing = ceil.measure(&gpu, same_size, |rec| products.iter().try_for_each(|p| qmatmul(rec, &a, p.w, p.epilogue, p.out)));
-            report(&separate, timing, flops, bytes_w, &ceil);
+            if m == 1 {
+                let timing = ceil.measure(&gpu, Some(bytes_w), |rec| qmatmul_input(rec, Input::Plain(&a), &products));
+                report(&format!("{name} decode"), timing, 2.0 * (n_total * k) as f64, bytes_w, &ceil);
+            }
+            if !gpu.report().software {
+                continue;
+            }
+            let one = |rec: &mut Recorder<'_>| qmatmul_products_one_dispatch(rec, Input::Plain(&a), &products);
+            let each = |rec: &mut Recorder<'_>| products.iter().try_for_each(|p| qmatmul(rec, &a, p.w, p.epilogue, p.out));
+            let (t_one, t_each, ratio) = alternate(&gpu, one, each);
+            println!(
+                "products {name} m{m}: one dispatch {:.1} us, a dispatch each {:.1} us, one/each {ratio:.2} (median of {ALTERNATE_ROUNDS} rounds' ratios)",
+                t_one * 1e6,
+                t_each * 1e6
+            );
+        }
         }
     }
 

@@ -7,7 +7,7 @@ mod common;
 
 use common::{assert_close, gpu, poisoned, random, upload};
 use hartonomous_kernels::ops::matmul::Epilogue;
-use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_input, FUSED_PRODUCTS_MAX_M, qmatmul_input_rows_local_x, qmatmul_matvec, qmatmul_rows_local_x, qmatmul_tiled, Input, Product};
+use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_input, qmatmul_products_one_dispatch, FUSED_PRODUCTS_MAX_M, qmatmul_input_rows_local_x, qmatmul_matvec, qmatmul_rows_local_x, qmatmul_tiled, Input, Product};
 use hartonomous_kernels::{reference, DType, Tensor};
 use hartonomous_loader::DType as Stored;
 use proptest::prelude::*;
@@ -112,6 +112,7 @@ fn check(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, bytes: &[u8
 /// rows kernel transforms x as it loads it) equal the f64 references of the two ops in turn; on
 /// the adapter's route (the fused rows kernel where K is a multiple of 32 on lavapipe, else the
 /// two kernels), and on the rows kernel's per-invocation-x variant.
+#[allow(clippy::too_many_arguments)] // one case's format, shape, data and seed, each named
 fn check_inputs(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, bytes: &[u8], with_residual: bool, seed: u64) {
     let x = random(m * k, seed, 2.0);
     let up = random(m * k, seed ^ 1, 1.5);
@@ -271,6 +272,33 @@ fn pinned_every_format_one_token_long_rows() {
     for (i, (dtype, stored)) in FORMATS.iter().enumerate() {
         let bytes = random_blocks(*stored, 3, 4096, 100 + i as u64);
         check(*dtype, *stored, 1, 3, 4096, &bytes, true, 200 + i as u64);
+    }
+}
+
+#[test]
+fn products_that_cannot_share_a_dispatch_are_refused() {
+    // `qmatmul_products_one_dispatch` forces the shared dispatch: f32 weights (no texel copy),
+    // one product, or an epilogue must get an error that says what it needs, never a result
+    // through another route. Poisoned outputs stay unwritten.
+    let k = 64;
+    let x = upload(&random(k, 1, 1.0), &[1, k]);
+    let w32 = upload(&random(8 * k, 2, 1.0), &[8, k]);
+    let bytes = random_blocks(Stored::Q4_1, 8, k, 3);
+    let wq = gpu().upload_weights(&bytes, &[8, k], DType::Q4_1).expect("upload blocks");
+    let bias = upload(&[0.5; 8], &[8]);
+    let (o1, o2) = (poisoned(&[1, 8]), poisoned(&[1, 8]));
+    let plain = Epilogue::default();
+    let with_bias = Epilogue { bias: Some(&bias), residual: None };
+    for (what, products) in [
+        ("f32 weights", vec![Product { w: &w32, epilogue: plain, out: &o1 }, Product { w: &w32, epilogue: plain, out: &o2 }]),
+        ("one product", vec![Product { w: &wq, epilogue: plain, out: &o1 }]),
+        ("an epilogue", vec![Product { w: &wq, epilogue: with_bias, out: &o1 }, Product { w: &wq, epilogue: plain, out: &o2 }]),
+    ] {
+        let err = gpu().run(|rec| qmatmul_products_one_dispatch(rec, Input::Plain(&x), &products)).expect_err(what);
+        assert!(err.to_string().contains("cannot share a dispatch"), "{what}: {err}");
+        for out in [&o1, &o2] {
+            assert!(gpu().download_f32(out).expect("download").iter().all(|v| v.is_nan()), "{what}: an output was written");
+        }
     }
 }
 

@@ -16,8 +16,10 @@ pub const MATVEC_MAX_M: usize = 8;
 /// the CPU rows kernel. Each workgroup there also runs one masked pass of the other matrices'
 /// loops (gallivm executes a branch it skips under an empty mask), a cost that grows with the
 /// tokens a pass carries, while the dispatch it saves is fixed (35–90 µs on lavapipe). On a
-/// 2-core AMD EPYC VM, Q4_1 Q/K/V (576+192+192)×576 in one dispatch took 0.72× the time of
-/// three at 1 token and 2, 1.04× at 4, 1.15× at 8 and 1.32× at 128 (benches/NOTES.md).
+/// 2-core AMD EPYC VM (the kernel bench's alternating rounds; benches/NOTES.md), SmolLM2's Q, K
+/// and V in one dispatch took 0.51–0.64 of the time of three at 1 token, 0.71–0.79 at 2,
+/// 0.83–0.85 at 4, 0.93–1.19 at 8 and 1.23–1.36 at 128; its gate and up 0.81–0.85 of two at 1,
+/// 0.93–0.98 at 2 and 1.04 at 4.
 pub const FUSED_PRODUCTS_MAX_M: usize = 2;
 
 #[repr(C)]
@@ -162,7 +164,7 @@ pub fn qmatmul_input(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Produ
         input.check("qmatmul", m, k)?;
     }
     let fused = rows_kernel_runs(rec.gpu(), k) && rec.gpu().fused_inputs();
-    if fused && rec.gpu().fused_products() && fused_products(rec, input, products)? {
+    if fused && rec.gpu().fused_products() && fused_products(rec, input, products, FUSED_PRODUCTS_MAX_M)? {
         return Ok(());
     }
     let transformed = if fused { None } else { materialize(rec, input)? };
@@ -170,11 +172,30 @@ pub fn qmatmul_input(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Produ
     products.iter().try_for_each(|p| qmatmul_with(rec, input, p.w, p.epilogue, p.out, Route::Auto, None))
 }
 
+/// [`qmatmul_input`]'s products in one dispatch of the CPU rows kernel whatever the number of
+/// rows, so that benchmarks can measure it past [`FUSED_PRODUCTS_MAX_M`]; an error where they
+/// cannot share one (not the rows kernel, weights without texel copies or in two formats, an
+/// epilogue, other than 2 or 3 products).
+pub fn qmatmul_products_one_dispatch(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>]) -> Result<()> {
+    let k = input.rows().shape().last().copied().unwrap_or(0);
+    if let [m, k] = *input.rows().shape() {
+        input.check("qmatmul", m, k)?;
+    }
+    if rows_kernel_runs(rec.gpu(), k) && fused_products(rec, input, products, usize::MAX)? {
+        return Ok(());
+    }
+    Err(KernelError::InvalidArgument {
+        op: "qmatmul",
+        what: "products",
+        reason: "they cannot share a dispatch: that needs the CPU rows kernel (a software adapter with 64-bit shader integers, K a multiple of 32) and 2 or 3 weights in one format with texel copies and no epilogue".into(),
+    })
+}
+
 /// Records 2 or 3 products of one input as one dispatch of the rows kernel (one workgroup range
 /// a matrix, `qmatvec_rows.wgsl`) where they can share it: every weight in one format with a
-/// texel copy, no epilogue, at most [`FUSED_PRODUCTS_MAX_M`] rows. Returns whether it did; the
-/// caller runs them one by one otherwise.
-fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>]) -> Result<bool> {
+/// texel copy, no epilogue, at most `max_m` rows. Returns whether it did; the caller runs them
+/// one by one otherwise.
+fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>], max_m: usize) -> Result<bool> {
     const NAME: &str = "qmatmul";
     let a = input.rows();
     let &[m, k] = a.shape() else { return Ok(false) };
@@ -183,7 +204,7 @@ fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<
     let shareable = |p: &Product<'_>| {
         p.w.dtype() == dtype && p.w.texels().is_some() && p.w.shape().len() == 2 && p.w.shape()[1] == k && p.epilogue.bias.is_none() && p.epilogue.residual.is_none()
     };
-    if m > FUSED_PRODUCTS_MAX_M || !(2..=3).contains(&products.len()) || !products.iter().all(shareable) || a.dtype() != DType::F32 {
+    if m > max_m || !(2..=3).contains(&products.len()) || !products.iter().all(shareable) || a.dtype() != DType::F32 {
         return Ok(false);
     }
     expect_weight_format(NAME, "w", first.w)?;
@@ -329,6 +350,7 @@ struct RowsPlan {
 
 impl RowsPlan {
     /// `rows` forces the rows an invocation (probes); `None` chooses them by shape.
+    #[allow(clippy::too_many_arguments)] // the shape and the adapter's choices of one launch, each named
     fn new(dtype: DType, k: usize, n: usize, m: usize, shared_x: bool, texels: bool, x_input: &'static str, rows: Option<usize>) -> RowsPlan {
         let tokens = m.min(MATVEC_MAX_M);
         // Elements a row's step decodes: those that share loaded bytes (qmatvec_rows.wgsl); two
