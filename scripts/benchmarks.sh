@@ -120,7 +120,7 @@ for line in sys.stdin:
   if grep -q '^products ' "$parts/kernels.log"; then
     echo
     echo "Products of one input (Q, K and V; two K-quant matrices) in one dispatch of the CPU rows kernel"
-    echo "against a dispatch each, in alternating submissions (what sets \`FUSED_PRODUCTS_MAX_M\`):"
+    echo "against a dispatch each, in alternating submissions (what sets \`FUSED_PRODUCTS_MAX_ROW_TOKENS\`):"
     echo
     grep '^products ' "$parts/kernels.log" | sed 's/^products /- /'
   fi

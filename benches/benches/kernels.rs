@@ -247,7 +247,7 @@ fn benches(c: &mut Criterion) {
     // the 256-element formats two matrices of ffn_down's shape. At a decode step, the route the model takes
     // (one dispatch on CPU adapters) beside the ceilings; then, at 1 to 128 tokens, one dispatch
     // (`qmatmul_products_one_dispatch`) against a dispatch a product in alternating rounds, the
-    // comparison that sets `FUSED_PRODUCTS_MAX_M`. Bytes are all the weight blocks read.
+    // comparison that sets `FUSED_PRODUCTS_MAX_ROW_TOKENS`. Bytes are all the weight blocks read.
     for dtype in [DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K] {
         let shapes: &[(&str, &[usize], usize)] = if dtype.block().0 == 256 {
             &[("pair_(576+576)x1536", &[576, 576], 1536)]

@@ -7,7 +7,7 @@ mod common;
 
 use common::{assert_close, gpu, poisoned, random, upload};
 use hartonomous_kernels::ops::matmul::Epilogue;
-use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_input, qmatmul_products_one_dispatch, FUSED_PRODUCTS_MAX_M, qmatmul_input_rows_local_x, qmatmul_matvec, qmatmul_rows_local_x, qmatmul_tiled, Input, Product};
+use hartonomous_kernels::ops::qmatmul::{qmatmul, qmatmul_input, qmatmul_products_one_dispatch, FUSED_PRODUCTS_MAX_ROW_TOKENS, qmatmul_input_rows_local_x, qmatmul_matvec, qmatmul_rows_local_x, qmatmul_tiled, Input, Product};
 use hartonomous_kernels::{reference, DType, Tensor};
 use hartonomous_loader::DType as Stored;
 use proptest::prelude::*;
@@ -155,8 +155,8 @@ enum Feed {
 /// Several products of one input ([`qmatmul_input`] with 2 or 3 weights of one format), each
 /// equal to the f64 reference of its own product, without an epilogue. Where the adapter runs
 /// the CPU rows kernel, the weights have texel copies (f16 and the block formats on lavapipe)
-/// and there are at most `FUSED_PRODUCTS_MAX_M` rows, they must take one dispatch, a workgroup
-/// range a matrix; otherwise one a product.
+/// and tokens × rows are at most `FUSED_PRODUCTS_MAX_ROW_TOKENS`, they must take one dispatch, a
+/// workgroup range a matrix; otherwise one a product.
 fn check_products(dtype: DType, stored: Stored, m: usize, rows: &[usize], k: usize, feeds: &[Feed], seed: u64) {
     let x = random(m * k, seed, 2.0);
     let up = random(m * k, seed ^ 1, 1.5);
@@ -174,7 +174,7 @@ fn check_products(dtype: DType, stored: Stored, m: usize, rows: &[usize], k: usi
     let report = gpu().report();
     let one_dispatch = report.software
         && report.shader_int64
-        && m <= FUSED_PRODUCTS_MAX_M
+        && m * rows.iter().sum::<usize>() <= FUSED_PRODUCTS_MAX_ROW_TOKENS
         && gpu().fused_inputs()
         && gpu().fused_products()
         && weights.iter().all(|(_, w)| w.has_texels());
@@ -221,8 +221,8 @@ fn several_products_of_one_input_every_format() {
         check_products(*dtype, *stored, 1, &[75, 9, 130], k, &[Feed::Plain], 700 + i as u64);
     }
     // Llama's uses: Q, K and V of a normed decode step (SmolLM2's 576, 192, 192), and of a
-    // normed prompt of 9 (a dispatch each); gate and up of a normed decode step of 2
-    // sequences; and a gated input, which Llama does not fuse.
+    // normed prompt of 9 (past the threshold: a dispatch each); a normed step of 2 sequences;
+    // and a gated input, which Llama does not fuse.
     check_products(DType::Q4_1, Stored::Q4_1, 1, &[576, 192, 192], 576, &[Feed::RmsNorm, Feed::SwiGlu], 901);
     check_products(DType::Q4_1, Stored::Q4_1, 9, &[576, 192, 192], 576, &[Feed::RmsNorm], 904);
     check_products(DType::Q8_0, Stored::Q8_0, 2, &[33, 64], 128, &[Feed::RmsNorm], 902);

@@ -12,15 +12,19 @@ const TILE: usize = 64;
 /// Up to this many rows of `a` take the matvec kernel (see `qmatvec.wgsl`).
 pub const MATVEC_MAX_M: usize = 8;
 
-/// The most rows (tokens) for which [`qmatmul_input`] runs several products in one dispatch of
-/// the CPU rows kernel. Each workgroup there also runs one masked pass of the other matrices'
-/// loops (gallivm executes a branch it skips under an empty mask), a cost that grows with the
-/// tokens a pass carries, while the dispatch it saves is fixed (35–90 µs on lavapipe). On a
-/// 2-core AMD EPYC VM (the kernel bench's alternating rounds; benches/NOTES.md), SmolLM2's Q, K
-/// and V in one dispatch took 0.51–0.64 of the time of three at 1 token, 0.71–0.79 at 2,
-/// 0.83–0.85 at 4, 0.93–1.19 at 8 and 1.23–1.36 at 128; its gate and up 0.81–0.85 of two at 1,
-/// 0.93–0.98 at 2 and 1.04 at 4.
-pub const FUSED_PRODUCTS_MAX_M: usize = 2;
+/// The most tokens × rows (the rows of all the matrices) for which [`qmatmul_input`] runs
+/// several products in one dispatch of the CPU rows kernel. Each workgroup there also runs one
+/// masked pass of each other matrix's loop (gallivm executes a branch it skips under an empty
+/// mask): one step of its rows for its tokens, whatever K, so the cost grows with tokens × rows,
+/// while the dispatches saved are a fixed 35–90 µs each on lavapipe. On a 2-core AMD EPYC VM
+/// (the kernel bench's alternating rounds; benches/NOTES.md), one dispatch against a dispatch a
+/// product took, at 1, 2, 4, 8 and 128 tokens:
+/// - SmolLM2's Q, K and V (960 rows): 0.56–0.70, 0.65–0.80, 0.77–0.85, 1.02–1.15, 1.25–1.35;
+/// - its gate and up (3,072 rows): 0.87–0.92, 1.00–1.06, 0.97–1.06, 1.10–1.13, 1.12–1.18;
+/// - two K-quant matrices of 576 × 1536 (1,152 rows): 0.96–0.97, 0.93–1.02, 1.05–1.10, …
+///
+/// 4,096 takes every case that gained and none that lost.
+pub const FUSED_PRODUCTS_MAX_ROW_TOKENS: usize = 4096;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -164,7 +168,7 @@ pub fn qmatmul_input(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Produ
         input.check("qmatmul", m, k)?;
     }
     let fused = rows_kernel_runs(rec.gpu(), k) && rec.gpu().fused_inputs();
-    if fused && rec.gpu().fused_products() && fused_products(rec, input, products, FUSED_PRODUCTS_MAX_M)? {
+    if fused && rec.gpu().fused_products() && fused_products(rec, input, products, FUSED_PRODUCTS_MAX_ROW_TOKENS)? {
         return Ok(());
     }
     let transformed = if fused { None } else { materialize(rec, input)? };
@@ -173,7 +177,7 @@ pub fn qmatmul_input(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Produ
 }
 
 /// [`qmatmul_input`]'s products in one dispatch of the CPU rows kernel whatever the number of
-/// rows, so that benchmarks can measure it past [`FUSED_PRODUCTS_MAX_M`]; an error where they
+/// rows, so that benchmarks can measure it past [`FUSED_PRODUCTS_MAX_ROW_TOKENS`]; an error where they
 /// cannot share one (not the rows kernel, weights without texel copies or in two formats, an
 /// epilogue, other than 2 or 3 products).
 pub fn qmatmul_products_one_dispatch(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>]) -> Result<()> {
@@ -193,9 +197,9 @@ pub fn qmatmul_products_one_dispatch(rec: &mut Recorder<'_>, input: Input<'_>, p
 
 /// Records 2 or 3 products of one input as one dispatch of the rows kernel (one workgroup range
 /// a matrix, `qmatvec_rows.wgsl`) where they can share it: every weight in one format with a
-/// texel copy, no epilogue, at most `max_m` rows. Returns whether it did; the caller runs them
-/// one by one otherwise.
-fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>], max_m: usize) -> Result<bool> {
+/// texel copy, no epilogue, at most `max_row_tokens` tokens × rows. Returns whether it did; the
+/// caller runs them one by one otherwise.
+fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>], max_row_tokens: usize) -> Result<bool> {
     const NAME: &str = "qmatmul";
     let a = input.rows();
     let &[m, k] = a.shape() else { return Ok(false) };
@@ -204,7 +208,10 @@ fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<
     let shareable = |p: &Product<'_>| {
         p.w.dtype() == dtype && p.w.texels().is_some() && p.w.shape().len() == 2 && p.w.shape()[1] == k && p.epilogue.bias.is_none() && p.epilogue.residual.is_none()
     };
-    if m > max_m || !(2..=3).contains(&products.len()) || !products.iter().all(shareable) || a.dtype() != DType::F32 {
+    if !(2..=3).contains(&products.len()) || !products.iter().all(shareable) || a.dtype() != DType::F32 {
+        return Ok(false);
+    }
+    if m.saturating_mul(products.iter().map(|p| p.w.shape()[0]).sum()) > max_row_tokens {
         return Ok(false);
     }
     expect_weight_format(NAME, "w", first.w)?;
