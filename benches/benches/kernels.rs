@@ -248,13 +248,15 @@ fn benches(c: &mut Criterion) {
     // (one dispatch on CPU adapters) beside the ceilings; then, at 1 to 128 tokens, one dispatch
     // (`qmatmul_products_one_dispatch`) against a dispatch a product in alternating rounds, the
     // comparison that sets `FUSED_PRODUCTS_MAX_ROW_TOKENS`. Bytes are all the weight blocks read.
-    for dtype in [DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K] {
-        let shapes: &[(&str, &[usize], usize)] = if dtype.block().0 == 256 {
-            &[("pair_(576+576)x1536", &[576, 576], 1536)]
+    let formats = [DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K];
+    let product_cases = formats.into_iter().flat_map(|dtype| -> Vec<(DType, &str, &[usize], usize)> {
+        if dtype.block().0 == 256 {
+            vec![(dtype, "pair_(576+576)x1536", &[576, 576], 1536)]
         } else {
-            &[("qkv_(576+192+192)x576", &[576, 192, 192], 576), ("gate_up_(1536+1536)x576", &[1536, 1536], 576)]
-        };
-        for &(shape, rows, k) in shapes {
+            vec![(dtype, "qkv_(576+192+192)x576", &[576, 192, 192], 576), (dtype, "gate_up_(1536+1536)x576", &[1536, 1536], 576)]
+        }
+    });
+    for (dtype, shape, rows, k) in product_cases {
         let name = format!("qmatmul_{} {shape}", dtype.name());
         if !wanted(&name) {
             continue;
@@ -269,6 +271,9 @@ fn benches(c: &mut Criterion) {
             .collect();
         let bytes_w: f64 = rows.iter().map(|&n| dtype.bytes_for((n * k) as u64) as f64).sum();
         let n_total: usize = rows.iter().sum();
+        // The comparison needs the shared dispatch: the CPU rows kernel and texel copies.
+        let adapter = gpu.report();
+        let comparable = adapter.software && adapter.shader_int64 && weights.iter().all(Tensor::has_texels);
         for m in [1, 2, 4, 8, 128] {
             let outs: Vec<Tensor> = rows.iter().map(|&n| gpu.empty(&[m, n], DType::F32).expect("alloc")).collect();
             let a = gpu.upload_f32(&vec![0.5; m * k], &[m, k]).expect("upload");
@@ -277,7 +282,7 @@ fn benches(c: &mut Criterion) {
                 let timing = ceil.measure(&gpu, Some(bytes_w), |rec| qmatmul_input(rec, Input::Plain(&a), &products));
                 report(&format!("{name} decode"), timing, 2.0 * (n_total * k) as f64, bytes_w, &ceil);
             }
-            if !gpu.report().software {
+            if !comparable {
                 continue;
             }
             let one = |rec: &mut Recorder<'_>| qmatmul_products_one_dispatch(rec, Input::Plain(&a), &products);
@@ -288,7 +293,6 @@ fn benches(c: &mut Criterion) {
                 t_one * 1e6,
                 t_each * 1e6
             );
-        }
         }
     }
 

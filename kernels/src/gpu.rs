@@ -30,7 +30,8 @@ pub const TEXEL_WEIGHTS_ENV: &str = "HARTONOMOUS_TEXEL_WEIGHTS";
 pub const FUSED_INPUTS_ENV: &str = "HARTONOMOUS_FUSED_INPUTS";
 /// Set to 0 to run each product of one input (`ops::qmatmul::qmatmul_input`: Llama's Q, K and V,
 /// or gate and up) as its own dispatch on software adapters too. By default the CPU matvec runs
-/// 2 or 3 of them in one dispatch, a workgroup range a matrix; for A/B measurements.
+/// 2 or 3 of them in one dispatch, a workgroup range a matrix, where it also fuses inputs
+/// ([`FUSED_INPUTS_ENV`] at 0 turns both off); for A/B measurements.
 pub const FUSED_PRODUCTS_ENV: &str = "HARTONOMOUS_FUSED_PRODUCTS";
 /// Texels in a row of a weight texture: rows of 256 KiB (a multiple of the 256-byte row
 /// alignment of texture copies), so 4 GiB of blocks fit in the 16,384 rows Vulkan guarantees.

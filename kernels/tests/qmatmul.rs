@@ -152,12 +152,14 @@ enum Feed {
     SwiGlu,
 }
 
-/// Several products of one input ([`qmatmul_input`] with 2 or 3 weights of one format), each
-/// equal to the f64 reference of its own product, without an epilogue. Where the adapter runs
-/// the CPU rows kernel, the weights have texel copies (f16 and the block formats on lavapipe)
-/// and tokens × rows are at most `FUSED_PRODUCTS_MAX_ROW_TOKENS`, they must take one dispatch, a
-/// workgroup range a matrix; otherwise one a product.
-fn check_products(dtype: DType, stored: Stored, m: usize, rows: &[usize], k: usize, feeds: &[Feed], seed: u64) {
+/// Several products of one input ([`qmatmul_input`] with 2 or 3 weights of one format, or with
+/// `forced` [`qmatmul_products_one_dispatch`]), each equal to the f64 reference of its own
+/// product, without an epilogue. Where the adapter runs the CPU rows kernel, the weights have
+/// texel copies (f16 and the block formats on lavapipe) and tokens × rows are at most
+/// `FUSED_PRODUCTS_MAX_ROW_TOKENS` (or `forced`), they must take one dispatch, a workgroup range
+/// a matrix; otherwise, with the rows kernel, one a product.
+#[allow(clippy::too_many_arguments)] // one case's format, shape, feeds, route and seed, each named
+fn check_products(dtype: DType, stored: Stored, m: usize, rows: &[usize], k: usize, feeds: &[Feed], forced: bool, seed: u64) {
     let x = random(m * k, seed, 2.0);
     let up = random(m * k, seed ^ 1, 1.5);
     let g = random(k, seed ^ 2, 1.0);
@@ -172,12 +174,14 @@ fn check_products(dtype: DType, stored: Stored, m: usize, rows: &[usize], k: usi
         })
         .collect();
     let report = gpu().report();
-    let one_dispatch = report.software
-        && report.shader_int64
-        && m * rows.iter().sum::<usize>() <= FUSED_PRODUCTS_MAX_ROW_TOKENS
-        && gpu().fused_inputs()
-        && gpu().fused_products()
-        && weights.iter().all(|(_, w)| w.has_texels());
+    // The rows kernel runs every product in one dispatch, its input's op included.
+    let rows_kernel = report.software && report.shader_int64 && gpu().fused_inputs();
+    let shareable = rows_kernel && weights.iter().all(|(_, w)| w.has_texels());
+    if forced {
+        assert!(shareable, "a forced case needs the rows kernel and texel copies: pick a block format");
+    }
+    let one_dispatch =
+        shareable && (forced || (gpu().fused_products() && m * rows.iter().sum::<usize>() <= FUSED_PRODUCTS_MAX_ROW_TOKENS));
     for &feed in feeds {
         let (input, a_ref) = match feed {
             Feed::Plain => (Input::Plain(&xt), x.clone()),
@@ -187,18 +191,24 @@ fn check_products(dtype: DType, stored: Stored, m: usize, rows: &[usize], k: usi
                 (Input::SwiGlu { gate: &xt, up: &upt }, gated.iter().map(|&v| v as f32).collect())
             }
         };
-        let what = format!("{feed:?} {} {m}x{rows:?}x{k}", dtype.name());
+        let what = format!("{feed:?} {} {m}x{rows:?}x{k}{}", dtype.name(), if forced { " forced" } else { "" });
         let outs: Vec<Tensor> = rows.iter().map(|&n| poisoned(&[m, n])).collect();
         let products: Vec<Product> =
             weights.iter().zip(&outs).map(|((_, w), out)| Product { w, epilogue: Epilogue::default(), out }).collect();
         let dispatches = gpu()
             .run(|rec| {
-                qmatmul_input(rec, input, &products)?;
+                if forced {
+                    qmatmul_products_one_dispatch(rec, input, &products)?;
+                } else {
+                    qmatmul_input(rec, input, &products)?;
+                }
                 Ok(rec.dispatches())
             })
-            .expect("qmatmul_input runs");
+            .expect("the products run");
         if one_dispatch {
             assert_eq!(dispatches, 1, "{what}: the products of one input share a dispatch on this adapter");
+        } else if rows_kernel {
+            assert_eq!(dispatches, rows.len(), "{what}: a dispatch a product");
         }
         for (i, ((w_values, _), out)) in weights.iter().zip(&outs).enumerate() {
             let n = rows[i];
@@ -218,15 +228,27 @@ fn several_products_of_one_input_every_format() {
     // `fused_inputs_match_the_op_then_matmul` checks in every format.
     for (i, (dtype, stored)) in FORMATS.iter().enumerate() {
         let k = 2 * stored.block_elements().max(32) as usize;
-        check_products(*dtype, *stored, 1, &[75, 9, 130], k, &[Feed::Plain], 700 + i as u64);
+        check_products(*dtype, *stored, 1, &[75, 9, 130], k, &[Feed::Plain], false, 700 + i as u64);
     }
     // Llama's uses: Q, K and V of a normed decode step (SmolLM2's 576, 192, 192), and of a
     // normed prompt of 9 (past the threshold: a dispatch each); a normed step of 2 sequences;
     // and a gated input, which Llama does not fuse.
-    check_products(DType::Q4_1, Stored::Q4_1, 1, &[576, 192, 192], 576, &[Feed::RmsNorm, Feed::SwiGlu], 901);
-    check_products(DType::Q4_1, Stored::Q4_1, 9, &[576, 192, 192], 576, &[Feed::RmsNorm], 904);
-    check_products(DType::Q8_0, Stored::Q8_0, 2, &[33, 64], 128, &[Feed::RmsNorm], 902);
-    check_products(DType::Q6K, Stored::Q6K, 2, &[70, 140], 512, &[Feed::Plain], 903);
+    check_products(DType::Q4_1, Stored::Q4_1, 1, &[576, 192, 192], 576, &[Feed::RmsNorm, Feed::SwiGlu], false, 901);
+    check_products(DType::Q4_1, Stored::Q4_1, 9, &[576, 192, 192], 576, &[Feed::RmsNorm], false, 904);
+    check_products(DType::Q8_0, Stored::Q8_0, 2, &[33, 64], 128, &[Feed::RmsNorm], false, 902);
+    check_products(DType::Q6K, Stored::Q6K, 2, &[70, 140], 512, &[Feed::Plain], false, 903);
+}
+
+#[test]
+fn products_forced_into_one_dispatch_over_a_prompt() {
+    // The shared dispatch past the threshold (the bench's route): 9 tokens are two groups of 8
+    // along z, the second partial, in each matrix's workgroups.
+    let report = gpu().report();
+    if !(report.software && report.shader_int64 && gpu().fused_inputs() && gpu().texel_weights()) {
+        eprintln!("skipped: the shared dispatch runs only on a software adapter with 64-bit shader integers and texel copies");
+        return;
+    }
+    check_products(DType::Q4_1, Stored::Q4_1, 9, &[576, 192, 192], 576, &[Feed::RmsNorm], true, 905);
 }
 
 proptest! {
@@ -278,13 +300,16 @@ fn pinned_every_format_one_token_long_rows() {
 #[test]
 fn products_that_cannot_share_a_dispatch_are_refused() {
     // `qmatmul_products_one_dispatch` forces the shared dispatch: f32 weights (no texel copy),
-    // one product, or an epilogue must get an error that says what it needs, never a result
-    // through another route. Poisoned outputs stay unwritten.
+    // one product, two formats, a weight of another K, or an epilogue must get an error that
+    // says what it needs, never a result through another route. Poisoned outputs stay
+    // unwritten.
     let k = 64;
     let x = upload(&random(k, 1, 1.0), &[1, k]);
     let w32 = upload(&random(8 * k, 2, 1.0), &[8, k]);
     let bytes = random_blocks(Stored::Q4_1, 8, k, 3);
     let wq = gpu().upload_weights(&bytes, &[8, k], DType::Q4_1).expect("upload blocks");
+    let wq8 = gpu().upload_weights(&random_blocks(Stored::Q8_0, 8, k, 4), &[8, k], DType::Q8_0).expect("upload blocks");
+    let wide = gpu().upload_weights(&random_blocks(Stored::Q4_1, 8, 2 * k, 5), &[8, 2 * k], DType::Q4_1).expect("upload blocks");
     let bias = upload(&[0.5; 8], &[8]);
     let (o1, o2) = (poisoned(&[1, 8]), poisoned(&[1, 8]));
     let plain = Epilogue::default();
@@ -292,6 +317,8 @@ fn products_that_cannot_share_a_dispatch_are_refused() {
     for (what, products) in [
         ("f32 weights", vec![Product { w: &w32, epilogue: plain, out: &o1 }, Product { w: &w32, epilogue: plain, out: &o2 }]),
         ("one product", vec![Product { w: &wq, epilogue: plain, out: &o1 }]),
+        ("two formats", vec![Product { w: &wq, epilogue: plain, out: &o1 }, Product { w: &wq8, epilogue: plain, out: &o2 }]),
+        ("another K", vec![Product { w: &wq, epilogue: plain, out: &o1 }, Product { w: &wide, epilogue: plain, out: &o2 }]),
         ("an epilogue", vec![Product { w: &wq, epilogue: with_bias, out: &o1 }, Product { w: &wq, epilogue: plain, out: &o2 }]),
     ] {
         let err = gpu().run(|rec| qmatmul_products_one_dispatch(rec, Input::Plain(&x), &products)).expect_err(what);
@@ -299,6 +326,14 @@ fn products_that_cannot_share_a_dispatch_are_refused() {
         for out in [&o1, &o2] {
             assert!(gpu().download_f32(out).expect("download").iter().all(|v| v.is_nan()), "{what}: an output was written");
         }
+    }
+    // One output for two products is refused on every route, shared dispatch or not.
+    let twice = [Product { w: &wq, epilogue: plain, out: &o1 }, Product { w: &wq8, epilogue: plain, out: &o1 }];
+    for forced in [false, true] {
+        let err = gpu()
+            .run(|rec| if forced { qmatmul_products_one_dispatch(rec, Input::Plain(&x), &twice) } else { qmatmul_input(rec, Input::Plain(&x), &twice) })
+            .expect_err("one output for two products");
+        assert!(err.to_string().contains("shares a buffer"), "forced {forced}: {err}");
     }
 }
 

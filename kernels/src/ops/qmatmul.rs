@@ -23,7 +23,7 @@ pub const MATVEC_MAX_M: usize = 8;
 /// - its gate and up (3,072 rows): 0.87–0.92, 1.00–1.06, 0.97–1.06, 1.10–1.13, 1.12–1.18;
 /// - two K-quant matrices of 576 × 1536 (1,152 rows): 0.96–0.97, 0.93–1.02, 1.05–1.10, …
 ///
-/// 4,096 takes every case that gained and none that lost.
+/// 4,096 takes every case that gained by more than the noise, and none that lost more than 2%.
 pub const FUSED_PRODUCTS_MAX_ROW_TOKENS: usize = 4096;
 
 #[repr(C)]
@@ -159,14 +159,17 @@ pub struct Product<'t> {
 }
 
 /// [`qmatmul`] of `input`, the output of the op before the matmul, by each of `products` (Llama's
-/// Q, K and V of one normed input): one dispatch a product where the CPU adapters' rows kernel
-/// runs (it transforms the rows as it loads them); elsewhere that op's kernel once, into a
-/// temporary, then the matmuls.
+/// Q, K and V of one normed input). Where the CPU adapters' rows kernel runs, it transforms the
+/// rows as it loads them, and 2 or 3 products share one dispatch where they can
+/// ([`FUSED_PRODUCTS_MAX_ROW_TOKENS`]; otherwise a dispatch a product); elsewhere that op's
+/// kernel runs once, into a temporary, then the matmuls. Each output must be distinct from the
+/// others and from every weight, whichever route runs.
 pub fn qmatmul_input(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>]) -> Result<()> {
     let k = input.rows().shape().last().copied().unwrap_or(0);
     if let [m, k] = *input.rows().shape() {
         input.check("qmatmul", m, k)?;
     }
+    expect_products_distinct(products)?;
     let fused = rows_kernel_runs(rec.gpu(), k) && rec.gpu().fused_inputs();
     if fused && rec.gpu().fused_products() && fused_products(rec, input, products, FUSED_PRODUCTS_MAX_ROW_TOKENS)? {
         return Ok(());
@@ -185,14 +188,29 @@ pub fn qmatmul_products_one_dispatch(rec: &mut Recorder<'_>, input: Input<'_>, p
     if let [m, k] = *input.rows().shape() {
         input.check("qmatmul", m, k)?;
     }
-    if rows_kernel_runs(rec.gpu(), k) && fused_products(rec, input, products, usize::MAX)? {
+    expect_products_distinct(products)?;
+    let shareable = (2..=3).contains(&products.len());
+    if shareable && rows_kernel_runs(rec.gpu(), k) && fused_products(rec, input, products, usize::MAX)? {
         return Ok(());
     }
     Err(KernelError::InvalidArgument {
         op: "qmatmul",
         what: "products",
-        reason: "they cannot share a dispatch: that needs the CPU rows kernel (a software adapter with 64-bit shader integers, K a multiple of 32) and 2 or 3 weights in one format with texel copies and no epilogue".into(),
+        reason: format!(
+            "these {} cannot share a dispatch: that needs the CPU rows kernel (a software adapter with 64-bit shader integers, K a multiple of 32; K is {k}) and 2 or 3 weights [N, {k}] in one format with texel copies and no epilogue",
+            products.len()
+        ),
     })
+}
+
+/// Fails unless every product's output is distinct from the other outputs and from every
+/// weight: the products may run in one dispatch, in any order.
+fn expect_products_distinct(products: &[Product<'_>]) -> Result<()> {
+    for (i, p) in products.iter().enumerate() {
+        let others: Vec<&Tensor> = products.iter().enumerate().filter(|&(j, _)| j != i).flat_map(|(_, q)| [q.out, q.w]).collect();
+        expect_distinct("qmatmul", p.out, &others)?;
+    }
+    Ok(())
 }
 
 /// Records 2 or 3 products of one input as one dispatch of the rows kernel (one workgroup range
@@ -231,7 +249,8 @@ fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<
     }
     let report = rec.gpu().report();
     let shared_x = report.subgroup_size == Some(8);
-    let mut plan = RowsPlan::new(dtype, k, total, m, shared_x, true, x_input, None);
+    // Rows an invocation as for the largest matrix alone (each workgroup takes one matrix).
+    let mut plan = RowsPlan::new(dtype, k, rows.iter().copied().max().unwrap_or(0), m, shared_x, true, x_input, None);
     plan.mats = products.len();
     let mut storage = vec![Access::Read, Access::Texels, Access::Read, Access::Read, Access::ReadWrite, Access::Read];
     let mut tensors: Vec<&Tensor> = vec![a, first.w, a, a, first.out, aux];

@@ -739,7 +739,9 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
 //#end
 //#unroll z MAT2
-    if (g >= g0 + g1) {
+    // The grid may carry padding workgroups past the last matrix's (ops::grid): they do nothing.
+    let g2 = (p.n2 + per - 1u) / per;
+    if (g >= g0 + g1 && g < g0 + g1 + g2) {
         matrix_rows(wt2, 2u, p.n2, g - g0 - g1, wid.z, lid);
     }
 //#end
