@@ -119,7 +119,7 @@ for line in sys.stdin:
         print(f"| {k} | {shape} | {t} | {gf} | {pf}% | {gb} | {pc}% | {wide} | {same} |")'
   if grep -q '^products ' "$parts/kernels.log"; then
     echo
-    echo "Products of one input (Q, K and V; two K-quant matrices) in one dispatch of the CPU rows kernel"
+    echo "Products of one input (Q, K and V; gate and up; two K-quant matrices) in one dispatch of the CPU rows kernel"
     echo "against a dispatch each, in alternating submissions (what sets \`FUSED_PRODUCTS_MAX_ROW_TOKENS\`):"
     echo
     grep '^products ' "$parts/kernels.log" | sed 's/^products /- /'

@@ -165,11 +165,7 @@ pub struct Product<'t> {
 /// kernel runs once, into a temporary, then the matmuls. Each output must be distinct from the
 /// others and from every weight, whichever route runs.
 pub fn qmatmul_input(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>]) -> Result<()> {
-    let k = input.rows().shape().last().copied().unwrap_or(0);
-    if let [m, k] = *input.rows().shape() {
-        input.check("qmatmul", m, k)?;
-    }
-    expect_products_distinct(products)?;
+    let k = check_products(input, products)?;
     let fused = rows_kernel_runs(rec.gpu(), k) && rec.gpu().fused_inputs();
     if fused && rec.gpu().fused_products() && fused_products(rec, input, products, FUSED_PRODUCTS_MAX_ROW_TOKENS)? {
         return Ok(());
@@ -184,13 +180,8 @@ pub fn qmatmul_input(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Produ
 /// cannot share one (not the rows kernel, weights without texel copies or in two formats, an
 /// epilogue, other than 2 or 3 products).
 pub fn qmatmul_products_one_dispatch(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>]) -> Result<()> {
-    let k = input.rows().shape().last().copied().unwrap_or(0);
-    if let [m, k] = *input.rows().shape() {
-        input.check("qmatmul", m, k)?;
-    }
-    expect_products_distinct(products)?;
-    let shareable = (2..=3).contains(&products.len());
-    if shareable && rows_kernel_runs(rec.gpu(), k) && fused_products(rec, input, products, usize::MAX)? {
+    let k = check_products(input, products)?;
+    if rows_kernel_runs(rec.gpu(), k) && fused_products(rec, input, products, usize::MAX)? {
         return Ok(());
     }
     Err(KernelError::InvalidArgument {
@@ -203,25 +194,31 @@ pub fn qmatmul_products_one_dispatch(rec: &mut Recorder<'_>, input: Input<'_>, p
     })
 }
 
-/// Fails unless every product's output is distinct from the other outputs and from every
-/// weight: the products may run in one dispatch, in any order.
-fn expect_products_distinct(products: &[Product<'_>]) -> Result<()> {
+/// Checks what every route of [`qmatmul_input`] needs: the input's op against its rows, and
+/// each product's output distinct from the other outputs and from every weight (the products
+/// may run in one dispatch, in any order). Returns K, the input's row length.
+fn check_products(input: Input<'_>, products: &[Product<'_>]) -> Result<usize> {
+    let k = input.rows().shape().last().copied().unwrap_or(0);
+    if let [m, k] = *input.rows().shape() {
+        input.check("qmatmul", m, k)?;
+    }
     for (i, p) in products.iter().enumerate() {
         let others: Vec<&Tensor> = products.iter().enumerate().filter(|&(j, _)| j != i).flat_map(|(_, q)| [q.out, q.w]).collect();
         expect_distinct("qmatmul", p.out, &others)?;
     }
-    Ok(())
+    Ok(k)
 }
 
 /// Records 2 or 3 products of one input as one dispatch of the rows kernel (one workgroup range
 /// a matrix, `qmatvec_rows.wgsl`) where they can share it: every weight in one format with a
 /// texel copy, no epilogue, at most `max_row_tokens` tokens × rows. Returns whether it did; the
-/// caller runs them one by one otherwise.
+/// caller runs them one by one otherwise. The outputs' distinctness from one another and from
+/// the other weights is [`check_products`]'s.
 fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>], max_row_tokens: usize) -> Result<bool> {
     const NAME: &str = "qmatmul";
     let a = input.rows();
     let &[m, k] = a.shape() else { return Ok(false) };
-    let Some(first) = products.first() else { return Ok(true) };
+    let [first, ..] = products else { return Ok(false) };
     let dtype = first.w.dtype();
     let shareable = |p: &Product<'_>| {
         p.w.dtype() == dtype && p.w.texels().is_some() && p.w.shape().len() == 2 && p.w.shape()[1] == k && p.epilogue.bias.is_none() && p.epilogue.residual.is_none()
@@ -239,8 +236,7 @@ fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<
         rows[i] = p.w.shape()[0];
         expect_dtype(NAME, "out", p.out, DType::F32)?;
         expect_shape(NAME, "out", p.out, &[m, rows[i]])?;
-        let others: Vec<&Tensor> = products.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, q)| q.out).collect();
-        expect_distinct(NAME, p.out, &[&[a, aux, p.w][..], &others[..]].concat())?;
+        expect_distinct(NAME, p.out, &[a, aux, p.w])?;
         expect_bindable(rec.gpu(), NAME, &[("a", a), ("w", p.w), ("out", p.out)])?;
     }
     let total: usize = rows.iter().sum();
