@@ -18,11 +18,13 @@ pub const ADAPTER_ENV: &str = "HARTONOMOUS_ADAPTER";
 /// on lavapipe removing them made no measurable difference (benches/NOTES.md), so speed does not
 /// yet justify giving up that safety net.
 pub const SHADER_CHECKS_ENV: &str = "HARTONOMOUS_SHADER_CHECKS";
-/// Set to 0 to keep weights in buffers only on software adapters. By default `upload_weights`
-/// there also writes f16 and block-format weights into an rgba32uint texture (a second copy of
-/// the same bytes, not a dequantized one) that the CPU matvec fetches 16 bytes at a time: on
-/// lavapipe a texel fetch is one gather where a storage load is a loop over the lanes for each
-/// component (`qmatvec_rows.wgsl`; benches/NOTES.md, "The CPU matvec reads texels").
+/// On software adapters, `upload_weights` may also write f16 and block-format weights into an
+/// rgba32uint texture (a second copy of the same bytes, not a dequantized one) that the CPU
+/// matvec fetches 16 bytes at a time instead of loading them from the buffer. Which is faster
+/// depends on the CPU under lavapipe (a texel fetch is a gather, a storage load a loop over the
+/// lanes; `qmatvec_rows.wgsl`, benches/NOTES.md: texels won on an Intel Xeon, the buffer on an
+/// AMD EPYC Zen 4), so by default the device times both once ([`Gpu::texel_weights`]). Set to 0
+/// to keep weights in buffers only, 1 for texel copies without timing them.
 pub const TEXEL_WEIGHTS_ENV: &str = "HARTONOMOUS_TEXEL_WEIGHTS";
 /// Set to 0 to run the op before a matmul (`ops::qmatmul::Input`: rms_norm, the SwiGLU gate) as
 /// its own kernel on software adapters too. By default the CPU matvec computes it as it loads
@@ -277,7 +279,13 @@ pub struct Gpu {
     pool: Arc<Mutex<Pool>>,
     uncaptured: Arc<Mutex<Vec<String>>>,
     shader_checks: bool,
-    texel_weights: bool,
+    /// Whether the adapter can hold texel copies of weights (software, 64-bit integers, rows of
+    /// `TEXEL_ROW` texels).
+    texel_capable: bool,
+    /// [`TEXEL_WEIGHTS_ENV`]: `Some` where set, else the measurement decides.
+    texel_setting: Option<bool>,
+    /// The measurement, made on first need ([`Gpu::texel_weights`]).
+    texels_faster: std::sync::OnceLock<bool>,
     fused_inputs: bool,
     fused_products: bool,
 }
@@ -372,10 +380,9 @@ impl Gpu {
             pool: Arc::new(Mutex::new(Pool::default())),
             uncaptured,
             shader_checks: std::env::var_os(SHADER_CHECKS_ENV).is_none_or(|v| v != "0"),
-            texel_weights: report.software
-                && report.shader_int64
-                && limits.max_texture_dimension_2d >= TEXEL_ROW
-                && std::env::var_os(TEXEL_WEIGHTS_ENV).is_none_or(|v| v != "0"),
+            texel_capable: report.software && report.shader_int64 && limits.max_texture_dimension_2d >= TEXEL_ROW,
+            texel_setting: std::env::var_os(TEXEL_WEIGHTS_ENV).map(|v| v != "0"),
+            texels_faster: std::sync::OnceLock::new(),
             fused_inputs: std::env::var_os(FUSED_INPUTS_ENV).is_none_or(|v| v != "0"),
             fused_products: std::env::var_os(FUSED_PRODUCTS_ENV).is_none_or(|v| v != "0"),
             report,
@@ -479,13 +486,24 @@ impl Gpu {
         Ok(t)
     }
 
-    /// [`Gpu::upload`] for a model's weights: on a software adapter (see [`Gpu::texel_weights`])
-    /// f16 and block-format weights also get a texel copy, which the CPU matvec reads instead of
-    /// the buffer. The tensor must then never be written by a kernel (weights are not), or the
-    /// copy would go stale.
+    /// [`Gpu::upload`] for a model's weights: where [`Gpu::texel_weights`] says so (a software
+    /// adapter on which texel fetches beat storage loads), f16 and block-format weights also get
+    /// a texel copy, which the CPU matvec reads instead of the buffer. The tensor must then never
+    /// be written by a kernel (weights are not), or the copy would go stale.
     pub fn upload_weights<T: bytemuck::Pod>(&self, data: &[T], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        if (dtype == DType::F16 || dtype.block().0 > 1) && self.texel_weights() {
+            self.upload_weights_with_texels(data, shape, dtype)
+        } else {
+            self.upload(data, shape, dtype)
+        }
+    }
+
+    /// [`Gpu::upload_weights`] with a texel copy whatever [`Gpu::texel_weights`] says, wherever
+    /// the adapter can hold one (f16 and block formats on a software adapter with 64-bit
+    /// integers): for tests and probes that run both of the CPU matvec's routes.
+    pub fn upload_weights_with_texels<T: bytemuck::Pod>(&self, data: &[T], shape: &[usize], dtype: DType) -> Result<Tensor> {
         let t = self.upload(data, shape, dtype)?;
-        if self.texel_weights && (dtype == DType::F16 || dtype.block().0 > 1) {
+        if self.texel_capable && (dtype == DType::F16 || dtype.block().0 > 1) {
             if let Some(view) = self.texel_copy(bytemuck::cast_slice(data)) {
                 let _ = t.buffer.texels.set(view);
             }
@@ -494,9 +512,24 @@ impl Gpu {
     }
 
     /// Whether f16 and block-format weights uploaded here ([`Gpu::upload_weights`]) get a texel
-    /// copy ([`TEXEL_WEIGHTS_ENV`]): the memory they take is then twice their bytes.
+    /// copy: the memory they take is then twice their bytes. Never on GPUs; on a software adapter
+    /// as [`TEXEL_WEIGHTS_ENV`] says, or where it is unset as the first call measures: the CPU
+    /// matvec on a Q4_1 weight read both ways, in alternating rounds (tens of milliseconds,
+    /// and a kernel compiled for each route; `ops::qmatmul::texels_measured_faster`).
     pub fn texel_weights(&self) -> bool {
-        self.texel_weights
+        if !self.texel_capable {
+            return false;
+        }
+        if let Some(setting) = self.texel_setting {
+            return setting;
+        }
+        *self.texels_faster.get_or_init(|| match crate::ops::qmatmul::texels_measured_faster(self) {
+            Ok(faster) => faster,
+            Err(err) => {
+                tracing::warn!(%err, "timing texel fetches against storage loads failed; weights stay in buffers only");
+                false
+            }
+        })
     }
 
     /// Whether `qmatmul_input` may fuse the op before a matmul into it ([`FUSED_INPUTS_ENV`]).

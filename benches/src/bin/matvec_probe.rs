@@ -4,13 +4,13 @@
 //! output is checked against the first one's (bit for bit, or the largest difference).
 //!
 //! `cargo run --release -p hartonomous-benches --bin matvec_probe -- q4_1 49152 576 12 \
-//!     kernels/src/wgsl/qmatvec_rows.wgsl kernels/src/wgsl/qmatvec_rows.wgsl+words`
+//!     kernels/src/wgsl/qmatvec_rows.wgsl kernels/src/wgsl/qmatvec_rows.wgsl+storage`
 //!
 //! Arguments: format, rows N, K, rounds, then variants, the first the baseline. A variant is a
-//! template file, `@R` after it forcing R rows an invocation, `+words` after that running it on
-//! a copy of the weights uploaded without their texel copy (the u64 storage-load path); the
-//! others read the weights as the pager uploads them (`Gpu::upload_weights`). `TOKENS=m` sets
-//! the tokens.
+//! template file, `@R` after it forcing R rows an invocation, `+storage` after that running it on
+//! a copy of the weights uploaded without a texel copy (the storage-load route); the others read
+//! the weights' texel copy (`Gpu::upload_weights_with_texels`), where the adapter can hold one.
+//! `TOKENS=m` sets the tokens.
 
 use std::time::Instant;
 
@@ -23,16 +23,16 @@ use hartonomous_kernels::{DType, Gpu, Recorder};
 /// One variant's dispatch, recorded into a submission.
 type Op<'a> = dyn FnMut(&mut Recorder<'_>) -> hartonomous_kernels::Result<()> + 'a;
 
-/// A variant from the command line: `FILE[@ROWS][+words]`.
+/// A variant from the command line: `FILE[@ROWS][+storage]`.
 struct Spec {
     file: String,
     template: String,
     rows: Option<usize>,
-    words: bool,
+    storage: bool,
 }
 
 fn parse_spec(arg: &str) -> Result<Spec> {
-    let (rest, words) = match arg.strip_suffix("+words") {
+    let (rest, storage) = match arg.strip_suffix("+storage") {
         Some(rest) => (rest, true),
         None => (arg, false),
     };
@@ -41,7 +41,7 @@ fn parse_spec(arg: &str) -> Result<Spec> {
         None => (rest, None),
     };
     let template = std::fs::read_to_string(file).with_context(|| format!("reading the template {file}"))?;
-    Ok(Spec { file: arg.to_string(), template, rows, words })
+    Ok(Spec { file: arg.to_string(), template, rows, storage })
 }
 
 fn dtype(name: &str) -> Result<DType> {
@@ -74,7 +74,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [format, n, k, rounds, variants @ ..] = &args[..] else {
-        bail!("usage: matvec_probe FORMAT N K ROUNDS TEMPLATE.wgsl[@ROWS][+words] ...");
+        bail!("usage: matvec_probe FORMAT N K ROUNDS TEMPLATE.wgsl[@ROWS][+storage] ...");
     };
     ensure!(!variants.is_empty(), "name at least one template");
     let dtype = dtype(format)?;
@@ -91,17 +91,17 @@ fn main() -> Result<()> {
     println!("adapter: {}", gpu.report());
     let bytes_w = dtype.bytes_for((n * k) as u64) as usize;
     let blocks = random_block_bytes(bytes_w, 7);
-    let w_texels = gpu.upload_weights(&blocks, &[n, k], dtype)?;
-    let w_words = gpu.upload(&blocks, &[n, k], dtype)?;
+    let w_texels = gpu.upload_weights_with_texels(&blocks, &[n, k], dtype)?;
+    let w_storage = gpu.upload(&blocks, &[n, k], dtype)?;
     let xs: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 700.0).collect();
     let a = gpu.upload_f32(&xs, &[m, k])?;
     let out = gpu.empty(&[m, n], DType::F32)?;
     let src = gpu.upload_f32(&vec![1.0; 16 << 20], &[16 << 20])?;
     let dst = gpu.empty(&[16 << 20], DType::F32)?;
     let run_variant = |rec: &mut Recorder<'_>, i: usize, spec: &Spec| {
-        let name = format!("v{i}r{}{}", spec.rows.unwrap_or(0), if spec.words { "w" } else { "" });
+        let name = format!("v{i}r{}{}", spec.rows.unwrap_or(0), if spec.storage { "s" } else { "" });
         let variant = RowsVariant { name: &name, template: &spec.template, rows: spec.rows };
-        qmatmul_rows_variant(rec, &a, if spec.words { &w_words } else { &w_texels }, &out, &variant)
+        qmatmul_rows_variant(rec, &a, if spec.storage { &w_storage } else { &w_texels }, &out, &variant)
     };
 
     let mut baseline: Option<Vec<f32>> = None;

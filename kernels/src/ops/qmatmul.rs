@@ -177,8 +177,8 @@ pub fn qmatmul_input(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Produ
 
 /// [`qmatmul_input`]'s products in one dispatch of the CPU rows kernel whatever the number of
 /// rows, so that benchmarks can measure it past [`FUSED_PRODUCTS_MAX_ROW_TOKENS`]; an error where they
-/// cannot share one (not the rows kernel, weights without texel copies or in two formats, an
-/// epilogue, other than 2 or 3 products).
+/// cannot share one (not the rows kernel, weights in two formats or some with texel copies and
+/// some without, an epilogue, other than 2 or 3 products).
 pub fn qmatmul_products_one_dispatch(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>]) -> Result<()> {
     let k = check_products(input, products)?;
     if rows_kernel_runs(rec.gpu(), k) && fused_products(rec, input, products, usize::MAX)? {
@@ -188,7 +188,7 @@ pub fn qmatmul_products_one_dispatch(rec: &mut Recorder<'_>, input: Input<'_>, p
         op: "qmatmul",
         what: "products",
         reason: format!(
-            "these {} cannot share a dispatch: that needs the CPU rows kernel (a software adapter with 64-bit shader integers, K a multiple of 32; K is {k}) and 2 or 3 weights [N, {k}] in one format with texel copies and no epilogue",
+            "these {} cannot share a dispatch: that needs the CPU rows kernel (a software adapter with 64-bit shader integers, K a multiple of 32; K is {k}) and 2 or 3 weights [N, {k}] in one format, all with texel copies or all without, and no epilogue",
             products.len()
         ),
     })
@@ -210,8 +210,9 @@ fn check_products(input: Input<'_>, products: &[Product<'_>]) -> Result<usize> {
 }
 
 /// Records 2 or 3 products of one input as one dispatch of the rows kernel (one workgroup range
-/// a matrix, `qmatvec_rows.wgsl`) where they can share it: every weight in one format with a
-/// texel copy, no epilogue, at most `max_row_tokens` tokens × rows. Returns whether it did; the
+/// a matrix, `qmatvec_rows.wgsl`) where they can share it: every weight in one format and read
+/// the same way (all from texel copies or all from buffers), no epilogue, at most
+/// `max_row_tokens` tokens × rows. Returns whether it did; the
 /// caller runs them one by one otherwise. The outputs' distinctness from one another and from
 /// the other weights is [`check_products`]'s.
 fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<'_>], max_row_tokens: usize) -> Result<bool> {
@@ -221,7 +222,7 @@ fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<
     let [first, ..] = products else { return Ok(false) };
     let dtype = first.w.dtype();
     let shareable = |p: &Product<'_>| {
-        p.w.dtype() == dtype && p.w.texels().is_some() && p.w.shape().len() == 2 && p.w.shape()[1] == k && p.epilogue.bias.is_none() && p.epilogue.residual.is_none()
+        p.w.dtype() == dtype && p.w.has_texels() == first.w.has_texels() && p.w.shape().len() == 2 && p.w.shape()[1] == k && p.epilogue.bias.is_none() && p.epilogue.residual.is_none()
     };
     if !(2..=3).contains(&products.len()) || !products.iter().all(shareable) || a.dtype() != DType::F32 {
         return Ok(false);
@@ -246,12 +247,14 @@ fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<
     let report = rec.gpu().report();
     let shared_x = report.subgroup_size == Some(8);
     // Rows an invocation as for the largest matrix alone (each workgroup takes one matrix).
-    let mut plan = RowsPlan::new(dtype, k, rows.iter().copied().max().unwrap_or(0), m, shared_x, true, x_input, None);
+    let texels = first.w.has_texels();
+    let mut plan = RowsPlan::new(dtype, k, rows.iter().copied().max().unwrap_or(0), m, shared_x, texels, x_input, None);
     plan.mats = products.len();
-    let mut storage = vec![Access::Read, Access::Texels, Access::Read, Access::Read, Access::ReadWrite, Access::Read];
+    let weights = if texels { Access::Texels } else { Access::Read };
+    let mut storage = vec![Access::Read, weights, Access::Read, Access::Read, Access::ReadWrite, Access::Read];
     let mut tensors: Vec<&Tensor> = vec![a, first.w, a, a, first.out, aux];
     for p in &products[1..] {
-        storage.extend([Access::Texels, Access::ReadWrite]);
+        storage.extend([weights, Access::ReadWrite]);
         tensors.extend([p.w, p.out]);
     }
     let kernel = rec.gpu().kernel_generated(&plan.label(), "qmatvec_rows", &storage, || plan.source(None))?;
@@ -271,6 +274,50 @@ fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<
     };
     rec.dispatch(&kernel, &tensors, &params, groups)?;
     Ok(true)
+}
+
+/// Times the CPU rows kernel reading a weight from its texel copy against reading its buffer,
+/// for [`crate::Gpu::texel_weights`]: a Q4_1 weight of 65,536 × 1,536 (63 MB, more than a
+/// server CPU's last-level cache: a decode step streams every weight from memory, and on the
+/// AMD EPYC measured texels won from cache by ~10% and lost from memory by 1.4-1.6x;
+/// benches/NOTES.md) at one token, two products a submission, the routes alternating over
+/// three rounds after a first run of each (which compiles its kernel). Returns whether texels
+/// took less time at their best.
+pub(crate) fn texels_measured_faster(gpu: &crate::Gpu) -> Result<bool> {
+    const REPS: usize = 2;
+    const ROUNDS: usize = 3;
+    let (n, k, dtype) = (65536, 1536, DType::Q4_1);
+    // 0x11 everywhere: scales and mins are small normal f16 values, every quant 1.
+    let bytes = vec![0x11u8; dtype.bytes_for((n * k) as u64) as usize];
+    let buffer = gpu.upload(&bytes, &[n, k], dtype)?;
+    let texels = gpu.upload_weights_with_texels(&bytes, &[n, k], dtype)?;
+    drop(bytes);
+    if !texels.has_texels() {
+        return Ok(false);
+    }
+    let x = gpu.upload_f32(&vec![0.25; k], &[1, k])?;
+    let out = gpu.empty(&[1, n], DType::F32)?;
+    let time = |w: &Tensor| -> Result<f64> {
+        let start = std::time::Instant::now();
+        gpu.run(|rec| (0..REPS).try_for_each(|_| qmatmul(rec, &x, w, Epilogue::default(), &out)))?;
+        gpu.sync()?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    time(&buffer)?;
+    time(&texels)?;
+    let (mut from_buffer, mut from_texels) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..ROUNDS {
+        from_buffer = from_buffer.min(time(&buffer)?);
+        from_texels = from_texels.min(time(&texels)?);
+    }
+    let faster = from_texels < from_buffer;
+    tracing::info!(
+        buffer_us = (from_buffer * 1e6 / REPS as f64).round(),
+        texels_us = (from_texels * 1e6 / REPS as f64).round(),
+        "CPU matvec: weights {}",
+        if faster { "get texel copies (texel fetches were faster)" } else { "stay in buffers (storage loads were faster)" }
+    );
+    Ok(faster)
 }
 
 /// Whether [`qmatmul`] takes the CPU adapters' rows kernel for rows of `k` elements: on software
@@ -366,7 +413,7 @@ struct RowsPlan {
     texels: bool,
     /// How x is transformed as it is loaded ([`Input`]): "x", "xrmsnorm" or "xswiglu".
     x_input: &'static str,
-    /// Weight matrices of the one input (1 to 3; more than one needs texels).
+    /// Weight matrices of the one input (1 to 3), all read the same way (`texels`).
     mats: usize,
 }
 
@@ -400,7 +447,7 @@ impl RowsPlan {
             self.dtype.name(),
             self.x_input,
             if self.mats > 1 { format!("_mats{}", self.mats) } else { String::new() },
-            if self.texels { "texels" } else { "u64" },
+            if self.texels { "texels" } else { "storage" },
             self.step,
             self.rows,
             self.tokens
@@ -450,7 +497,7 @@ impl RowsPlan {
             // 16-byte units of a block's window (k_block): Q6_K's 210 bytes start at any even byte.
             ("UNITS", if dtype == DType::Q6K { 14 } else if self.blocked { block_bytes as usize / 16 } else { 1 }),
             ("SIXTEEN", 16),
-            ("WORDS", usize::from(!self.texels)),
+            ("STORAGE", usize::from(!self.texels)),
             ("TEXELS", usize::from(self.texels)),
             ("THREE", 3),
             ("FIVE", 5),
@@ -551,7 +598,7 @@ fn qmatmul_with(
     if rows_kernel || route == Route::RowsLocalX {
         // The 8-lane workgroup is one subgroup only where the adapter's subgroups are 8 wide.
         let shared_x = report.subgroup_size == Some(8) && route == Route::Auto;
-        // Block-format weights uploaded on a software adapter carry a texel copy (gpu.rs).
+        // Weights uploaded where texel fetches beat storage loads carry a texel copy (gpu.rs).
         let texels = w.texels().is_some() && route == Route::Auto;
         let plan = RowsPlan::new(w.dtype(), k, n, m, shared_x, texels, x_input, variant.and_then(|v| v.rows));
         let weights = if texels { Access::Texels } else { Access::Read };

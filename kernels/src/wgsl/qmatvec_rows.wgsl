@@ -4,13 +4,18 @@
 // Each (row, token) sums its products in the same order whatever ROWS and TOKENS are, so a
 // token's result does not depend on how many others share its dispatch.
 // Why a second matvec: lavapipe (Mesa 22.3, gallivm's emit_load_mem) runs every storage load as
-// a loop over the 8 SIMD lanes with a branch per lane and per component, so a matvec there is
-// bound by the count of load instructions, whatever their width: a u64 load costs what a u32
-// load does (measured: 2.2 against 1.0 GB/s read). So here
-// - W is read as u64 words (the adapter's SHADER_INT64), half the loads of u32 words; each
-//   format's chunk decoder splits them into the u32 words its block layout is written in;
+// a loop over the 8 SIMD lanes, each lane testing the exec mask and, per component, the bound,
+// so a matvec there is bound by the count of load instructions and components, not bytes. So
+// here
+// - W is read 16 bytes a load, as 16-byte units (`w128`): from the storage buffer as vec2<u64>
+//   (the adapter's SHADER_INT64; two components where vec4<u32> has four), or from the weight's
+//   rgba32uint texel copy (TEXELS), a texel fetch being one gather across the lanes. Which is
+//   faster depends on the CPU (benches/NOTES.md: texels on an Intel Xeon, storage on an AMD
+//   EPYC Zen 4), so `Gpu` times both once and gives weights texel copies only where they win;
+//   each format's chunk decoder picks the u32 words its block layout is written in from the
+//   units;
 // - each invocation owns ROWS whole rows and walks K in steps of STEP elements (see `chunk`),
-//   decoding each row's step from whole words (64 elements of Q4_1 are 5 loads, of Q8_0 9),
+//   decoding each row's step from whole words (64 elements of Q4_1 are 3 units, of Q8_0 5),
 //   never byte by byte;
 // - each 32 elements of x (8 vec4 per token, read as u64 pairs) are loaded once per subgroup
 //   where the subgroup is the 8-lane workgroup (SHARED_X): lane l loads vec4 l and broadcasts it,
@@ -21,7 +26,9 @@
 //   offset·Σx, Σx computed once a step and shared by every row. An element then costs a mask,
 //   a conversion and a multiply-add: 4-bit quants are masked in place (component c of a vec4 is
 //   byte c's nibble times 2^(8c)) and x is scaled by XSCALE = 2^(-8c) to match, exactly; Q8_0's
-//   signed bytes are shifted to the top of the lane and the block scale takes the 2^-24.
+//   signed bytes are shifted to the top of the lane and the block scale takes the 2^-24. Each
+//   (row, token) keeps one f32 sum, the group's four partial sums added before its scale: a
+//   quarter of the accumulators, and fewer registers spilled at 16 rows an invocation.
 // - x may be transformed as it is loaded, so that the op before the matmul costs no dispatch of
 //   its own (lavapipe pays ~85 us a dispatch to wake its threads; benches/NOTES.md): X_RMS
 //   reads rms_norm(x) · aux (norm.wgsl's rms_norm, aux its weight [K]), each token's 1/rms
@@ -35,9 +42,10 @@
 // times from cache with SHARED_X, N/ROWS times without.
 
 @group(0) @binding(0) var<storage, read> x: array<vec2<u64>>;   // [M, K] f32, 4 a load pair
-//#unroll z WORDS
-@group(0) @binding(1) var<storage, read> w: array<u64>;         // [N, K] stored, 8 bytes a load
-// The weights' functions take their texture (TEXELS) or, here, a placeholder.
+//#unroll z STORAGE
+@group(0) @binding(1) var<storage, read> w: array<vec2<u64>>;   // [N, K] stored, 16 bytes a load
+// The weights' functions take their texture (TEXELS) or, here, the matrix's number (0, 1, 2:
+// w, w1, w2), a constant wherever they are inlined, so each load reads one binding.
 alias Weights = u32;
 //#end
 //#unroll z TEXELS
@@ -48,13 +56,23 @@ alias Weights = texture_2d<u32>;
 @group(0) @binding(3) var<storage, read> residual: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // [M, N]
 @group(0) @binding(5) var<storage, read> aux: array<vec2<u64>>; // X_RMS [K], X_SWIGLU [M, K] f32
-// Further matrices of the same input (MATS of them, texels only): [N1, K] into out1 [M, N1], …
+// Further matrices of the same input (MATS of them, read as W is): [N1, K] into out1 [M, N1], …
 //#unroll z MAT1
+//#unroll y TEXELS
 @group(0) @binding(6) var wt1: texture_2d<u32>;
+//#end
+//#unroll y STORAGE
+@group(0) @binding(6) var<storage, read> w1: array<vec2<u64>>;
+//#end
 @group(0) @binding(7) var<storage, read_write> out1: array<f32>;
 //#end
 //#unroll z MAT2
+//#unroll y TEXELS
 @group(0) @binding(8) var wt2: texture_2d<u32>;
+//#end
+//#unroll y STORAGE
+@group(0) @binding(8) var<storage, read> w2: array<vec2<u64>>;
+//#end
 @group(0) @binding(9) var<storage, read_write> out2: array<f32>;
 //#end
 @group(0) @binding({UNIFORM}) var<uniform> p: QMatvecParams;
@@ -118,33 +136,39 @@ fn inv_rms(token: u32, lid: u32) -> f32 {
 //#end
 }
 
-// W's bytes through one of two bindings (the launcher keeps one section): WORDS, the storage
-// buffer read as u64 words; TEXELS, the same bytes as an rgba32uint texture of TEXEL_ROW-wide
-// rows, which lavapipe reads 16 bytes a fetch (one gather across the lanes) where a storage load
-// is a loop over the lanes for each component. w64(i) is bytes 8i..8i+7 and w128(i) bytes
-// 16i..16i+15 as four u32 words, in both.
-//#unroll z WORDS
-fn w64(ws: Weights, i: u32) -> u64 {
-    return w[i];
-}
-
+// W's bytes through one of two bindings (the launcher keeps one section): STORAGE, the buffer
+// read as vec2<u64>; TEXELS, the same bytes as an rgba32uint texture of TEXEL_ROW-wide rows.
+// w128(i) is bytes 16i..16i+15 as four u32 words and w64(i) bytes 8i..8i+7, in both.
+//#unroll z STORAGE
 fn w128(ws: Weights, i: u32) -> vec4<u32> {
-    let a = w[2u * i];
-    let b = w[2u * i + 1u];
-    return vec4<u32>(lo32(a), hi32(a), lo32(b), hi32(b));
+    var v: vec2<u64>;
+    if (ws == 0u) {
+        v = w[i];
+    }
+//#unroll y MAT1
+    if (ws == 1u) {
+        v = w1[i];
+    }
+//#end
+//#unroll y MAT2
+    if (ws == 2u) {
+        v = w2[i];
+    }
+//#end
+    return vec4<u32>(lo32(v.x), hi32(v.x), lo32(v.y), hi32(v.y));
 }
 //#end
 //#unroll z TEXELS
 fn w128(ws: Weights, i: u32) -> vec4<u32> {
     return textureLoad(ws, vec2<u32>(i % TEXEL_ROW, i / TEXEL_ROW), 0);
 }
+//#end
 
 fn w64(ws: Weights, i: u32) -> u64 {
     let t = w128(ws, i >> 1u);
     let odd = (i & 1u) != 0u;
     return u64(select(t.x, t.z, odd)) | (u64(select(t.y, t.w, odd)) << 32u);
 }
-//#end
 
 // The first 16 bytes of the K-quant block holding element k0 of `row` (f16 d, f16 dmin, 12 scale
 // bytes): loaded once per block and row, shared by the block's four 64-element steps.
@@ -163,78 +187,8 @@ fn k_block(ws: Weights, row: u32, k0: u32) -> array<vec4<u32>, {UNITS}> {
     return b;
 }
 
-//#unroll z WORDS
-// Words of a window of u32 words starting at word `base`, from u64 words a = w[base / 2 + i] and
-// b = w[base / 2 + i + 1]: word 2i is a half of a, word 2i + 1 straddles a and b when base is odd.
-fn even_word(a: u64, odd: bool) -> u32 { return select(lo32(a), hi32(a), odd); }
-fn odd_word(a: u64, b: u64, odd: bool) -> u32 { return select(hi32(a), lo32(b), odd); }
-
-// The u32 words base..base+N-1 of W, in N/2 + 1 u64 loads.
-fn words3(ws: Weights, base: u32) -> array<u32, 3> {
-    let q = base >> 1u;
-    let odd = (base & 1u) != 0u;
-    let u0 = w[q];
-    let u1 = w[q + 1u];
-    return array<u32, 3>(even_word(u0, odd), odd_word(u0, u1, odd), even_word(u1, odd));
-}
-
-fn words5(ws: Weights, base: u32) -> array<u32, 5> {
-    let q = base >> 1u;
-    let odd = (base & 1u) != 0u;
-    let u0 = w[q];
-    let u1 = w[q + 1u];
-    let u2 = w[q + 2u];
-    return array<u32, 5>(even_word(u0, odd), odd_word(u0, u1, odd), even_word(u1, odd),
-                         odd_word(u1, u2, odd), even_word(u2, odd));
-}
-
-fn words6(ws: Weights, base: u32) -> array<u32, 6> {
-    let q = base >> 1u;
-    let odd = (base & 1u) != 0u;
-    let u0 = w[q];
-    let u1 = w[q + 1u];
-    let u2 = w[q + 2u];
-    let u3 = w[q + 3u];
-    return array<u32, 6>(even_word(u0, odd), odd_word(u0, u1, odd), even_word(u1, odd),
-                         odd_word(u1, u2, odd), even_word(u2, odd), odd_word(u2, u3, odd));
-}
-
-fn words9(ws: Weights, base: u32) -> array<u32, 9> {
-    let q = base >> 1u;
-    let odd = (base & 1u) != 0u;
-    let u0 = w[q];
-    let u1 = w[q + 1u];
-    let u2 = w[q + 2u];
-    let u3 = w[q + 3u];
-    let u4 = w[q + 4u];
-    return array<u32, 9>(even_word(u0, odd), odd_word(u0, u1, odd), even_word(u1, odd),
-                         odd_word(u1, u2, odd), even_word(u2, odd), odd_word(u2, u3, odd),
-                         even_word(u3, odd), odd_word(u3, u4, odd), even_word(u4, odd));
-}
-
-fn words17(ws: Weights, base: u32) -> array<u32, 17> {
-    let q = base >> 1u;
-    let odd = (base & 1u) != 0u;
-    let u0 = w[q];
-    let u1 = w[q + 1u];
-    let u2 = w[q + 2u];
-    let u3 = w[q + 3u];
-    let u4 = w[q + 4u];
-    let u5 = w[q + 5u];
-    let u6 = w[q + 6u];
-    let u7 = w[q + 7u];
-    let u8 = w[q + 8u];
-    return array<u32, 17>(even_word(u0, odd), odd_word(u0, u1, odd), even_word(u1, odd),
-                          odd_word(u1, u2, odd), even_word(u2, odd), odd_word(u2, u3, odd),
-                          even_word(u3, odd), odd_word(u3, u4, odd), even_word(u4, odd),
-                          odd_word(u4, u5, odd), even_word(u5, odd), odd_word(u5, u6, odd),
-                          even_word(u6, odd), odd_word(u6, u7, odd), even_word(u7, odd),
-                          odd_word(u7, u8, odd), even_word(u8, odd));
-}
-//#end
-//#unroll z TEXELS
-// The same windows from texels: the words of the texels from base / 4 in order, word j of the
-// window at j + base % 4 among them (three selects a word, no more fetches than texels touched).
+// Windows of u32 words: the words of the 16-byte units from base / 4 in order, word j of the
+// window at j + base % 4 among them (three selects a word, no more loads than units touched).
 
 fn texels2(ws: Weights, t: u32) -> array<u32, 8> {
     let a = w128(ws, t);
@@ -308,7 +262,6 @@ fn words17(ws: Weights, base: u32) -> array<u32, 17> {
 //#end
     );
 }
-//#end
 
 // One of four words by `phase` (0..3): word j of a window of 16-byte units whose first word is
 // `phase` words before it is pick(f[j], f[j + 1], f[j + 2], f[j + 3], phase).
@@ -520,21 +473,8 @@ fn chunk(ws: Weights, row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec
 //#unroll f F4_PAIR
     {
         // Q4_1, two blocks a step (K a multiple of 64, so bb is a multiple of 40, u64-aligned):
-        // 40 bytes: five u64 loads, or three texels at 8-byte phase `odd`. Words 0..4 are block A
-        // (d and m, then nibbles), 5..9 block B.
-//#unroll z WORDS
-        let o = bb >> 3u;
-        let u0 = w[o];
-        let u1 = w[o + 1u];
-        let u2 = w[o + 2u];
-        let u3 = w[o + 3u];
-        let u4 = w[o + 4u];
-        let dma = unpack2x16float(lo32(u0));
-        let dmb = unpack2x16float(hi32(u2));
-        let qa = array<u32, 4>(hi32(u0), lo32(u1), hi32(u1), lo32(u2));
-        let qb = array<u32, 4>(lo32(u3), hi32(u3), lo32(u4), hi32(u4));
-//#end
-//#unroll z TEXELS
+        // 40 bytes in three 16-byte units at 8-byte phase `odd`. Words 0..4 are block A (d and m,
+        // then nibbles), 5..9 block B.
         let t = bb >> 4u;
         let odd = (bb & 8u) != 0u;
         let ta = w128(ws, t);
@@ -544,7 +484,6 @@ fn chunk(ws: Weights, row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec
         let qa = array<u32, 4>(select(ta.y, ta.w, odd), select(ta.z, tb.x, odd), select(ta.w, tb.y, odd), select(tb.x, tb.z, odd));
         let dmb = unpack2x16float(select(tb.y, tb.w, odd));
         let qb = array<u32, 4>(select(tb.z, tc.x, odd), select(tb.w, tc.y, odd), select(tc.x, tc.z, odd), select(tc.y, tc.w, odd));
-//#end
 //#unroll i FOUR
         v.q[{i}] = in_place4(qa[{i}], 15u);
         v.q[{i} + 4] = in_place4(qa[{i}] >> 4u, 15u);
@@ -701,9 +640,9 @@ fn chunk(ws: Weights, row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec
 }
 
 // Output `mat` (out, out1, out2) of `n` rows.
-fn store(mat: u32, n: u32, token: u32, row: u32, acc: vec4<f32>) {
+fn store(mat: u32, n: u32, token: u32, row: u32, acc: f32) {
     if (row >= n || token >= p.m) { return; }
-    var v = (acc.x + acc.y) + (acc.z + acc.w);
+    var v = acc;
     if ((p.flags & 1u) != 0u) { v += bias[row]; }
     if ((p.flags & 2u) != 0u) { v += residual[token * n + row]; }
     if (mat == 0u) { out[token * n + row] = v; }
@@ -728,21 +667,31 @@ fn qmatvec_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 //#unroll z TEXELS
         matrix_rows(wt, 0u, p.n, g, wid.z, lid);
 //#end
-//#unroll z WORDS
+//#unroll z STORAGE
         matrix_rows(0u, 0u, p.n, g, wid.z, lid);
 //#end
     }
 //#unroll z MAT1
     let g1 = (p.n1 + per - 1u) / per;
     if (g >= g0 && g < g0 + g1) {
+//#unroll y TEXELS
         matrix_rows(wt1, 1u, p.n1, g - g0, wid.z, lid);
+//#end
+//#unroll y STORAGE
+        matrix_rows(1u, 1u, p.n1, g - g0, wid.z, lid);
+//#end
     }
 //#end
 //#unroll z MAT2
     // The grid may carry padding workgroups past the last matrix's (ops::grid): they do nothing.
     let g2 = (p.n2 + per - 1u) / per;
     if (g >= g0 + g1 && g < g0 + g1 + g2) {
+//#unroll y TEXELS
         matrix_rows(wt2, 2u, p.n2, g - g0 - g1, wid.z, lid);
+//#end
+//#unroll y STORAGE
+        matrix_rows(2u, 2u, p.n2, g - g0 - g1, wid.z, lid);
+//#end
     }
 //#end
 }
@@ -761,7 +710,7 @@ fn matrix_rows(ws: Weights, mat: u32, n: u32, g: u32, wz: u32, lid: u32) {
 //#unroll r ROWS
     let row{r} = min(first + {r}u, n - 1u);
 //#unroll t TOKENS
-    var acc{r}_{t} = vec4<f32>(0.0);
+    var acc{r}_{t} = 0.0;
 //#end
 //#end
     // The K-quants (BLOCKED) take a block (256 elements) an iteration: each row's whole block is
@@ -823,6 +772,7 @@ fn matrix_rows(ws: Weights, mat: u32, n: u32, g: u32, wz: u32, lid: u32) {
 //#unroll j SUB_REST
         sx{t}_{g} += xr{t}[{SUB} * {g} + {j} + 1];
 //#end
+        let ss{t}_{g} = (sx{t}_{g}.x + sx{t}_{g}.y) + (sx{t}_{g}.z + sx{t}_{g}.w);
 //#end
 //#end
 //#end
@@ -835,9 +785,9 @@ fn matrix_rows(ws: Weights, mat: u32, n: u32, g: u32, wz: u32, lid: u32) {
 //#unroll j SUB_REST
         p{r}_{t}_{g} = fma(wv{r}.q[{SUB} * {g} + {j} + 1], xs{t}[{SUB} * {g} + {j} + 1], p{r}_{t}_{g});
 //#end
-        acc{r}_{t} = fma(vec4<f32>(wv{r}.s[{g}].x), p{r}_{t}_{g}, acc{r}_{t});
+        acc{r}_{t} = fma(wv{r}.s[{g}].x, (p{r}_{t}_{g}.x + p{r}_{t}_{g}.y) + (p{r}_{t}_{g}.z + p{r}_{t}_{g}.w), acc{r}_{t});
 //#unroll z OFFSET
-        acc{r}_{t} = fma(vec4<f32>(wv{r}.s[{g}].y), sx{t}_{g}, acc{r}_{t});
+        acc{r}_{t} = fma(wv{r}.s[{g}].y, ss{t}_{g}, acc{r}_{t});
 //#end
 //#end
 //#end
