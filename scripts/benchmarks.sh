@@ -95,13 +95,13 @@ adapter=$(grep -m1 '^adapter: ' "$parts/kernels.log" | sed 's/^adapter: //')
   echo "64 dispatches (small ops more, about 50 ms a submission), the device synchronized before the"
   echo "clock stops. Each op's fractions are of ceilings measured beside it (the op, the vec4 copy and"
   echo "the wide copy in turn, 5 rounds): a vec4 copy kernel (bytes read + written), a u64 copy kernel"
-  echo "(the wide copy, where shaders have 64-bit integers: the CPU matvec reads weights as u64), and"
+  echo "(the wide copy, where shaders have 64-bit integers: the CPU matvec loads weights as vec2<u64>), and"
   echo "an FMA probe. The ceiling lines are the copies alone, before the ops. Matvec rows count the"
   echo "weight bytes read. Ops that read one matrix or corpus (matvecs, attention decode, the scan) are"
   echo "also timed beside a vec4 copy of as many bytes in one dispatch (\"same-size copy\"): where every"
   echo "dispatch pays a fixed cost (the \"floor\" line), that is a small op's like-for-like ceiling."
   echo
-  grep '^ceiling' "$parts/kernels.log" | sed 's/^/- /'
+  grep -E '^(ceiling|weights)' "$parts/kernels.log" | sed 's/^/- /'
   echo
   grep '^floor' "$parts/kernels.log" | sed 's/^/- /'
   echo
