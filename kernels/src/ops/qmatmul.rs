@@ -277,8 +277,8 @@ fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<
 }
 
 /// Times the CPU rows kernel reading a weight from its texel copy against reading its buffer,
-/// for [`crate::Gpu::texel_weights`]: a Q4_1 weight of 65,536 × 1,536 (63 MB, more than a
-/// server CPU's last-level cache: a decode step streams every weight from memory, and on the
+/// for [`crate::Gpu::texel_weights`]: a Q4_1 weight of 65,536 × 1,536 (63 MB, or what one
+/// binding holds where that is less; more than a server CPU's last-level cache: a decode step streams every weight from memory, and on the
 /// AMD EPYC measured texels won from cache by ~10% and lost from memory by 1.4-1.6x;
 /// benches/NOTES.md) at one token, two products a submission, the routes alternating over
 /// three rounds after a first run of each (which compiles its kernel). Returns whether texels
@@ -286,7 +286,14 @@ fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<
 pub(crate) fn texels_measured_faster(gpu: &crate::Gpu) -> Result<bool> {
     const REPS: usize = 2;
     const ROUNDS: usize = 3;
-    let (n, k, dtype) = (65536, 1536, DType::Q4_1);
+    let (k, dtype) = (1536, DType::Q4_1);
+    // 65,536 rows, or as many as one binding holds (with room for its slack) where that is less.
+    let row_bytes = dtype.bytes_for(k as u64);
+    let bindable = gpu.limits().max_storage_buffer_binding_size.saturating_sub(4096) / row_bytes;
+    let n = (bindable.min(65536) as usize) & !7;
+    if n == 0 {
+        return Ok(false);
+    }
     // 0x11 everywhere: scales and mins are small normal f16 values, every quant 1.
     let bytes = vec![0x11u8; dtype.bytes_for((n * k) as u64) as usize];
     let buffer = gpu.upload(&bytes, &[n, k], dtype)?;
