@@ -179,7 +179,8 @@ impl Tensor {
     pub(crate) fn texels(&self) -> Option<&wgpu::TextureView> {
         self.buffer.texels.get()
     }
-    /// Whether `Gpu::upload_weights` gave this weight a texel copy (software adapters).
+    /// Whether this weight has a texel copy (`Gpu::upload_weights` where [`Gpu::texel_weights`]
+    /// says so, or `Gpu::upload_weights_with_texels`; software adapters only).
     pub fn has_texels(&self) -> bool {
         self.texels().is_some()
     }
@@ -231,7 +232,8 @@ struct PooledBuffer {
     buffer: wgpu::Buffer,
     pool: Arc<Mutex<Pool>>,
     /// The same bytes as `TEXEL_ROW`-wide rows of rgba32uint texels, for f16 and block-format
-    /// weights on software adapters (`Gpu::upload_weights`). Written once at upload; no kernel
+    /// weights on software adapters where texel fetches were measured faster
+    /// (`Gpu::upload_weights`), or where a caller asked (`Gpu::upload_weights_with_texels`). Written once at upload; no kernel
     /// writes a weight, so it never goes stale. Dropped with the buffer.
     texels: std::sync::OnceLock<wgpu::TextureView>,
 }
@@ -412,6 +414,22 @@ impl Gpu {
         Ok(())
     }
 
+    /// Destroys the pool's free buffers of the size class a tensor of `bytes` takes: for one-off
+    /// large tensors (the texel measurement's weights) that would otherwise stay in the pool,
+    /// host memory on a software adapter that no pager counts.
+    pub(crate) fn discard_free_buffers(&self, bytes: u64) {
+        let class = size_class(bytes.next_multiple_of(4) + BUFFER_SLACK);
+        let mut pool = lock(&self.pool);
+        if let Some(buffers) = pool.free.remove(&class) {
+            pool.free_bytes -= class * buffers.len() as u64;
+        }
+    }
+
+    /// Whether a device error is waiting to be reported (by the next submit, download or sync).
+    pub(crate) fn has_uncaptured_errors(&self) -> bool {
+        !lock(&self.uncaptured).is_empty()
+    }
+
     fn take_buffer(&self, bytes: u64) -> Result<wgpu::Buffer> {
         // Block decoders read whole words and windows of 16-byte units, so the last block of a
         // tensor may be read up to 223 bytes past its data (a Q6_K block's window of 14 units,
@@ -513,9 +531,9 @@ impl Gpu {
 
     /// Whether f16 and block-format weights uploaded here ([`Gpu::upload_weights`]) get a texel
     /// copy: the memory they take is then twice their bytes. Never on GPUs; on a software adapter
-    /// as [`TEXEL_WEIGHTS_ENV`] says, or where it is unset as the first call measures: the CPU
-    /// matvec on a Q4_1 weight read both ways, in alternating rounds (tens of milliseconds,
-    /// and a kernel compiled for each route; `ops::qmatmul::texels_measured_faster`).
+    /// as [`TEXEL_WEIGHTS_ENV`] says, or where it is unset as the first call measures
+    /// ([`Gpu::measure_texel_weights`], under a second on the VMs measured). The first call is
+    /// the first f16 or block-format `upload_weights`, or the pager sizing such a layer.
     pub fn texel_weights(&self) -> bool {
         if !self.texel_capable {
             return false;
@@ -523,13 +541,30 @@ impl Gpu {
         if let Some(setting) = self.texel_setting {
             return setting;
         }
-        *self.texels_faster.get_or_init(|| match crate::ops::qmatmul::texels_measured_faster(self) {
+        // The measurement must not call `texel_weights` itself (it would wait on this cell
+        // forever): it uploads with and without copies explicitly and runs `qmatmul`, whose
+        // route follows each tensor's own copy.
+        *self.texels_faster.get_or_init(|| match self.measure_texel_weights() {
             Ok(faster) => faster,
             Err(err) => {
                 tracing::warn!(%err, "timing texel fetches against storage loads failed; weights stay in buffers only");
                 false
             }
         })
+    }
+
+    /// Times the CPU matvec reading a weight from a texel copy against reading its buffer
+    /// (`ops::qmatmul::texels_measured_faster`: a Q4_1 weight larger than a last-level cache,
+    /// alternating rounds, a kernel compiled for each route) and returns whether texels were
+    /// faster; false where the adapter cannot hold texel copies. [`Gpu::texel_weights`] calls it
+    /// once; it is public for tests and benchmarks. Where a device error from earlier work is
+    /// waiting to be reported it measures nothing and returns false, leaving the error for the
+    /// work it belongs to.
+    pub fn measure_texel_weights(&self) -> Result<bool> {
+        if !self.texel_capable || self.has_uncaptured_errors() {
+            return Ok(false);
+        }
+        crate::ops::qmatmul::texels_measured_faster(self)
     }
 
     /// Whether `qmatmul_input` may fuse the op before a matmul into it ([`FUSED_INPUTS_ENV`]).

@@ -68,6 +68,14 @@ fn dequantize(stored: Stored, bytes: &[u8], elements: usize) -> Vec<f32> {
     out
 }
 
+/// Whether `Gpu::upload_weights_with_texels` must make a texel copy of `dtype` here: f16 and
+/// the block formats on a software adapter with 64-bit shader integers (where the CPU matvec
+/// reads them), so that a route that stopped being made fails instead of going untested.
+fn texel_copies_expected(dtype: DType) -> bool {
+    let report = gpu().report();
+    report.software && report.shader_int64 && dtype != DType::F32
+}
+
 #[allow(clippy::too_many_arguments)] // one case's format, shape, data and seed, each named
 fn check(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, bytes: &[u8], with_bias: bool, seed: u64) {
     let a = random(m * k, seed, 1.0);
@@ -79,8 +87,6 @@ fn check(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, bytes: &[u8
     // every machine (the route changes only how W's 16-byte units are loaded, which the token
     // count does not touch, and every kernel is seconds of compiling on lavapipe).
     let wt: Tensor = gpu().upload_weights(bytes, &[n, k], dtype).expect("upload blocks");
-    let other = if wt.has_texels() { gpu().upload(bytes, &[n, k], dtype) } else { gpu().upload_weights_with_texels(bytes, &[n, k], dtype) };
-    let other = other.expect("upload blocks");
     let (at, bt) = (upload(&a, &[m, k]), upload(&bias, &[n]));
     let out = poisoned(&[m, n]);
     let epilogue = Epilogue {
@@ -93,7 +99,12 @@ fn check(dtype: DType, stored: Stored, m: usize, n: usize, k: usize, bytes: &[u8
     gpu().run(|rec| qmatmul(rec, &at, &wt, epilogue, &out)).expect("qmatmul runs");
     let got = gpu().download_f32(&out).expect("download");
     assert_close(&got, &want, |i| 1e-5 * scale[i] + 1e-7, &format!("qmatmul {} {m}x{n}x{k}", dtype.name()));
-    if other.has_texels() != wt.has_texels() && m <= 2 {
+    if m <= 2 {
+        let other = if wt.has_texels() { gpu().upload(bytes, &[n, k], dtype) } else { gpu().upload_weights_with_texels(bytes, &[n, k], dtype) };
+        let other = other.expect("upload blocks");
+        if texel_copies_expected(dtype) {
+            assert_ne!(other.has_texels(), wt.has_texels(), "one of the two uploads of {} has a texel copy on this adapter", dtype.name());
+        }
         let out = poisoned(&[m, n]);
         gpu().run(|rec| qmatmul(rec, &at, &other, epilogue, &out)).expect("qmatmul runs");
         let got = gpu().download_f32(&out).expect("download");
@@ -189,7 +200,11 @@ fn check_products(dtype: DType, stored: Stored, m: usize, rows: &[usize], k: usi
                 Some(true) => gpu().upload_weights_with_texels(&bytes, &[n, k], dtype),
                 Some(false) => gpu().upload(&bytes, &[n, k], dtype),
             };
-            (dequantize(stored, &bytes, n * k), w.expect("upload blocks"))
+            let w = w.expect("upload blocks");
+            if texels == Some(true) && texel_copies_expected(dtype) {
+                assert!(w.has_texels(), "{} weights get a texel copy on this adapter when asked", dtype.name());
+            }
+            (dequantize(stored, &bytes, n * k), w)
         })
         .collect();
     let report = gpu().report();
@@ -344,6 +359,7 @@ fn products_that_cannot_share_a_dispatch_are_refused() {
         ("another K", vec![Product { w: &wq, epilogue: plain, out: &o1 }, Product { w: &wide, epilogue: plain, out: &o2 }]),
         ("an epilogue", vec![Product { w: &wq, epilogue: with_bias, out: &o1 }, Product { w: &wq, epilogue: plain, out: &o2 }]),
     ];
+    assert_eq!(wq_texels.has_texels(), texel_copies_expected(DType::Q4_1), "a texel copy where the adapter makes them");
     if wq_texels.has_texels() {
         cases.push(("texels beside a buffer", vec![Product { w: &wq, epilogue: plain, out: &o1 }, Product { w: &wq_texels, epilogue: plain, out: &o2 }]));
     }
@@ -439,4 +455,19 @@ fn embedding_gather_from_every_format() {
     let mut bytes = vec![0u8; t.byte_len as usize];
     model.read_tensor_bytes(&t, 0, &mut bytes).expect("read");
     check_gather(DType::Q8_0, Stored::Q8_0, 49152, 576, &bytes, &[1, 2, 49151, 9690, 28]);
+}
+
+#[test]
+fn the_texel_measurement_runs_where_texel_copies_can_be_made() {
+    // `Gpu::texel_weights` falls back to buffers (and only logs) when its measurement fails, so
+    // a broken measurement would pass every other test: check it runs, and that the choice it
+    // leads to is the one the device reports, where texel copies can be made at all.
+    let measured = gpu().measure_texel_weights().expect("the texel measurement runs");
+    if !texel_copies_expected(DType::Q4_1) {
+        assert!(!measured, "no adapter without texel copies measures them faster");
+        return;
+    }
+    eprintln!("texel fetches measured {} than storage loads here", if measured { "faster" } else { "slower" });
+    let w = gpu().upload_weights(&random_blocks(Stored::Q4_1, 8, 64, 9), &[8, 64], DType::Q4_1).expect("upload blocks");
+    assert_eq!(w.has_texels(), gpu().texel_weights(), "upload_weights follows texel_weights");
 }

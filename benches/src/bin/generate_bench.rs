@@ -131,7 +131,8 @@ fn main() -> Result<()> {
     ensure!(p + d <= config.context, "P + D = {} exceeds the model's context of {} tokens", p + d, config.context);
     let vocab = config.vocab;
     // What a decode step reads: the stored tensors' bytes. The pager's resident bytes can be
-    // twice that for some layers (their texel copy on a software adapter), which is not read twice.
+    // twice that for some layers (their texel copy, on a software adapter where texel fetches were
+    // measured faster), which is not read twice.
     let gguf_bytes: u64 = layers.iter().map(|l| l.byte_length).sum();
     let model = LlamaModel::new(&row.label(), config, layers, &gpu)?;
     let mut pager = Pager::new(gpu.clone(), store, runtime.handle().clone(), 4 << 30, WeightsSource::Atoms);

@@ -51,7 +51,8 @@ struct CopyWideParams {
 }
 
 /// Copies all of `src` into the start of `dst` as u64 pairs, 64 bytes an invocation: the
-/// bandwidth ceiling for kernels that load u64 words. Both f32, `src`'s length a multiple of 4;
+/// bandwidth ceiling for kernels that load 64-bit words (the CPU matvec loads weights as
+/// vec2<u64>). Both f32, `src`'s length a multiple of 4;
 /// needs 64-bit shader integers ([`AdapterReport::shader_int64`](crate::AdapterReport)).
 pub fn copy_wide(rec: &mut Recorder<'_>, src: &Tensor, dst: &Tensor) -> Result<()> {
     const NAME: &str = "copy_wide";

@@ -277,15 +277,15 @@ fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<
 }
 
 /// Times the CPU rows kernel reading a weight from its texel copy against reading its buffer,
-/// for [`crate::Gpu::texel_weights`]: a Q4_1 weight of 65,536 × 1,536 (63 MB, or what one
-/// binding holds where that is less; more than a server CPU's last-level cache: a decode step streams every weight from memory, and on the
-/// AMD EPYC measured texels won from cache by ~10% and lost from memory by 1.4-1.6x;
-/// benches/NOTES.md) at one token, two products a submission, the routes alternating over
-/// three rounds after a first run of each (which compiles its kernel). Returns whether texels
-/// took less time at their best.
+/// for [`crate::Gpu::measure_texel_weights`]: a Q4_1 weight of 65,536 × 1,536 (63 MB, or what
+/// one binding holds where that is less), more than a server CPU's last-level cache, because a
+/// decode step streams every weight from memory and the routes rank differently there (on the
+/// AMD EPYC measured, texels won from cache by up to 1.12x and lost from memory by 1.37-1.64x;
+/// benches/NOTES.md). One token, two products a submission, the routes alternating over three
+/// rounds after a first run of each (which compiles its kernel). Returns whether texels took
+/// less time at their best. The weights' buffers are destroyed afterwards, not pooled.
 pub(crate) fn texels_measured_faster(gpu: &crate::Gpu) -> Result<bool> {
-    const REPS: usize = 2;
-    const ROUNDS: usize = 3;
+    const REPS: usize = TEXEL_MEASUREMENT_REPS;
     let (k, dtype) = (1536, DType::Q4_1);
     // 65,536 rows, or as many as one binding holds (with room for its slack) where that is less.
     let row_bytes = dtype.bytes_for(k as u64);
@@ -296,11 +296,34 @@ pub(crate) fn texels_measured_faster(gpu: &crate::Gpu) -> Result<bool> {
     }
     // 0x11 everywhere: scales and mins are small normal f16 values, every quant 1.
     let bytes = vec![0x11u8; dtype.bytes_for((n * k) as u64) as usize];
-    let buffer = gpu.upload(&bytes, &[n, k], dtype)?;
-    let texels = gpu.upload_weights_with_texels(&bytes, &[n, k], dtype)?;
-    drop(bytes);
+    let weight_bytes = bytes.len() as u64;
+    let timed = time_both_routes(gpu, &bytes, n, k, dtype);
+    // The two weights went back to the pool as they dropped: 63 MB each that no later tensor is
+    // likely to fit, held in host memory on a software adapter.
+    gpu.discard_free_buffers(weight_bytes);
+    let (from_buffer, from_texels) = match timed? {
+        Some(times) => times,
+        None => return Ok(false),
+    };
+    let faster = from_texels < from_buffer;
+    tracing::info!(
+        buffer_us = (from_buffer * 1e6 / REPS as f64).round(),
+        texels_us = (from_texels * 1e6 / REPS as f64).round(),
+        "CPU matvec: weights {}",
+        if faster { "get texel copies (texel fetches were faster)" } else { "stay in buffers (storage loads were faster)" }
+    );
+    Ok(faster)
+}
+
+/// [`texels_measured_faster`]'s rounds: the best time of `REPS` products from the buffer and from
+/// the texel copy of one weight, `None` where the adapter made no texel copy.
+fn time_both_routes(gpu: &crate::Gpu, bytes: &[u8], n: usize, k: usize, dtype: DType) -> Result<Option<(f64, f64)>> {
+    const REPS: usize = TEXEL_MEASUREMENT_REPS;
+    const ROUNDS: usize = 3;
+    let buffer = gpu.upload(bytes, &[n, k], dtype)?;
+    let texels = gpu.upload_weights_with_texels(bytes, &[n, k], dtype)?;
     if !texels.has_texels() {
-        return Ok(false);
+        return Ok(None);
     }
     let x = gpu.upload_f32(&vec![0.25; k], &[1, k])?;
     let out = gpu.empty(&[1, n], DType::F32)?;
@@ -317,15 +340,11 @@ pub(crate) fn texels_measured_faster(gpu: &crate::Gpu) -> Result<bool> {
         from_buffer = from_buffer.min(time(&buffer)?);
         from_texels = from_texels.min(time(&texels)?);
     }
-    let faster = from_texels < from_buffer;
-    tracing::info!(
-        buffer_us = (from_buffer * 1e6 / REPS as f64).round(),
-        texels_us = (from_texels * 1e6 / REPS as f64).round(),
-        "CPU matvec: weights {}",
-        if faster { "get texel copies (texel fetches were faster)" } else { "stay in buffers (storage loads were faster)" }
-    );
-    Ok(faster)
+    Ok(Some((from_buffer, from_texels)))
 }
+
+/// Products a submission in [`texels_measured_faster`].
+const TEXEL_MEASUREMENT_REPS: usize = 2;
 
 /// Whether [`qmatmul`] takes the CPU adapters' rows kernel for rows of `k` elements: on software
 /// adapters with 64-bit shader integers, K a multiple of 32.
@@ -430,8 +449,8 @@ impl RowsPlan {
     fn new(dtype: DType, k: usize, n: usize, m: usize, shared_x: bool, texels: bool, x_input: &'static str, rows: Option<usize>) -> RowsPlan {
         let tokens = m.min(MATVEC_MAX_M);
         // Elements a row's step decodes: those that share loaded bytes (qmatvec_rows.wgsl); two
-        // blocks of Q8_0, Q4_0 and Q4_1 where K holds whole pairs, which aligns them.
-        let paired = matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1) && k % 64 == 0;
+        // blocks of Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 where K holds whole pairs, which aligns them.
+        let paired = matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1) && k % 64 == 0;
         // The K-quants fetch each row's whole block once per block (BLOCKED), not per step.
         let blocked = matches!(dtype, DType::Q4K | DType::Q5K | DType::Q6K);
         let step = match dtype {
@@ -482,7 +501,7 @@ impl RowsPlan {
         let sub = if dtype == DType::Q6K { 4 } else { 8 };
         let offset = matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K | DType::Q6K);
         let section = if self.paired { format!("F{format}_PAIR") } else { format!("F{format}") };
-        let formats = ["F0", "F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8", "F9", "F2_PAIR", "F3_PAIR", "F4_PAIR"]
+        let formats = ["F0", "F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8", "F9", "F2_PAIR", "F3_PAIR", "F4_PAIR", "F5_PAIR", "F6_PAIR"]
             .map(|name| (name, usize::from(name == section)));
         let counts = [
             ("ROWS", self.rows),
@@ -510,6 +529,7 @@ impl RowsPlan {
             ("FIVE", 5),
             ("SIX", 6),
             ("NINE", 9),
+            ("ELEVEN", 11),
             ("SEVENTEEN", 17),
             ("X_PLAIN", usize::from(self.x_input == "x")),
             ("X_RMS", usize::from(self.x_input == "xrmsnorm")),
@@ -517,7 +537,8 @@ impl RowsPlan {
             ("X_SWIGLU", usize::from(self.x_input == "xswiglu")),
             ("MAT1", usize::from(self.mats >= 2)),
             ("MAT2", usize::from(self.mats >= 3)),
-            // The uniform follows the storage bindings: 6, and a texture and an output a matrix.
+            // The uniform follows the bindings: 6, and a weight (texture or buffer) and an output
+            // for each further matrix.
             ("UNIFORM", 6 + 2 * (self.mats - 1)),
         ];
         crate::unroll::expand(&source, &[&counts[..], &formats[..]].concat())

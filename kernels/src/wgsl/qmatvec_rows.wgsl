@@ -36,7 +36,7 @@
 //   swiglu, x the gate and aux the up projection, both [M, K]); X_PLAIN reads x.
 // No workgroup memory, no barriers, no early return (SHARED_X needs every lane). The `//#unroll`
 // sections are expanded by `unroll.rs`, which also keeps only the decoder section (F0..F9,
-// F2_PAIR..F4_PAIR) the launcher selects. The launcher prepends BLOCK_ELEMENTS, BLOCK_BYTES and
+// F2_PAIR..F6_PAIR) the launcher selects. The launcher prepends BLOCK_ELEMENTS, BLOCK_BYTES and
 // XSCALE, and sets SUB, SCALES and OFFSET; quant.wgsl is not included (it reads u32 words).
 // Napkin math: N·K·bytes-per-element of weight bytes read once; x (M·K·4 bytes) is read N/(8·ROWS)
 // times from cache with SHARED_X, N/ROWS times without.
@@ -138,7 +138,7 @@ fn inv_rms(token: u32, lid: u32) -> f32 {
 
 // W's bytes through one of two bindings (the launcher keeps one section): STORAGE, the buffer
 // read as vec2<u64>; TEXELS, the same bytes as an rgba32uint texture of TEXEL_ROW-wide rows.
-// w128(i) is bytes 16i..16i+15 as four u32 words and w64(i) bytes 8i..8i+7, in both.
+// w128(i) is bytes 16i..16i+15 as four u32 words, in both.
 //#unroll z STORAGE
 fn w128(ws: Weights, i: u32) -> vec4<u32> {
     var v: vec2<u64>;
@@ -164,14 +164,6 @@ fn w128(ws: Weights, i: u32) -> vec4<u32> {
 }
 //#end
 
-fn w64(ws: Weights, i: u32) -> u64 {
-    let t = w128(ws, i >> 1u);
-    let odd = (i & 1u) != 0u;
-    return u64(select(t.x, t.z, odd)) | (u64(select(t.y, t.w, odd)) << 32u);
-}
-
-// The first 16 bytes of the K-quant block holding element k0 of `row` (f16 d, f16 dmin, 12 scale
-// bytes): loaded once per block and row, shared by the block's four 64-element steps.
 // The whole K-quant block holding element k0 of `row` as UNITS 16-byte units from the one
 // holding its first byte (144 bytes of Q4_K and 176 of Q5_K, 16-byte aligned: 9 and 11 units;
 // 210 of Q6_K at any even phase: 14), fetched together at the block's start: a row's bytes then
@@ -213,6 +205,14 @@ fn texels5(ws: Weights, t: u32) -> array<u32, 20> {
                           d.x, d.y, d.z, d.w, e.x, e.y, e.z, e.w);
 }
 
+fn texels4(ws: Weights, t: u32) -> array<u32, 16> {
+    let a = w128(ws, t);
+    let b = w128(ws, t + 1u);
+    let c = w128(ws, t + 2u);
+    let d = w128(ws, t + 3u);
+    return array<u32, 16>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w, c.x, c.y, c.z, c.w, d.x, d.y, d.z, d.w);
+}
+
 fn words3(ws: Weights, base: u32) -> array<u32, 3> {
     let f = texels2(ws, base >> 2u);
     let ph = base & 3u;
@@ -248,6 +248,16 @@ fn words9(ws: Weights, base: u32) -> array<u32, 9> {
     let ph = base & 3u;
     return array<u32, 9>(
 //#unroll j NINE
+        pick(f[{j}], f[{j} + 1], f[{j} + 2], f[{j} + 3], ph),
+//#end
+    );
+}
+
+fn words11(ws: Weights, base: u32) -> array<u32, 11> {
+    let f = texels4(ws, base >> 2u);
+    let ph = base & 3u;
+    return array<u32, 11>(
+//#unroll j ELEVEN
         pick(f[{j}], f[{j} + 1], f[{j} + 2], f[{j} + 3], ph),
 //#end
     );
@@ -355,8 +365,9 @@ fn k_scale_min(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<u32> {
 }
 
 // Elements k0..k0+STEP-1 of row `row` of W, decoded in registers (k0 % STEP == 0). STEP is 32
-// (one block) for the 32-element formats, 64 (two blocks, the _PAIR sections) for Q8_0, Q4_0 and
-// Q4_1 where K is a multiple of 64 (fewer loads: the pair's bytes are word or u64 aligned), 64 for
+// (one block) for the 32-element formats, 64 (two blocks, the _PAIR sections) for Q8_0, Q4_0,
+// Q4_1, Q5_0 and Q5_1 where K is a multiple of 64 (fewer loads: the pair's bytes are word
+// aligned, and fill their units better than one block does), 64 for
 // Q4_K and Q5_K, 128 for Q6_K: the elements that share loaded bytes. Only the section for the
 // format and step is emitted (the others index past STEP).
 // For Q4_K and Q5_K, `blk` is the row's whole block (k_block), `hd` its header and `sub` the
@@ -494,6 +505,50 @@ fn chunk(ws: Weights, row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec
         v.s[1] = dmb;
     }
 //#end
+//#unroll f F5_PAIR
+    {
+        // Q5_0, two blocks a step (K a multiple of 64, so bb is a multiple of 44, word aligned):
+        // 44 bytes in the eleven words from bb's. Block A: d in the low half of word 0, qh from
+        // byte 2, nibbles from byte 6; block B: d in the high half of word 5, qh word 6, nibbles
+        // words 7..10.
+        let s = words11(ws, bb >> 2u);
+        let da = unpack2x16float(s[0]).x;
+        let qha = mid(s[0], s[1]);
+        let db = unpack2x16float(s[5]).y;
+        let qhb = s[6];
+//#unroll i FOUR
+        let qa{i} = mid(s[{i} + 1], s[{i} + 2]);
+        v.q[{i}] = vec4<f32>(vec4<i32>(nib4(qa{i}, 0u) | high_bits4(qha, 4u * {i}u)) - 16);
+        v.q[{i} + 4] = vec4<f32>(vec4<i32>(nib4(qa{i}, 4u) | high_bits4(qha, 16u + 4u * {i}u)) - 16);
+        v.q[{i} + 8] = vec4<f32>(vec4<i32>(nib4(s[{i} + 7], 0u) | high_bits4(qhb, 4u * {i}u)) - 16);
+        v.q[{i} + 12] = vec4<f32>(vec4<i32>(nib4(s[{i} + 7], 4u) | high_bits4(qhb, 16u + 4u * {i}u)) - 16);
+//#end
+        v.s[0] = vec2<f32>(da, 0.0);
+        v.s[1] = vec2<f32>(db, 0.0);
+    }
+//#end
+//#unroll f F6_PAIR
+    {
+        // Q5_1, two blocks a step (K a multiple of 64, so bb is a multiple of 48, 16-byte
+        // aligned): three whole units. Block A: d and m, qh, then nibbles from word 2; block B
+        // the same from word 6.
+        let u0 = w128(ws, bb >> 4u);
+        let u1 = w128(ws, (bb >> 4u) + 1u);
+        let u2 = w128(ws, (bb >> 4u) + 2u);
+        let dma = unpack2x16float(u0.x);
+        let dmb = unpack2x16float(u1.z);
+        let qa = array<u32, 4>(u0.z, u0.w, u1.x, u1.y);
+        let qb = array<u32, 4>(u2.x, u2.y, u2.z, u2.w);
+//#unroll i FOUR
+        v.q[{i}] = u2f(nib4(qa[{i}], 0u) | high_bits4(u0.y, 4u * {i}u));
+        v.q[{i} + 4] = u2f(nib4(qa[{i}], 4u) | high_bits4(u0.y, 16u + 4u * {i}u));
+        v.q[{i} + 8] = u2f(nib4(qb[{i}], 0u) | high_bits4(u1.w, 4u * {i}u));
+        v.q[{i} + 12] = u2f(nib4(qb[{i}], 4u) | high_bits4(u1.w, 16u + 4u * {i}u));
+//#end
+        v.s[0] = dma;
+        v.s[1] = dmb;
+    }
+//#end
 //#unroll f F5
     {
         // Q5_0: f16 d, u32 qh (fifth bits) at bb + 2, 16 bytes of nibbles at bb + 6 (22-byte
@@ -512,15 +567,15 @@ fn chunk(ws: Weights, row: u32, k0: u32, hd: vec4<u32>, sub: u32, blk: array<vec
 //#end
 //#unroll f F6
     {
-        // Q5_1: f16 d, f16 m, u32 qh, 16 bytes of nibbles (24-byte blocks: u64-aligned, as a
-        // row holds a whole number of them).
-        let o = bb >> 3u;
-        let h = w64(ws, o);
-        let dm = unpack2x16float(lo32(h));
-        let qh = hi32(h);
-        let a = w64(ws, o + 1u);
-        let b = w64(ws, o + 2u);
-        let q = array<u32, 4>(lo32(a), hi32(a), lo32(b), hi32(b));
+        // Q5_1: f16 d, f16 m, u32 qh, 16 bytes of nibbles (24-byte blocks: 8-byte aligned, as a
+        // row holds a whole number of them): two units at 8-byte phase `odd`.
+        let t = bb >> 4u;
+        let odd = (bb & 8u) != 0u;
+        let ta = w128(ws, t);
+        let tb = w128(ws, t + 1u);
+        let dm = unpack2x16float(select(ta.x, ta.z, odd));
+        let qh = select(ta.y, ta.w, odd);
+        let q = array<u32, 4>(select(ta.z, tb.x, odd), select(ta.w, tb.y, odd), select(tb.x, tb.z, odd), select(tb.y, tb.w, odd));
 //#unroll i FOUR
         v.q[{i}] = u2f(nib4(q[{i}], 0u) | high_bits4(qh, 4u * {i}u));
         v.q[{i} + 4] = u2f(nib4(q[{i}], 4u) | high_bits4(qh, 16u + 4u * {i}u));
