@@ -10,8 +10,9 @@
 // - W is read 16 bytes a load, as 16-byte units (`w128`): from the storage buffer as vec2<u64>
 //   (the adapter's SHADER_INT64; two components where vec4<u32> has four), or from the weight's
 //   rgba32uint texel copy (TEXELS), a texel fetch being one gather across the lanes. Which is
-//   faster depends on the CPU (benches/NOTES.md: texels on an Intel Xeon, storage on an AMD
-//   EPYC Zen 4), so `Gpu` times both once and gives weights texel copies only where they win;
+//   faster depends on the CPU (benches/NOTES.md: storage on an AMD EPYC Zen 4; texels beat an
+//   older u64-word load on an Intel Xeon), so `Gpu` times both once and gives weights texel
+//   copies only where they win;
 //   each format's chunk decoder picks the u32 words its block layout is written in from the
 //   units;
 // - each invocation owns ROWS whole rows and walks K in steps of STEP elements (see `chunk`),
