@@ -24,8 +24,8 @@ pub const SHADER_CHECKS_ENV: &str = "HARTONOMOUS_SHADER_CHECKS";
 /// depends on the CPU under lavapipe (a texel fetch is a gather, a storage load a loop over the
 /// lanes; `qmatvec_rows.wgsl`, benches/NOTES.md: the buffer won on an AMD EPYC Zen 4, texels
 /// beat an older u64-word load on an Intel Xeon), so by default the device times both once
-/// ([`Gpu::texel_weights`]). Set to 0
-/// to keep weights in buffers only, 1 for texel copies without timing them.
+/// ([`Gpu::texel_weights`]). Set to 0 to keep weights in buffers only, 1 for texel copies
+/// without timing them.
 pub const TEXEL_WEIGHTS_ENV: &str = "HARTONOMOUS_TEXEL_WEIGHTS";
 /// Set to 0 to run the op before a matmul (`ops::qmatmul::Input`: rms_norm, the SwiGLU gate) as
 /// its own kernel on software adapters too. By default the CPU matvec computes it as it loads
