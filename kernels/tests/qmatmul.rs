@@ -177,10 +177,10 @@ enum Feed {
 
 /// Several products of one input ([`qmatmul_input`] with 2 or 3 weights of one format, or with
 /// `forced` [`qmatmul_products_one_dispatch`]), each equal to the f64 reference of its own
-/// product, without an epilogue. Where the adapter runs the CPU rows kernel, the weights have
-/// texel copies (f16 and the block formats on lavapipe) and tokens × rows are at most
-/// `FUSED_PRODUCTS_MAX_ROW_TOKENS` (or `forced`), they must take one dispatch, a workgroup range
-/// a matrix; otherwise, with the rows kernel, one a product. `texels` uploads the weights with
+/// product, without an epilogue. Where the adapter runs the CPU rows kernel (from texel copies or
+/// from buffers alike) and tokens × rows are at most `FUSED_PRODUCTS_MAX_ROW_TOKENS` (or
+/// `forced`), they must take one dispatch, a workgroup range a matrix; otherwise, with the rows
+/// kernel, one a product. `texels` uploads the weights with
 /// texel copies (`Some(true)`, where the adapter can hold them) or without, `None` as the pager
 /// does.
 #[allow(clippy::too_many_arguments)] // one case's format, shape, feeds, route and seed, each named

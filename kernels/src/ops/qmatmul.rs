@@ -285,7 +285,6 @@ fn fused_products(rec: &mut Recorder<'_>, input: Input<'_>, products: &[Product<
 /// rounds after a first run of each (which compiles its kernel). Returns whether texels took
 /// less time at their best. The weights' buffers are destroyed afterwards, not pooled.
 pub(crate) fn texels_measured_faster(gpu: &crate::Gpu) -> Result<bool> {
-    const REPS: usize = TEXEL_MEASUREMENT_REPS;
     let (k, dtype) = (1536, DType::Q4_1);
     // 65,536 rows, or as many as one binding holds (with room for its slack) where that is less.
     let row_bytes = dtype.bytes_for(k as u64);
@@ -307,18 +306,18 @@ pub(crate) fn texels_measured_faster(gpu: &crate::Gpu) -> Result<bool> {
     };
     let faster = from_texels < from_buffer;
     tracing::info!(
-        buffer_us = (from_buffer * 1e6 / REPS as f64).round(),
-        texels_us = (from_texels * 1e6 / REPS as f64).round(),
+        buffer_us = (from_buffer * 1e6).round(),
+        texels_us = (from_texels * 1e6).round(),
         "CPU matvec: weights {}",
         if faster { "get texel copies (texel fetches were faster)" } else { "stay in buffers (storage loads were faster)" }
     );
     Ok(faster)
 }
 
-/// [`texels_measured_faster`]'s rounds: the best time of `REPS` products from the buffer and from
-/// the texel copy of one weight, `None` where the adapter made no texel copy.
+/// [`texels_measured_faster`]'s rounds: the best time a product from the buffer and from the
+/// texel copy of one weight, in seconds; `None` where the adapter made no texel copy.
 fn time_both_routes(gpu: &crate::Gpu, bytes: &[u8], n: usize, k: usize, dtype: DType) -> Result<Option<(f64, f64)>> {
-    const REPS: usize = TEXEL_MEASUREMENT_REPS;
+    const REPS: usize = 2;
     const ROUNDS: usize = 3;
     let buffer = gpu.upload(bytes, &[n, k], dtype)?;
     let texels = gpu.upload_weights_with_texels(bytes, &[n, k], dtype)?;
@@ -331,7 +330,7 @@ fn time_both_routes(gpu: &crate::Gpu, bytes: &[u8], n: usize, k: usize, dtype: D
         let start = std::time::Instant::now();
         gpu.run(|rec| (0..REPS).try_for_each(|_| qmatmul(rec, &x, w, Epilogue::default(), &out)))?;
         gpu.sync()?;
-        Ok(start.elapsed().as_secs_f64())
+        Ok(start.elapsed().as_secs_f64() / REPS as f64)
     };
     time(&buffer)?;
     time(&texels)?;
@@ -343,8 +342,6 @@ fn time_both_routes(gpu: &crate::Gpu, bytes: &[u8], n: usize, k: usize, dtype: D
     Ok(Some((from_buffer, from_texels)))
 }
 
-/// Products a submission in [`texels_measured_faster`].
-const TEXEL_MEASUREMENT_REPS: usize = 2;
 
 /// Whether [`qmatmul`] takes the CPU adapters' rows kernel for rows of `k` elements: on software
 /// adapters with 64-bit shader integers, K a multiple of 32.

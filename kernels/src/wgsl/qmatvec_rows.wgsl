@@ -214,16 +214,6 @@ fn texels4(ws: Weights, t: u32) -> array<u32, 16> {
     return array<u32, 16>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w, c.x, c.y, c.z, c.w, d.x, d.y, d.z, d.w);
 }
 
-fn words3(ws: Weights, base: u32) -> array<u32, 3> {
-    let f = texels2(ws, base >> 2u);
-    let ph = base & 3u;
-    return array<u32, 3>(
-//#unroll j THREE
-        pick(f[{j}], f[{j} + 1], f[{j} + 2], f[{j} + 3], ph),
-//#end
-    );
-}
-
 fn words5(ws: Weights, base: u32) -> array<u32, 5> {
     let f = texels2(ws, base >> 2u);
     let ph = base & 3u;
